@@ -1,0 +1,237 @@
+"""The ``radpipe`` command line (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from services.common.settings import ROLES, Settings, get_settings
+
+SERVICES = ("ingest", "portal", "notify")
+
+
+def _settings(**overrides: object) -> Settings:
+    get_settings.cache_clear()
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Radpipe: DICOM studies in, de-identified AI results and alerts out."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="default: $RADPIPE_DATA_DIR")
+def up(host: str, port: int, data_dir: Path | None) -> None:
+    """Run the whole pipeline on this machine: API, portal, workers, broker, stores."""
+    import uvicorn
+
+    from services.app import build_app
+    from services.common.auth import AuthService
+    from services.common.context import build_context
+    from services.stack import Supervisor, local_secret, start_broker
+
+    base = _settings(all_in_one=True)
+    data = (data_dir or base.data_dir).resolve()
+    env = dict(os.environ, RADPIPE_ALL_IN_ONE="true", RADPIPE_DATA_DIR=str(data))
+    if (
+        base.secret_key.get_secret_value()
+        == Settings.model_fields["secret_key"].default.get_secret_value()
+    ):
+        env["RADPIPE_SECRET_KEY"] = local_secret(data)
+    env.setdefault("RADPIPE_PUBLIC_URL", f"http://{host}:{port}")
+    broker = None
+    if base.broker_url is None:
+        broker, env["RADPIPE_BROKER_URL"] = start_broker(data / "broker")
+    os.environ.update(env)  # this process serves the API with the same settings
+    settings = _settings()
+    context = build_context(settings)
+    password = _bootstrap_admin(AuthService(context.documents))
+    supervisor = Supervisor(env)
+    threading.Thread(target=supervisor.run, name="supervisor", daemon=True).start()
+    click.echo(f"Radpipe is up: {settings.public_url}  (data in {data})")
+    click.echo(f"  DICOMweb STOW-RS: {settings.public('dicom-web/studies')}")
+    if password:
+        click.echo(f"  portal login: admin / {password}  (shown once)")
+    click.echo("  try it: `radpipe demo` in another terminal")
+    try:
+        uvicorn.run(build_app(context, list(SERVICES)), host=host, port=port, log_config=None)
+    finally:
+        supervisor.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(timeout=10)
+
+
+def _bootstrap_admin(auth: object) -> str | None:
+    from services.common.auth import AuthService
+
+    assert isinstance(auth, AuthService)
+    if auth.users.count_documents({}) > 0:
+        return None
+    import secrets
+
+    password = secrets.token_urlsafe(12)
+    auth.add_user("admin", "admin", password)
+    return password
+
+
+@main.command()
+@click.argument("service", type=click.Choice(SERVICES))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(service: str, host: str, port: int) -> None:
+    """Run one HTTP service (ingest, portal or notify)."""
+    import uvicorn
+
+    from services.app import build_app
+    from services.common.context import build_context
+
+    app = build_app(build_context(_settings()), [service])
+    uvicorn.run(app, host=host, port=port, log_config=None)
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(["deid", "inference", "notify"]))
+@click.option("--concurrency", type=int, default=1, show_default=True)
+@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork")
+@click.option("--queue", help="default: the stage's queue (inference: RADPIPE_INFERENCE_QUEUE)")
+def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
+    """Run one Celery worker consuming a stage's queue."""
+    from importlib import import_module
+
+    from services.common.bus import worker_argv
+    from services.common.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    tasks = import_module(f"services.{stage}.tasks")
+    queue = queue or {"inference": settings.inference_queue}.get(stage, stage)
+    tasks.celery.worker_main(worker_argv(queue, concurrency, pool))
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--name", required=True)
+def token_create(role: str, name: str) -> None:
+    """Create a token; it is printed once, as the last line."""
+    from services.common.auth import AuthService
+    from services.common.docstore import make_document_store
+
+    documents = make_document_store(_settings(all_in_one=True))
+    value = AuthService(documents).create_token(name, role)
+    click.echo(f"created token {name!r} with role {role}; store it now, it is not shown again:")
+    click.echo(value)
+
+
+@main.group()
+def user() -> None:
+    """Portal users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(ROLES))
+def user_add(name: str, role: str) -> None:
+    """Add a portal user; the password is read from standard input."""
+    from services.common.auth import AuthService
+    from services.common.docstore import make_document_store
+
+    if sys.stdin.isatty():
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    documents = make_document_store(_settings(all_in_one=True))
+    AuthService(documents).add_user(name, role, password)
+    click.echo(f"user {name!r} added with role {role}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--url", required=True, help="DICOMweb base, e.g. http://127.0.0.1:8000/dicom-web")
+@click.option("--token", required=True, envvar="RADPIPE_TOKEN")
+def push(paths: tuple[Path, ...], url: str, token: str) -> None:
+    """Push DICOM files and folders with STOW-RS."""
+    from services.client import iter_files
+    from services.client import push as stow
+
+    files = list(iter_files(paths))
+    report = stow(files, url, token)
+    click.echo(f"{report.stored} stored, {report.failed} failed")
+    for warning in report.warnings:
+        click.echo(f"  {warning}", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", help="a token with role admin (default: create one in the local store)")
+@click.option("--wait", default=180.0, show_default=True, help="seconds to wait for results")
+def demo(url: str, token: str | None, wait: float) -> None:
+    """Push a high-risk and a clean synthetic chest CT to a running stack, show the outcome."""
+    import tempfile
+
+    import httpx
+
+    from services.client import iter_files
+    from services.client import push as stow
+    from services.common.phantom import make_phantom, phantom_to_datasets, write_series
+
+    if token is None:
+        from services.common.auth import AuthService
+        from services.common.docstore import make_document_store
+
+        documents = make_document_store(_settings(all_in_one=True))
+        token = AuthService(documents).create_token(f"demo-{int(time.time())}", "admin")
+    cases = {"high-risk (14 mm nodule)": [14.0], "clean (no nodule)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (label, nodules) in enumerate(cases.items()):
+            phantom = make_phantom(1000 + index, nodules=nodules)
+            datasets = phantom_to_datasets(
+                phantom,
+                patient_name=f"Demo^Patient{index}",
+                patient_id=f"DEMO{index:04d}",
+                accession=f"DEMOACC{index}",
+            )
+            folder = Path(tmp) / f"case{index}"
+            write_series(datasets, folder)
+            click.echo(f"{label}: {len(datasets)} slices")
+            report = stow(list(iter_files([folder])), url.rstrip("/") + "/dicom-web", token)
+            click.echo(f"  {report.stored} stored, {report.failed} failed")
+    headers = {"Authorization": f"Bearer {token}"}
+    click.echo("waiting for the pipeline (stable -> deid -> inference -> notify)...")
+    deadline = time.monotonic() + wait
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        while time.monotonic() < deadline:
+            studies = http.get("/api/studies", params={"limit": 10}).json()["studies"]
+            done = [s for s in studies if s["state"] in ("alerted", "analyzed", "failed")]
+            if len(done) >= len(cases):
+                break
+            time.sleep(2)
+        for study in http.get("/api/studies", params={"limit": 10}).json()["studies"]:
+            risk = study.get("risk") or {}
+            click.echo(
+                f"  study {study['id']}: {study['state']}, risk {risk.get('category', '-')} "
+                f"{risk.get('score', 0):.2f} {risk.get('rule', '')}"
+            )
+        for alert in http.get("/api/alerts").json():
+            click.echo(
+                f"ALERT {alert['id']}: {alert['summary']} -> {url}/studies/{alert['study_id']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""FastAPI plumbing shared by every HTTP service: dependencies, error mapping, health.
+
+Routes read like prose through ``Annotated`` aliases (``Ctx``, ``Caller``); tests swap
+adapters with ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .auth import AuthService, Principal
+from .context import Context
+from .errors import Forbidden, RadpipeError, Unauthorized
+from .logging import get_logger
+from .metrics import refresh_gauges
+
+log = get_logger("radpipe.api")
+SESSION_COOKIE = "radpipe_session"
+
+
+def get_ctx(request: Request) -> Context:
+    context: Context = request.app.state.context
+    return context
+
+
+Ctx = Annotated[Context, Depends(get_ctx)]
+
+
+def get_principal(request: Request, ctx: Ctx) -> Principal:
+    auth = AuthService(ctx.documents)
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return auth.authenticate_token(header[7:].strip())
+    session = request.cookies.get(SESSION_COOKIE)
+    if session:
+        return auth.authenticate_session(session)
+    raise Unauthorized(
+        "authentication required: send `Authorization: Bearer <token>` "
+        "(create one with `radpipe token create`) or log in at /login"
+    )
+
+
+Caller = Annotated[Principal, Depends(get_principal)]
+
+
+def require(*roles: str) -> Callable[[Principal], Principal]:
+    """A dependency that admits only ``roles`` (``admin`` is always admitted)."""
+
+    def check(principal: Caller) -> Principal:
+        if principal.role not in roles and principal.role != "admin":
+            raise Forbidden(
+                f"role {principal.role!r} may not do this; it needs one of: {', '.join(roles)}"
+            )
+        return principal
+
+    return check
+
+
+async def _radpipe_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RadpipeError)
+    if (
+        exc.status == 401
+        and "text/html" in request.headers.get("accept", "")
+        and not request.url.path.startswith(("/api", "/dicom-web"))
+    ):
+        return RedirectResponse("/login", status_code=303)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(
+        {"error": type(exc).__name__, "detail": exc.message}, exc.status, headers=headers
+    )
+
+
+def health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz(ctx: Ctx) -> Response:
+        checks: dict[str, str] = {}
+        for name, probe in (
+            ("broker", ctx.tasks.ping),
+            ("objects", ctx.objects.ping),
+            ("documents", ctx.documents.ping),
+        ):
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:  # readiness reports, it does not raise
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        ready = all(value == "ok" for value in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @router.get("/metrics")
+    def metrics(ctx: Ctx, _: Caller) -> Response:
+        refresh_gauges(ctx)
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> FastAPI:
+    app = FastAPI(title=title, version="0.1.0")
+    app.state.context = context
+    app.add_exception_handler(RadpipeError, _radpipe_error)
+    app.include_router(health_router())
+    for router in routers:
+        app.include_router(router)
+    return app

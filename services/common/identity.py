@@ -1,0 +1,36 @@
+"""Keyed identifiers: study ids, pseudonyms and ``2.25.`` UIDs derived with HMAC-SHA256.
+
+Nothing here is computable from an original value without ``RADPIPE_SECRET_KEY``; a different
+key gives unlinkable output (unlike CTP's unkeyed hashes or pydicom's ``generate_uid``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+
+def keyed_digest(secret: bytes, purpose: str, value: str) -> bytes:
+    """HMAC-SHA256 of ``value`` under ``secret``, domain-separated by ``purpose``."""
+    return hmac.new(secret, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+
+
+def study_id_for(secret: bytes, source_study_uid: str) -> str:
+    """Radpipe's study id for an original Study Instance UID (24 hex characters)."""
+    return keyed_digest(secret, "study-id", source_study_uid).hex()[:24]
+
+
+def instance_key_for(secret: bytes, source_sop_uid: str) -> str:
+    """A non-identifying key for one received instance (used in object keys)."""
+    return keyed_digest(secret, "instance-key", source_sop_uid).hex()[:32]
+
+
+def pseudonymous_uid(secret: bytes, uid: str) -> str:
+    """A ``2.25.`` UID: the decimal form of a keyed 128-bit value (PS3.5 B.2), <= 44 chars."""
+    number = int.from_bytes(keyed_digest(secret, "uid", uid)[:16], "big")
+    return f"2.25.{number}"
+
+
+def pseudonym(secret: bytes, purpose: str, value: str, length: int = 12) -> str:
+    """A stable keyed pseudonym (uppercase hex) for a patient id, name or accession."""
+    return keyed_digest(secret, purpose, value).hex()[:length].upper()

@@ -1,0 +1,164 @@
+"""Object store adapters: S3/MinIO through the ``minio`` SDK, and a plain folder.
+
+Bucket names come from :func:`bucket_names`; only ingest and deid ever touch ``raw``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from minio import Minio
+from minio.error import S3Error
+
+from .errors import NotFound, TransientError
+from .ports import ObjectStore
+from .settings import Settings
+
+RAW, DEID, RESULTS = "raw", "deid", "results"
+
+
+def bucket_names(settings: Settings) -> dict[str, str]:
+    """Logical bucket -> real bucket name, e.g. ``raw`` -> ``radpipe-raw``."""
+    return {name: f"{settings.bucket_prefix}-{name}" for name in (RAW, DEID, RESULTS)}
+
+
+class FolderObjectStore:
+    """Objects as files under ``root/bucket/key``; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, bucket: str, key: str) -> Path:
+        path = (self.root / bucket / key).resolve()
+        if not path.is_relative_to((self.root / bucket).resolve()):
+            raise ValueError(f"object key escapes its bucket: {key!r}")
+        return path
+
+    def ensure_bucket(self, bucket: str) -> None:
+        (self.root / bucket).mkdir(parents=True, exist_ok=True)
+
+    def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, bucket: str, key: str) -> bytes:
+        try:
+            return self._path(bucket, key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"object {bucket}/{key} does not exist") from None
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        base = self.root / bucket
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._path(bucket, key).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise TransientError(f"object folder {self.root} is missing")
+
+
+class S3ObjectStore:
+    """MinIO or any S3 server, through the ``minio`` SDK."""
+
+    def __init__(
+        self, endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"
+    ) -> None:
+        parts = urlsplit(endpoint)
+        self.client = Minio(
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parts.scheme == "https",
+            region=region,
+        )
+
+    def ensure_bucket(self, bucket: str) -> None:
+        if not self.client.bucket_exists(bucket):
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as exc:  # another process created it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get(self, bucket: str, key: str) -> bytes:
+        try:
+            response = self.client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"object {bucket}/{key} does not exist") from None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.client.stat_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                return False
+            raise
+        return True
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True):
+            if obj.object_name is not None:
+                yield obj.object_name
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.remove_object(bucket, key)
+
+    def ping(self) -> None:
+        try:
+            self.client.list_buckets()
+        except Exception as exc:  # any transport error means "not ready"
+            raise TransientError(f"S3 endpoint unreachable: {type(exc).__name__}") from exc
+
+
+def make_object_store(settings: Settings) -> ObjectStore:
+    """S3 when ``RADPIPE_S3_ENDPOINT`` is set, else a folder under ``RADPIPE_DATA_DIR``."""
+    store: ObjectStore
+    if settings.s3_endpoint is not None:
+        secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
+        store = S3ObjectStore(
+            str(settings.s3_endpoint), settings.s3_access_key or "", secret, settings.s3_region
+        )
+    else:
+        store = FolderObjectStore(settings.data_dir / "objects")
+    for bucket in bucket_names(settings).values():
+        store.ensure_bucket(bucket)
+    return store

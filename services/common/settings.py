@@ -1,0 +1,92 @@
+"""One typed settings class for every service (env prefix ``RADPIPE_``).
+
+Nothing else in Radpipe reads ``os.environ``: services receive a :class:`Settings` instance.
+Unset values mean the embedded default of the all-in-one mode (``radpipe up``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The development secret of ``radpipe up``; refused everywhere else.
+DEFAULT_SECRET_KEY = "radpipe-insecure-development-key-change-me"
+
+Role = Literal["modality", "radiologist", "resident", "oncall", "manager", "admin", "auditor"]
+ROLES: tuple[str, ...] = (
+    "modality",
+    "radiologist",
+    "resident",
+    "oncall",
+    "manager",
+    "admin",
+    "auditor",
+)
+#: Roles allowed to see re-identified data (the source UID lookup, the vault).
+CLINICAL_ROLES: frozenset[str] = frozenset({"radiologist", "resident", "oncall"})
+
+
+class Settings(BaseSettings):
+    """Radpipe configuration; see docs/operations.md for every field."""
+
+    model_config = SettingsConfigDict(env_prefix="RADPIPE_", extra="ignore")
+
+    data_dir: Path = Path(".radpipe")
+    mongo_url: str | None = None
+    mongo_database: str = "radpipe"
+    s3_endpoint: AnyHttpUrl | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    bucket_prefix: str = "radpipe"
+    broker_url: str | None = None
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    risk_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    study_stable_seconds: float = Field(10.0, ge=0.0)
+    alert_webhook_url: AnyHttpUrl | None = None
+    alert_timeout_seconds: float = Field(10.0, gt=0)
+    models_dir: Path | None = None
+    inference_device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Queue the deid stage hands studies to; GPU deployments set ``inference-gpu``.
+    inference_queue: Literal["inference-cpu", "inference-gpu"] = "inference-cpu"
+    inference_threads: int | None = Field(None, ge=1)
+    max_request_bytes: int = Field(2 * 1024**3, gt=0)
+    task_max_retries: int = Field(5, ge=0)
+    log_level: str = "INFO"
+    #: Set by ``radpipe up`` only: allows the development secret and embedded stores.
+    all_in_one: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.all_in_one:
+            return self
+        if self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
+            raise ValueError(
+                "RADPIPE_SECRET_KEY is the development default; set it to a long random value "
+                "(e.g. `openssl rand -hex 32`) or use `radpipe up` for a local trial"
+            )
+        if len(self.secret_key.get_secret_value()) < 16:
+            raise ValueError("RADPIPE_SECRET_KEY must be at least 16 characters long")
+        if self.s3_endpoint is not None and (not self.s3_access_key or self.s3_secret_key is None):
+            raise ValueError(
+                "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and RADPIPE_S3_SECRET_KEY too"
+            )
+        return self
+
+    @property
+    def secret(self) -> bytes:
+        return self.secret_key.get_secret_value().encode()
+
+    def public(self, path: str) -> str:
+        """An absolute URL under ``RADPIPE_PUBLIC_URL`` (never built from the Host header)."""
+        return str(self.public_url).rstrip("/") + "/" + path.lstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

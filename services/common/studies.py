@@ -1,0 +1,253 @@
+"""The study record: a state machine whose every transition is a timestamped event.
+
+TAT analytics are built from ``events``, so every stage writes one. Updates are single
+atomic document operations (``find_one_and_update`` conditioned on the current state), which
+makes transitions idempotent when a task is delivered twice.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, StringConstraints
+from pymongo import ReturnDocument
+
+from .errors import NotFound
+from .ports import Document, DocumentStore
+
+DicomUID = Annotated[
+    str, StringConstraints(pattern=r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$", max_length=64)
+]
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+#: Collection names shared by the services (the document store is their contract).
+STUDIES, INSTANCES, ALERTS = "studies", "instances", "alerts"
+
+
+class StudyState(StrEnum):
+    RECEIVED = "received"
+    STABLE = "stable"
+    DEIDENTIFIED = "deidentified"
+    ANALYZED = "analyzed"
+    ALERTED = "alerted"
+    SIGNED = "signed"
+    FAILED = "failed"
+
+
+#: Allowed transitions; ``received`` is re-entered when late instances re-open a study.
+TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
+    StudyState.RECEIVED: frozenset({StudyState.STABLE, StudyState.FAILED}),
+    StudyState.STABLE: frozenset({StudyState.DEIDENTIFIED, StudyState.FAILED}),
+    StudyState.DEIDENTIFIED: frozenset({StudyState.ANALYZED, StudyState.FAILED}),
+    StudyState.ANALYZED: frozenset({StudyState.ALERTED, StudyState.SIGNED, StudyState.FAILED}),
+    StudyState.ALERTED: frozenset({StudyState.SIGNED}),
+    StudyState.SIGNED: frozenset(),
+    StudyState.FAILED: frozenset(),
+}
+
+
+def sources_of(target: StudyState) -> list[str]:
+    return [str(state) for state, targets in TRANSITIONS.items() if target in targets]
+
+
+class StudyEvent(BaseModel):
+    type: str
+    at: datetime
+    version: int = 1
+    detail: dict[str, Any] = {}
+
+
+class StudyPublic(BaseModel):
+    """What the API shows of a study: no identifying value, only pseudonymous ids."""
+
+    id: str
+    state: StudyState
+    version: int
+    modality: str | None = None
+    instance_count: int
+    created_at: datetime
+    updated_at: datetime
+    deid_study_uid: str | None = None
+    risk: dict[str, Any] | None = None
+    findings: list[dict[str, Any]] = []
+    model: dict[str, Any] | None = None
+    timings: dict[str, float] = {}
+    failure: dict[str, Any] | None = None
+    alert: dict[str, Any] | None = None
+    events: list[StudyEvent] = []
+    links: dict[str, str] = {}
+
+    @classmethod
+    def from_document(cls, doc: Document) -> StudyPublic:
+        analysis = doc.get("analysis") or {}
+        return cls(
+            id=doc["_id"],
+            state=doc["state"],
+            version=doc.get("version", 1),
+            modality=doc.get("modality"),
+            instance_count=doc.get("instance_count", 0),
+            created_at=doc["created_at"],
+            updated_at=doc["updated_at"],
+            deid_study_uid=(doc.get("deid") or {}).get("study_uid"),
+            risk=analysis.get("risk"),
+            findings=analysis.get("findings", []),
+            model=analysis.get("model"),
+            timings=analysis.get("timings", {}),
+            failure=doc.get("failure"),
+            alert=doc.get("alert"),
+            events=[StudyEvent(**event) for event in doc.get("events", [])],
+        )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StudyRepository:
+    def __init__(self, documents: DocumentStore) -> None:
+        self.studies = documents.collection(STUDIES)
+        self.instances = documents.collection(INSTANCES)
+
+    def ensure_indexes(self) -> None:
+        self.studies.create_index("state")
+        self.studies.create_index("updated_at")
+        self.instances.create_index("study_id")
+
+    def get(self, study_id: str) -> Document:
+        doc = self.studies.find_one({"_id": study_id})
+        if doc is None:
+            raise NotFound(f"study {study_id} does not exist")
+        return doc
+
+    def find(self, study_id: str) -> Document | None:
+        doc: Document | None = self.studies.find_one({"_id": study_id})
+        return doc
+
+    def record_instance(
+        self, study_id: str, instance_key: str, instance: Document, modality: str | None
+    ) -> tuple[Document, bool]:
+        """Register one stored raw instance; returns (study, newly_added).
+
+        A new instance for a study past ``received`` re-opens it (a new version): the earlier
+        analysis stays in ``history``.
+        """
+        at = now()
+        added = (
+            self.instances.find_one_and_update(
+                {"_id": instance_key},
+                {"$setOnInsert": {**instance, "study_id": study_id, "received_at": at}},
+                upsert=True,
+                return_document=ReturnDocument.BEFORE,
+            )
+            is None
+        )
+        study = self.studies.find_one_and_update(
+            {"_id": study_id},
+            {
+                "$setOnInsert": {
+                    "created_at": at,
+                    "state": str(StudyState.RECEIVED),
+                    "version": 1,
+                    "events": [{"type": "received", "at": at, "version": 1, "detail": {}}],
+                    "modality": modality,
+                },
+                "$set": {"updated_at": at, "last_instance_at": at},
+                "$inc": {"instance_count": 1 if added else 0},
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        if added and study["state"] not in (StudyState.RECEIVED, StudyState.FAILED):
+            study = self._reopen(study_id, study["version"]) or study
+        return study, added
+
+    def _reopen(self, study_id: str, version: int) -> Document | None:
+        at = now()
+        current = self.get(study_id)
+        reopened: Document | None = self.studies.find_one_and_update(
+            {"_id": study_id, "version": version, "state": {"$ne": str(StudyState.RECEIVED)}},
+            {
+                "$set": {"state": str(StudyState.RECEIVED), "updated_at": at},
+                "$inc": {"version": 1},
+                "$push": {
+                    "events": {"type": "received", "at": at, "version": version + 1, "detail": {}},
+                    "history": {
+                        "version": version,
+                        "superseded_at": at,
+                        "analysis": current.get("analysis"),
+                    },
+                },
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return reopened
+
+    def transition(
+        self,
+        study_id: str,
+        target: StudyState,
+        detail: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Document | None:
+        """Move to ``target`` if allowed from the current state; ``None`` if it was not.
+
+        ``fields`` are set in the same atomic update as the state and its event.
+        """
+        at = now()
+        current = self.get(study_id)
+        event = {
+            "type": str(target),
+            "at": at,
+            "version": current.get("version", 1),
+            "detail": detail or {},
+        }
+        updated: Document | None = self.studies.find_one_and_update(
+            {"_id": study_id, "state": {"$in": sources_of(target)}},
+            {
+                "$set": {"state": str(target), "updated_at": at, **(fields or {})},
+                "$push": {"events": event},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return updated
+
+    def fail(self, study_id: str, stage: str, reason: str, attempts: int = 1) -> Document | None:
+        """Dead-letter: the study ends ``failed`` with the stage and reason the portal shows."""
+        failure = {"stage": stage, "reason": reason[:500], "attempts": attempts, "at": now()}
+        return self.transition(
+            study_id, StudyState.FAILED, detail={"stage": stage}, fields={"failure": failure}
+        )
+
+    def add_event(self, study_id: str, event_type: str, detail: dict[str, Any]) -> None:
+        """An event that is not a state change (e.g. ``alert.not-required``)."""
+        study = self.get(study_id)
+        self.studies.update_one(
+            {"_id": study_id},
+            {
+                "$push": {
+                    "events": {
+                        "type": event_type,
+                        "at": now(),
+                        "version": study.get("version", 1),
+                        "detail": detail,
+                    }
+                }
+            },
+        )
+
+    def set_fields(self, study_id: str, fields: dict[str, Any]) -> None:
+        self.studies.update_one({"_id": study_id}, {"$set": {**fields, "updated_at": now()}})
+
+    def instances_of(self, study_id: str) -> list[Document]:
+        return list(self.instances.find({"study_id": study_id}).sort("received_at", 1))
+
+    def list(
+        self, *, state: str | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[Document], int]:
+        query: dict[str, Any] = {"state": state} if state else {}
+        total = self.studies.count_documents(query)
+        docs = list(self.studies.find(query).sort("updated_at", -1).skip(offset).limit(limit))
+        return docs, total

@@ -1,0 +1,30 @@
+"""Study completeness: a study is stable once no instance arrived for the configured quiet time."""
+
+from __future__ import annotations
+
+from services.common.context import Context
+from services.common.logging import get_logger
+from services.common.studies import StudyState, now
+
+log = get_logger("radpipe.deid")
+
+
+def check_stable(ctx: Context, study_id: str) -> None:
+    """Mark the study stable and hand it to deid, or re-arm the check for the remaining time."""
+    study = ctx.studies.get(study_id)
+    if study["state"] == StudyState.STABLE:  # redelivered after the hand-off was lost
+        ctx.tasks.send("deid", study_id)
+        return
+    if study["state"] != StudyState.RECEIVED:
+        return
+    quiet = ctx.settings.study_stable_seconds
+    elapsed = (now() - study["last_instance_at"]).total_seconds()
+    if elapsed < quiet:
+        ctx.tasks.send("stable", study_id, countdown=quiet - elapsed)
+        return
+    moved = ctx.studies.transition(
+        study_id, StudyState.STABLE, detail={"instances": study.get("instance_count", 0)}
+    )
+    if moved is not None:
+        log.info("study.stable", study_id=study_id, instances=study.get("instance_count", 0))
+        ctx.tasks.send("deid", study_id)

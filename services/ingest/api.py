@@ -1,0 +1,65 @@
+"""STOW-RS routes (PS3.18 10.5). Thin: parsing and storing live in ``service.py``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from services.common.api import Ctx, require
+from services.common.auth import AuthService, Principal
+from services.common.errors import PayloadTooLarge
+from services.common.identity import study_id_for
+
+from . import service
+from .multipart import split_parts, stow_boundary
+
+router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
+Modality = Annotated[Principal, Depends(require("modality"))]
+DICOM_JSON = "application/dicom+json"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None) -> Response:
+    boundary = stow_boundary(request.headers.get("content-type", ""))
+    body = await _read_body(request, ctx.settings.max_request_bytes)
+    parts = split_parts(body, boundary)
+    result = await run_in_threadpool(service.store_parts, ctx, parts, study)
+    target = study_id_for(ctx.settings.secret, study) if study else "-"
+    AuthService(ctx.documents).audit(
+        caller, "stow", target, stored=len(result.stored), failed=len(result.failed)
+    )
+    headers = {"Warning": ", ".join(service.warning_headers(result))} if result.failed else {}
+    return Response(
+        json.dumps(service.stow_response(ctx, result, study)),
+        status_code=result.status,
+        media_type=DICOM_JSON,
+        headers=headers,
+    )
+
+
+@router.post("/studies")
+async def store_instances(request: Request, ctx: Ctx, caller: Modality) -> Response:
+    return await _stow(request, ctx, caller, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(
+    study: str, request: Request, ctx: Ctx, caller: Modality
+) -> Response:
+    return await _stow(request, ctx, caller, study)

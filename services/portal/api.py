@@ -1,0 +1,102 @@
+"""Portal routes: the JSON API and the server-rendered pages (login, worklist, study)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from services.common.api import SESSION_COOKIE, Ctx, require
+from services.common.auth import AuthService, Principal
+from services.common.errors import Unauthorized
+from services.common.studies import StudyPublic, StudyState
+
+from . import service
+
+router = APIRouter(tags=["portal"])
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+Reader = Annotated[
+    Principal,
+    Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
+]
+
+
+@router.get("/api/studies")
+def list_studies(
+    ctx: Ctx,
+    caller: Reader,
+    state: StudyState | None = None,
+    source_study_uid: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    if source_study_uid is not None:
+        studies = service.lookup_source_study(ctx, caller, source_study_uid)
+        return {"total": len(studies), "offset": 0, "limit": limit, "studies": studies}
+    studies, total = service.list_studies(
+        ctx, state=str(state) if state else None, offset=offset, limit=limit
+    )
+    return {"total": total, "offset": offset, "limit": limit, "studies": studies}
+
+
+@router.get("/api/studies/{study_id}")
+def get_study(study_id: str, ctx: Ctx, _: Reader) -> StudyPublic:
+    return service.public_study(ctx, ctx.studies.get(study_id))
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, error: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": error})
+
+
+@router.post("/login")
+def login(ctx: Ctx, username: Annotated[str, Form()], password: Annotated[str, Form()]) -> Response:
+    try:
+        session = AuthService(ctx.documents).login(username, password)
+    except Unauthorized:
+        return RedirectResponse("/login?error=1", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session,
+        httponly=True,
+        samesite="strict",
+        secure=str(ctx.settings.public_url).startswith("https"),
+        max_age=12 * 3600,
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, ctx: Ctx) -> Response:
+    if session := request.cookies.get(SESSION_COOKIE):
+        AuthService(ctx.documents).logout(session)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
+    studies, total = service.list_studies(ctx, state=None, offset=0, limit=200)
+    # Highest AI risk first: reordering, not just flagging, is what shortens waits.
+    studies.sort(key=lambda s: -(s.risk or {}).get("score", -1.0))
+    return templates.TemplateResponse(
+        request,
+        "worklist.html",
+        {
+            "studies": studies,
+            "total": total,
+            "user": caller,
+            "alerts": service.open_alerts(ctx),
+        },
+    )
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(study_id: str, request: Request, ctx: Ctx, caller: Reader) -> Response:
+    study = service.public_study(ctx, ctx.studies.get(study_id))
+    return templates.TemplateResponse(request, "study.html", {"study": study, "user": caller})

@@ -1,0 +1,51 @@
+"""Portal queries: study lists and details, and the audited source-UID lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.common.auth import AuthService, Principal
+from services.common.context import Context
+from services.common.errors import Forbidden
+from services.common.identity import study_id_for
+from services.common.settings import CLINICAL_ROLES
+from services.common.studies import ALERTS, StudyPublic
+
+
+def public_study(ctx: Context, doc: dict[str, Any]) -> StudyPublic:
+    study = StudyPublic.from_document(doc)
+    study.links = {
+        "self": ctx.settings.public(f"api/studies/{study.id}"),
+        "portal": ctx.settings.public(f"studies/{study.id}"),
+    }
+    return study
+
+
+def list_studies(
+    ctx: Context, *, state: str | None, offset: int, limit: int
+) -> tuple[list[StudyPublic], int]:
+    docs, total = ctx.studies.list(state=state, offset=offset, limit=limit)
+    return [public_study(ctx, doc) for doc in docs], total
+
+
+def lookup_source_study(
+    ctx: Context, caller: Principal, source_study_uid: str
+) -> list[StudyPublic]:
+    """Find a study by its original Study Instance UID: clinical roles only, always audited."""
+    if caller.role not in CLINICAL_ROLES:
+        raise Forbidden(
+            "looking a study up by its original UID re-identifies it: only the roles "
+            f"{', '.join(sorted(CLINICAL_ROLES))} may do it"
+        )
+    study_id = study_id_for(ctx.settings.secret, source_study_uid)
+    doc = ctx.studies.find(study_id)
+    AuthService(ctx.documents).audit(
+        caller, "study.lookup-source-uid", study_id, found=doc is not None
+    )
+    return [public_study(ctx, doc)] if doc else []
+
+
+def open_alerts(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:
+    """Unacknowledged alerts, newest first, for the worklist banner."""
+    cursor = ctx.documents.collection(ALERTS).find({"acknowledged_at": None})
+    return list(cursor.sort("created_at", -1).limit(limit))
