@@ -11,8 +11,9 @@ makes each pymongo call atomic across the API and worker processes of ``radpipe 
 from __future__ import annotations
 
 import fcntl
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -95,67 +96,88 @@ class _LockedCursor:
 
 
 class _LockedCollection:
-    def __init__(self, collection: Any, lock: _FileLock) -> None:
-        self._collection = collection
-        self._lock = lock
+    def __init__(self, name: str, store: EmbeddedDocumentStore) -> None:
+        self._name = name
+        self._store = store
+        self._lock = store.lock
 
-    def _call(self, method: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _call(self, method: str, *args: Any, **kw: Any) -> Any:
         with self._lock.held():
-            return method(*args, **kw)
+            return getattr(self._store.database()[self._name], method)(*args, **kw)
 
     def insert_one(self, document: Document) -> Any:
-        return self._call(self._collection.insert_one, document)
+        return self._call("insert_one", document)
 
     def find_one(self, filter: Mapping[str, Any] | None = None, *args: Any, **kw: Any) -> Any:
-        return self._call(self._collection.find_one, filter, *args, **kw)
+        return self._call("find_one", filter, *args, **kw)
 
     def find(self, filter: Mapping[str, Any] | None = None, *args: Any, **kw: Any) -> Any:
-        return _LockedCursor(self._collection.find(filter, *args, **kw), self._lock)
+        cursor = self._store.database()[self._name].find(filter, *args, **kw)
+        return _LockedCursor(cursor, self._lock)
 
     def update_one(
         self, filter: Mapping[str, Any], update: Mapping[str, Any], upsert: bool = False
     ) -> Any:
-        return self._call(self._collection.update_one, filter, update, upsert=upsert)
+        return self._call("update_one", filter, update, upsert=upsert)
 
     def find_one_and_update(
         self, filter: Mapping[str, Any], update: Mapping[str, Any], *args: Any, **kw: Any
     ) -> Any:
-        return self._call(self._collection.find_one_and_update, filter, update, *args, **kw)
+        return self._call("find_one_and_update", filter, update, *args, **kw)
 
     def count_documents(self, filter: Mapping[str, Any]) -> int:
-        return int(self._call(self._collection.count_documents, filter))
+        return int(self._call("count_documents", filter))
 
     def delete_one(self, filter: Mapping[str, Any]) -> Any:
-        return self._call(self._collection.delete_one, filter)
+        return self._call("delete_one", filter)
 
     def create_index(self, keys: Any, **kw: Any) -> Any:
-        return self._call(self._collection.create_index, keys, **kw)
+        return self._call("create_index", keys, **kw)
 
 
 class EmbeddedDocumentStore:
-    """``litemongo`` on disk under ``folder``, safe for several processes at once."""
+    """``litemongo`` on disk under ``folder``, safe for several processes and threads at once.
+
+    SQLite connections are bound to the thread that opened them, so each thread gets its own
+    client; the file lock orders all of them.
+    """
 
     def __init__(self, folder: Path, database: str) -> None:
-        import litemongo  # imported here: only the embedded mode needs it
-
         folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _FileLock(folder / ".radpipe-write.lock")
-        with self._lock.held():
-            self.client = litemongo.connect(str(folder.resolve()), tz_aware=True)
-            self.db = self.client[database]
+        self.folder = folder.resolve()
+        self.database_name = database
+        self.lock = _FileLock(folder / ".radpipe-write.lock")
+        self._local = threading.local()
+        self._clients: list[Any] = []
         self._collections: dict[str, _LockedCollection] = {}
+
+    def database(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import litemongo  # imported here: only the embedded mode needs it
+
+            with self.lock.held():
+                client = litemongo.connect(str(self.folder), tz_aware=True)
+            self._local.client = client
+            self._clients.append(client)
+        return client[self.database_name]
 
     def collection(self, name: str) -> Collection:
         if name not in self._collections:
-            self._collections[name] = _LockedCollection(self.db[name], self._lock)
+            self._collections[name] = _LockedCollection(name, self)
         return self._collections[name]
 
     def ping(self) -> None:
         self.collection("_ping").count_documents({})
 
     def close(self) -> None:
-        self.client.close()
-        self._lock.close()
+        for client in self._clients:
+            try:
+                client.close()
+            except sqlite3.ProgrammingError:  # opened by another thread; freed with it
+                pass
+        self._clients.clear()
+        self.lock.close()
 
 
 def make_document_store(settings: Settings) -> DocumentStore:

@@ -56,6 +56,24 @@ class Phantom:
     nodules: list[Nodule]
     lung_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
 
+    def nodule_mask_on_grid(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """Exact sphere truth on a `shape` grid spanning the same field of view.
+
+        Grid voxel j on an axis of n input voxels lies at input index (j + 0.5) * n / m - 0.5,
+        the convention of torch's `interpolate(align_corners=False)` and MONAI `Resize`.
+        """
+        axes = [
+            (((np.arange(m) + 0.5) * n / m - 0.5) * s).reshape(
+                [-1 if i == a else 1 for i in range(3)]
+            )
+            for a, (m, n, s) in enumerate(zip(shape, self.volume.shape, self.spacing, strict=True))
+        ]
+        mask = np.zeros(shape, dtype=bool)
+        for nod in self.nodules:
+            c, r = nod.center_mm, nod.diameter_mm / 2
+            mask |= (axes[0] - c[0]) ** 2 + (axes[1] - c[1]) ** 2 + (axes[2] - c[2]) ** 2 <= r * r
+        return mask
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "shape": list(self.volume.shape),

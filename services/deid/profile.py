@@ -42,6 +42,7 @@ REMOVE = frozenset(
         "PatientBirthName",
         "PatientMotherBirthName",
         "OriginalAttributesSequence",
+        "RequestAttributesSequence",
         "IconImageSequence",
         "ReferencedPatientSequence",
         "ReferencedPatientPhotoSequence",
@@ -57,7 +58,7 @@ EMPTY_DATES = frozenset({"PatientBirthDate", "PatientBirthTime"})
 #: DICOM's own UID root: SOP classes, transfer syntaxes, coding schemes are not identifying.
 STANDARD_UID_ROOT = "1.2.840.10008."
 
-METHOD = "Radpipe 0.1: PS3.15 E.1-1 Basic Profile, Retain Longitudinal Modified Dates"
+METHOD = "Radpipe 0.1: PS3.15 Basic Profile, Retain Modified Dates"
 METHOD_CODES = (
     ("113100", "Basic Application Confidentiality Profile"),
     ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),

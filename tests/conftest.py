@@ -1,0 +1,88 @@
+"""Session-wide real servers and per-test isolated settings."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.common.context import Context, build_context
+from services.common.settings import Settings, get_settings
+
+from .servers import S3Server, redis_server, s3_server
+
+TEST_SECRET = "radpipe-test-secret-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+class RecordingDispatcher:
+    """Collects hand-offs instead of sending them, for tests of one stage at a time."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, float | None]] = []
+
+    def send(self, stage: str, study_id: str, *, countdown: float | None = None) -> None:
+        self.sent.append((stage, study_id, countdown))
+
+    def ping(self) -> None:
+        return None
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    get_settings.cache_clear()
+    return Settings(
+        data_dir=tmp_path / "data",
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        bucket_prefix="t" + secrets.token_hex(4),
+        study_stable_seconds=0.5,
+    )
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[Context]:
+    """Embedded stores in a temp folder and a recording dispatcher."""
+    context = build_context(settings, tasks=RecordingDispatcher())
+    yield context
+    context.documents.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_env_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("RADPIPE_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def client(ctx: Context) -> Iterator[TestClient]:
+    """The all-in-one app over the embedded stores, with the recording dispatcher."""
+    from services.app import build_app
+
+    with TestClient(build_app(ctx, ["ingest", "portal", "notify"])) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tokens(ctx: Context) -> dict[str, str]:
+    """One API token per role."""
+    from services.common.auth import AuthService
+    from services.common.settings import ROLES
+
+    auth = AuthService(ctx.documents)
+    return {role: auth.create_token(f"test-{role}", role) for role in ROLES}

