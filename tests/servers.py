@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import os
 import shutil
 import signal
@@ -34,6 +35,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A free port whose gRPC companion (port + 10000, SeaweedFS's rule) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -106,16 +125,23 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
         "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "iceberg", "lance")}
+    ports: dict[str, int] = {}
+    for name in ("master", "volume", "filer", "s3", "iceberg", "lance"):
+        port = free_port_pair()
+        while port in ports.values() or port + 10000 in ports.values():
+            port = free_port_pair()
+        ports[name] = port
+    log = open(folder / "weed.log", "wb")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}",
          f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
          f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
          f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
          f"-s3.config={config}", "-master.volumeSizeLimitMB=64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
+    log.close()
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     try:
         _wait_s3(endpoint, server)

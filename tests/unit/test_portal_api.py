@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from services.common.auth import AuthService
+from services.common.context import Context
+from services.common.settings import DEFAULT_SECRET_KEY, Settings
+
+from ..dicom import ct_series, read
+from .test_ingest_api import stow
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_health_is_open_everything_else_needs_auth(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["documents"] == "ok"
+    for path in ("/api/studies", "/api/alerts", "/metrics", "/api/studies/abc"):
+        assert client.get(path).status_code == 401, path
+    page = client.get("/", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+
+
+def test_study_list_detail_and_metrics(client: TestClient, ctx: Context, tokens) -> None:
+    series = ct_series()[:3]
+    stow(client, tokens["modality"], series)
+    listing = client.get("/api/studies", headers=bearer(tokens["radiologist"])).json()
+    assert listing["total"] == 1
+    study = listing["studies"][0]
+    assert study["state"] == "received" and study["instance_count"] == 3
+    detail = client.get(f"/api/studies/{study['id']}", headers=bearer(tokens["manager"])).json()
+    assert [e["type"] for e in detail["events"]] == ["received"]
+    assert detail["links"]["portal"].endswith(f"/studies/{study['id']}")
+    assert "Doe" not in str(detail) and "MRN" not in str(detail)
+    assert client.get("/api/studies", headers=bearer(tokens["modality"])).status_code == 403
+    assert client.get("/api/studies/nope", headers=bearer(tokens["radiologist"])).status_code == 404
+    metrics = client.get("/metrics", headers=bearer(tokens["manager"])).text
+    assert 'radpipe_studies{state="received"} 1.0' in metrics
+
+
+def test_source_uid_lookup_is_clinical_only_and_audited(client: TestClient, ctx: Context, tokens) -> None:
+    series = ct_series()[:1]
+    stow(client, tokens["modality"], series)
+    source_uid = str(read(series[0]).StudyInstanceUID)
+    refused = client.get(
+        "/api/studies", params={"source_study_uid": source_uid}, headers=bearer(tokens["manager"])
+    )
+    assert refused.status_code == 403
+    found = client.get(
+        "/api/studies", params={"source_study_uid": source_uid}, headers=bearer(tokens["radiologist"])
+    ).json()
+    assert found["total"] == 1
+    audit = list(ctx.documents.collection("audit").find({"action": "study.lookup-source-uid"}))
+    assert [(a["actor"], a["target"]) for a in audit] == [("test-radiologist", found["studies"][0]["id"])]
+    assert source_uid not in str(audit)
+
+
+def test_login_session_and_worklist_page(client: TestClient, ctx: Context) -> None:
+    AuthService(ctx.documents).add_user("ana", "radiologist", "correct horse battery")
+    bad = client.post("/login", data={"username": "ana", "password": "wrong"}, follow_redirects=False)
+    assert bad.headers["location"] == "/login?error=1"
+    ok = client.post(
+        "/login", data={"username": "ana", "password": "correct horse battery"}, follow_redirects=False
+    )
+    assert ok.status_code == 303 and "radpipe_session" in ok.cookies
+    page = client.get("/")
+    assert page.status_code == 200 and "Worklist" in page.text and "ana" in page.text
+    client.post("/logout")
+    assert client.get("/api/studies").status_code == 401
+
+
+def test_tokens_and_passwords_are_stored_hashed(ctx: Context) -> None:
+    auth = AuthService(ctx.documents)
+    token = auth.create_token("ct-1", "modality")
+    auth.add_user("bob", "manager", "a long password")
+    assert token not in str(list(auth.tokens.find({})))
+    assert "a long password" not in str(list(auth.users.find({})))
+    assert auth.authenticate_token(token).role == "modality"
+
+
+def test_default_secret_refused_outside_all_in_one() -> None:
+    with pytest.raises(ValidationError, match="openssl rand -hex 32"):
+        Settings(secret_key=DEFAULT_SECRET_KEY)  # type: ignore[arg-type]
+    assert Settings(all_in_one=True).secret_key.get_secret_value() == DEFAULT_SECRET_KEY
+    with pytest.raises(ValidationError, match="RADPIPE_S3_ACCESS_KEY"):
+        Settings(secret_key="x" * 32, s3_endpoint="http://127.0.0.1:9000")  # type: ignore[arg-type]

@@ -1,0 +1,131 @@
+"""Each pipeline stage on its own: embedded stores, a recording dispatcher, real files."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pydantic import AnyHttpUrl
+
+from services.common.context import Context
+from services.common.errors import PipelineError
+from services.common.identity import study_id_for
+from services.deid.service import deidentify_study
+from services.deid.stability import check_stable
+from services.ingest.multipart import Part
+from services.ingest.service import store_parts
+from services.notify.service import notify_study
+
+from ..dicom import PHI, ct_series, read
+from ..webhook import webhook_receiver
+
+
+def ingest(ctx: Context, series: list[bytes]) -> str:
+    result = store_parts(ctx, [Part("application/dicom", data) for data in series], None)
+    assert not result.failed
+    return study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+
+
+def test_stability_waits_for_quiet_then_hands_on_once(ctx: Context) -> None:
+    study_id = ingest(ctx, ct_series()[:3])
+    check_stable(ctx, study_id)  # too early: re-armed for the remaining time
+    stage, sid, countdown = ctx.tasks.sent[-1]  # type: ignore[attr-defined]
+    assert (stage, sid) == ("stable", study_id) and 0 < countdown <= 0.5
+    assert ctx.studies.get(study_id)["state"] == "received"
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    check_stable(ctx, study_id)  # a duplicate delivery re-sends the hand-off, no second event
+    assert ctx.tasks.sent[-2:] == [("deid", study_id, None)] * 2  # type: ignore[attr-defined]
+    events = [e["type"] for e in ctx.studies.get(study_id)["events"]]
+    assert events == ["received", "stable"]
+
+
+def stable_study(ctx: Context, series: list[bytes]) -> str:
+    study_id = ingest(ctx, series)
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    return study_id
+
+
+def test_deid_stage_writes_clean_objects_vault_and_event(ctx: Context) -> None:
+    series = ct_series()
+    study_id = stable_study(ctx, series)
+    deidentify_study(ctx, study_id)
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "deidentified"
+    keys = list(ctx.objects.list(ctx.buckets["deid"]))
+    assert len(keys) == len(series)
+    for key in keys:
+        data = ctx.objects.get(ctx.buckets["deid"], key)
+        assert PHI["patient_id"].encode() not in data and b"Doe^Jane" not in data
+        assert str(read(series[0]).StudyInstanceUID).encode() not in data
+    assert ctx.tasks.sent[-1] == ("inference", study_id, None)  # type: ignore[attr-defined]
+    identity = ctx.vault.get(study_id)
+    assert identity["patient_id"] == PHI["patient_id"]
+    assert identity["study_instance_uid"] == str(read(series[0]).StudyInstanceUID)
+    # The vault stores ciphertext only.
+    entry = ctx.documents.collection("vault").find_one({"_id": study_id})
+    assert PHI["patient_id"] not in str(entry)
+
+
+def test_deid_stage_fails_clearly_on_unreadable_raw_and_keeps_it(ctx: Context) -> None:
+    series = ct_series()[:2]
+    study_id = stable_study(ctx, series)
+    key = ctx.studies.instances_of(study_id)[0]["raw_key"]
+    ctx.objects.put(ctx.buckets["raw"], key, b"corrupted on disk")
+    with pytest.raises(PipelineError, match="cannot parse stored instance"):
+        deidentify_study(ctx, study_id)
+    assert ctx.objects.get(ctx.buckets["raw"], key) == b"corrupted on disk"
+
+
+def analyzed(ctx: Context, score: float) -> str:
+    study_id = stable_study(ctx, ct_series()[:2])
+    deidentify_study(ctx, study_id)
+    analysis = {
+        "findings": [{"diameter_mm": 14.2, "volume_mm3": 1500.0, "probability": 0.9}],
+        "risk": {"score": score, "category": "high" if score >= 0.5 else "low", "rule": "test"},
+    }
+    ctx.studies.transition(study_id, "analyzed", fields={"analysis": analysis})  # type: ignore[arg-type]
+    return study_id
+
+
+def test_notify_posts_one_alert_without_phi(ctx: Context) -> None:
+    study_id = analyzed(ctx, 0.8)
+    with webhook_receiver() as receiver:
+        ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
+        notify_study(ctx, study_id)
+        notify_study(ctx, study_id)  # redelivered: no second post
+    assert len(receiver.posts) == 1
+    post = receiver.posts[0]
+    assert post["study_id"] == study_id and post["risk"]["score"] == 0.8
+    assert post["link"].endswith(f"/studies/{study_id}")
+    for value in PHI.values():
+        assert value.encode() not in receiver.raw[0]
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "alerted"
+    assert study["alert"]["channel"] == "webhook"
+
+
+def test_notify_below_threshold_sends_nothing(ctx: Context) -> None:
+    study_id = analyzed(ctx, 0.2)
+    with webhook_receiver() as receiver:
+        ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
+        notify_study(ctx, study_id)
+    assert receiver.posts == []
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "analyzed"
+    assert study["events"][-1]["type"] == "alert.not-required"
+
+
+def test_unreachable_webhook_is_transient_and_alert_not_marked_delivered(ctx: Context) -> None:
+    from services.common.errors import TransientError
+
+    study_id = analyzed(ctx, 0.9)
+    with webhook_receiver() as receiver:
+        receiver.status = 503
+        ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
+        with pytest.raises(TransientError, match="503"):
+            notify_study(ctx, study_id)
+    alert = ctx.documents.collection("alerts").find_one({"study_id": study_id})
+    assert alert["delivered_at"] is None
+    assert ctx.studies.get(study_id)["state"] == "analyzed"
