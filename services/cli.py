@@ -113,8 +113,8 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     settings = _settings()
     configure_logging(settings.log_level)
     tasks = import_module(f"services.{stage}.tasks")
-    queue = queue or {"inference": settings.inference_queue}.get(stage, stage)
-    tasks.celery.worker_main(worker_argv(queue, concurrency, pool))
+    default_queue = settings.inference_queue if stage == "inference" else stage
+    tasks.celery.worker_main(worker_argv(queue or default_queue, concurrency, pool))
 
 
 @main.group()

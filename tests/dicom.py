@@ -20,7 +20,9 @@ PHI = {
 
 @cache
 def small_phantom(seed: int = 7, nodule_mm: float | None = 12.0) -> Phantom:
-    return make_phantom(seed, nodules=[nodule_mm] if nodule_mm else [], shape=(16, 96, 96), spacing=(2.5, 3.5, 3.5))
+    return make_phantom(
+        seed, nodules=[nodule_mm] if nodule_mm else [], shape=(16, 96, 96), spacing=(2.5, 3.5, 3.5)
+    )
 
 
 def ct_series(seed: int = 7, nodule_mm: float | None = 12.0, **overrides: str) -> list[bytes]:

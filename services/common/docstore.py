@@ -10,6 +10,7 @@ makes each pymongo call atomic across the API and worker processes of ``radpipe 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import sqlite3
 import threading
@@ -172,10 +173,9 @@ class EmbeddedDocumentStore:
 
     def close(self) -> None:
         for client in self._clients:
-            try:
+            # A client opened by another thread cannot be closed here; it is freed with it.
+            with contextlib.suppress(sqlite3.ProgrammingError):
                 client.close()
-            except sqlite3.ProgrammingError:  # opened by another thread; freed with it
-                pass
         self._clients.clear()
         self.lock.close()
 

@@ -74,7 +74,8 @@ class Settings(BaseSettings):
             raise ValueError("RADPIPE_SECRET_KEY must be at least 16 characters long")
         if self.s3_endpoint is not None and (not self.s3_access_key or self.s3_secret_key is None):
             raise ValueError(
-                "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and RADPIPE_S3_SECRET_KEY too"
+                "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and "
+                "RADPIPE_S3_SECRET_KEY too"
             )
         return self
 

@@ -36,7 +36,9 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
 
 def _split_params(value: str) -> list[str]:
     """Split on ``;`` outside double quotes."""
-    pieces, current, quoted = [], [], False
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in value:
         if char == '"':
             quoted = not quoted

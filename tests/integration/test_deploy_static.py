@@ -829,7 +829,7 @@ def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest
 
 
 def _normalized(objects: list[Manifest]) -> list[Manifest]:
-    """Objects in a stable order, merge-keyed lists sorted, values as YAML strings them."""
+    """Objects in a stable order, with merge-keyed lists sorted by their key."""
 
     def walk(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):

@@ -87,7 +87,9 @@ def test_documents_crud_and_atomic_updates(documents: DocumentStore) -> None:
         {"$set": {"state": "stable"}, "$inc": {"n": 2}, "$push": {"events": {"type": "stable"}}},
         return_document=ReturnDocument.AFTER,
     )
-    assert moved["state"] == "stable" and moved["n"] == 2 and moved["events"] == [{"type": "stable"}]
+    assert (
+        moved["state"] == "stable" and moved["n"] == 2 and moved["events"] == [{"type": "stable"}]
+    )
     again = col.find_one_and_update(
         {"_id": "s1", "state": {"$in": ["received"]}}, {"$set": {"state": "x"}}
     )

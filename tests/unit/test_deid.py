@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from services.common.identity import pseudonymous_uid
 from services.deid.service import PatientKeys, deidentify, write_dataset
@@ -16,7 +15,9 @@ from ..servers import require_tool
 SECRET = b"unit-test-secret-0123456789"
 
 
-def deid_series(secret: bytes = SECRET, **overrides: str) -> tuple[list[pydicom.Dataset], list[bytes]]:
+def deid_series(
+    secret: bytes = SECRET, **overrides: str
+) -> tuple[list[pydicom.Dataset], list[bytes]]:
     series = ct_series(**overrides)
     originals = [read(b) for b in series]
     outputs = [write_dataset(deidentify(read(b), secret)) for b in series]
@@ -26,7 +27,10 @@ def deid_series(secret: bytes = SECRET, **overrides: str) -> tuple[list[pydicom.
 def test_no_planted_identifier_survives_anywhere_in_the_bytes() -> None:
     originals, outputs = deid_series()
     planted = [v.encode() for v in PHI.values()] + [b"Doe", b"Jane", b"Smith", b"Tech^Terry"]
-    planted += [str(originals[0].StudyInstanceUID).encode(), str(originals[0].SOPInstanceUID).encode()]
+    planted += [
+        str(originals[0].StudyInstanceUID).encode(),
+        str(originals[0].SOPInstanceUID).encode(),
+    ]
     planted += [b"19610407"]  # birth date
     for data in outputs:
         for value in planted:
@@ -45,7 +49,9 @@ def test_uids_remapped_consistently_and_standard_uids_kept() -> None:
         assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
         assert after.SOPClassUID == before.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
         assert after.file_meta.TransferSyntaxUID == before.file_meta.TransferSyntaxUID
-        assert after.FrameOfReferenceUID == pseudonymous_uid(SECRET, str(before.FrameOfReferenceUID))
+        assert after.FrameOfReferenceUID == pseudonymous_uid(
+            SECRET, str(before.FrameOfReferenceUID)
+        )
         assert str(after.SOPInstanceUID).startswith("2.25.") and len(after.SOPInstanceUID) <= 64
 
 
@@ -116,6 +122,8 @@ def test_output_passes_dciodvfy(tmp_path: Path) -> None:
     path = tmp_path / "out.dcm"
     path.write_bytes(outputs[0])
     result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    errors = [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]
     assert errors == []
     assert shutil.which("dciodvfy")

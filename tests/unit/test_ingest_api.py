@@ -12,7 +12,9 @@ from ..dicom import ct_series, read
 def stow(client: TestClient, token: str, payloads: list[bytes], path: str = "/dicom-web/studies"):
     body, content_type = encode_multipart(payloads)
     return client.post(
-        path, content=body, headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+        path,
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
     )
 
 
@@ -20,7 +22,9 @@ def raw_objects(ctx: Context) -> list[str]:
     return list(ctx.objects.list(ctx.buckets["raw"]))
 
 
-def test_store_a_series_answers_200_with_retrieve_urls(client: TestClient, ctx: Context, tokens) -> None:
+def test_store_a_series_answers_200_with_retrieve_urls(
+    client: TestClient, ctx: Context, tokens
+) -> None:
     series = ct_series()
     response = stow(client, tokens["modality"], series)
     assert response.status_code == 200
@@ -96,7 +100,9 @@ def test_instance_from_another_study_is_failed_others_stored(client, ctx, tokens
 
 def test_wrong_media_type_and_missing_boundary(client, ctx, tokens) -> None:
     auth = {"Authorization": f"Bearer {tokens['modality']}"}
-    response = client.post("/dicom-web/studies", content=b"{}", headers={**auth, "Content-Type": "application/json"})
+    response = client.post(
+        "/dicom-web/studies", content=b"{}", headers={**auth, "Content-Type": "application/json"}
+    )
     assert response.status_code == 415
     response = client.post(
         "/dicom-web/studies",
@@ -121,7 +127,9 @@ def test_oversize_request_is_413_and_nothing_stored(ctx, tokens) -> None:
 def test_store_needs_a_modality_token(client, ctx, tokens) -> None:
     series = ct_series()[:1]
     body, content_type = encode_multipart(series)
-    anonymous = client.post("/dicom-web/studies", content=body, headers={"Content-Type": content_type})
+    anonymous = client.post(
+        "/dicom-web/studies", content=body, headers={"Content-Type": content_type}
+    )
     assert anonymous.status_code == 401
     assert "radpipe token create" in anonymous.json()["detail"]
     assert stow(client, tokens["radiologist"], series).status_code == 403

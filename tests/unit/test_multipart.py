@@ -6,7 +6,9 @@ from services.common.errors import BadRequest, UnsupportedMediaType
 from services.ingest.multipart import parse_media_type, split_parts, stow_boundary
 
 
-def body(boundary: str, parts: list[bytes], *, leading_crlf: bool = False, close: bool = True) -> bytes:
+def body(
+    boundary: str, parts: list[bytes], *, leading_crlf: bool = False, close: bool = True
+) -> bytes:
     out = b"\r\n" if leading_crlf else b""
     for index, part in enumerate(parts):
         headers = b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\n"

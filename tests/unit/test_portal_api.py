@@ -43,7 +43,9 @@ def test_study_list_detail_and_metrics(client: TestClient, ctx: Context, tokens)
     assert 'radpipe_studies{state="received"} 1.0' in metrics
 
 
-def test_source_uid_lookup_is_clinical_only_and_audited(client: TestClient, ctx: Context, tokens) -> None:
+def test_source_uid_lookup_is_clinical_only_and_audited(
+    client: TestClient, ctx: Context, tokens
+) -> None:
     series = ct_series()[:1]
     stow(client, tokens["modality"], series)
     source_uid = str(read(series[0]).StudyInstanceUID)
@@ -52,20 +54,28 @@ def test_source_uid_lookup_is_clinical_only_and_audited(client: TestClient, ctx:
     )
     assert refused.status_code == 403
     found = client.get(
-        "/api/studies", params={"source_study_uid": source_uid}, headers=bearer(tokens["radiologist"])
+        "/api/studies",
+        params={"source_study_uid": source_uid},
+        headers=bearer(tokens["radiologist"]),
     ).json()
     assert found["total"] == 1
     audit = list(ctx.documents.collection("audit").find({"action": "study.lookup-source-uid"}))
-    assert [(a["actor"], a["target"]) for a in audit] == [("test-radiologist", found["studies"][0]["id"])]
+    assert [(a["actor"], a["target"]) for a in audit] == [
+        ("test-radiologist", found["studies"][0]["id"])
+    ]
     assert source_uid not in str(audit)
 
 
 def test_login_session_and_worklist_page(client: TestClient, ctx: Context) -> None:
     AuthService(ctx.documents).add_user("ana", "radiologist", "correct horse battery")
-    bad = client.post("/login", data={"username": "ana", "password": "wrong"}, follow_redirects=False)
+    bad = client.post(
+        "/login", data={"username": "ana", "password": "wrong"}, follow_redirects=False
+    )
     assert bad.headers["location"] == "/login?error=1"
     ok = client.post(
-        "/login", data={"username": "ana", "password": "correct horse battery"}, follow_redirects=False
+        "/login",
+        data={"username": "ana", "password": "correct horse battery"},
+        follow_redirects=False,
     )
     assert ok.status_code == 303 and "radpipe_session" in ok.cookies
     page = client.get("/")

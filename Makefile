@@ -1,0 +1,44 @@
+# One entry point for people, CI and pre-commit alike.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run demo test lint format bench train clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned to the CPU wheel; an open range pulls a multi-gigabyte CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install  ## the whole pipeline on this machine: http://127.0.0.1:8000
+	$(BIN)/radpipe up
+
+demo: install  ## push a high-risk and a clean phantom into a running `make run`
+	$(BIN)/radpipe demo
+
+test: install lint  ## start Redis and S3 test servers (pytest fixtures) and run every tier
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix services tests bench scripts
+	$(BIN)/ruff format services tests bench scripts
+
+bench: install
+	$(BIN)/python bench/pipeline.py
+
+train: install  ## retrain the demo bundle (seeded, minutes on CPU)
+	$(BIN)/python scripts/train_demo_bundle.py
+
+clean:
+	rm -rf $(VENV) .radpipe .pytest_cache .mypy_cache .ruff_cache
