@@ -33,7 +33,7 @@ CLINICAL_ROLES: frozenset[str] = frozenset({"radiologist", "resident", "oncall"}
 class Settings(BaseSettings):
     """Radpipe configuration; see docs/operations.md for every field."""
 
-    model_config = SettingsConfigDict(env_prefix="RADPIPE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RADPIPE_", extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Path(".radpipe")
     mongo_url: str | None = None

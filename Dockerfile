@@ -1,0 +1,101 @@
+# Radpipe container image: one image for every service (ingest, portal, notify, workers).
+#
+#   docker build -t ghcr.io/radpipe/radpipe:0.1.0 .                            # CPU
+#   docker build --build-arg VARIANT=cuda -t ghcr.io/radpipe/radpipe:0.1.0-cuda .  # NVIDIA GPU
+#
+# Build with BuildKit (the default builder since Docker 23): it builds only the stages the
+# chosen VARIANT needs, so a CPU build never pulls the CUDA base image.
+#
+# The service is chosen by the command: `radpipe serve ingest|portal|notify` or
+# `radpipe worker deid|inference|notify`; the default is the all-in-one `radpipe up`.
+
+# cpu | cuda
+ARG VARIANT=cpu
+# torch is pinned here and in pyproject.toml; the variant only picks the wheel build.
+ARG TORCH_VERSION=2.13.0
+# CUDA wheel flavour of torch; must be a build PyTorch publishes for TORCH_VERSION.
+ARG TORCH_CUDA=cu128
+
+# ---------------------------------------------------------------------------------------
+# builder: a wheel of the project only (pure Python, identical for both variants).
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY services/ ./services/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------
+# runtime-cpu: Debian slim with the CPU-only torch wheel (a few hundred MB, not GBs of CUDA).
+FROM python:3.11-slim AS runtime-cpu
+ARG TORCH_VERSION
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir \
+        --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+
+# ---------------------------------------------------------------------------------------
+# runtime-cuda: NVIDIA's runtime image (driver-facing CUDA libraries) with Python 3.11.
+FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04 AS runtime-cuda
+ARG TORCH_VERSION
+ARG TORCH_CUDA
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+# Unpinned apt packages (DL3008): the base image tag fixes the Ubuntu release, and exact
+# package versions are superseded by every security update and would break rebuilds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir \
+        --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}"
+
+# ---------------------------------------------------------------------------------------
+# runtime: the chosen variant plus Radpipe, run as an unprivileged user.
+# Untagged image (DL3006): runtime-${VARIANT} names a stage of this file, not a registry image.
+# hadolint ignore=DL3006
+FROM runtime-${VARIANT} AS runtime
+ARG VARIANT
+LABEL org.opencontainers.image.title="radpipe" \
+      org.opencontainers.image.description="DICOM imaging-AI pipeline (${VARIANT})" \
+      org.opencontainers.image.source="https://github.com/radpipe/radpipe" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HOME=/home/radpipe \
+    RADPIPE_DATA_DIR=/data
+
+# A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it and volume ownership is
+# predictable across hosts.
+RUN groupadd --system --gid 10001 radpipe \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /home/radpipe --create-home \
+        --shell /usr/sbin/nologin radpipe \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+
+# torch is already in the venv at the pinned version, so pip keeps it and adds the rest.
+COPY --from=builder /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && python -c "import torch, services; print('torch', torch.__version__)"
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+# 8000: HTTP (DICOMweb, API, portal); 11112: DIMSE C-STORE.
+EXPOSE 8000 11112
+
+# Python instead of curl: nothing extra in the image. Workers serve no HTTP; compose and
+# Kubernetes replace or drop this check for them.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+ENTRYPOINT ["radpipe"]
+CMD ["up", "--host", "0.0.0.0"]
