@@ -42,6 +42,9 @@ class RecordingDispatcher:
     def ping(self) -> None:
         return None
 
+    def queue_lengths(self) -> dict[str, int]:
+        return {"deid": sum(1 for stage, *_ in self.sent if stage in ("stable", "deid"))}
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

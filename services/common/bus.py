@@ -78,6 +78,15 @@ class CeleryDispatcher:
         with self._celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
 
+    def queue_lengths(self) -> dict[str, int]:
+        """Ready messages per queue (the Redis transport keeps each queue as a list)."""
+        with self._celery.connection_for_read() as connection:
+            channel = connection.default_channel
+            return {
+                queue: int(channel.client.llen(queue)) if hasattr(channel, "client") else 0
+                for queue in QUEUES
+            }
+
 
 def stage_task(
     celery: Celery, name: str, stage: str, max_retries: int | None = None

@@ -19,6 +19,9 @@ STAGE_SECONDS = Histogram(
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 STUDIES = Gauge("radpipe_studies", "Studies by state", ["state"])
+QUEUE_LENGTH = Gauge(
+    "radpipe_queue_length", "Tasks waiting in a stage's queue (autoscaling input)", ["queue"]
+)
 
 
 def refresh_gauges(ctx: Context) -> None:
@@ -26,3 +29,5 @@ def refresh_gauges(ctx: Context) -> None:
 
     for state in StudyState:
         STUDIES.labels(str(state)).set(ctx.studies.studies.count_documents({"state": str(state)}))
+    for queue, length in ctx.tasks.queue_lengths().items():
+        QUEUE_LENGTH.labels(queue).set(length)

@@ -41,6 +41,7 @@ def test_study_list_detail_and_metrics(client: TestClient, ctx: Context, tokens)
     assert client.get("/api/studies/nope", headers=bearer(tokens["radiologist"])).status_code == 404
     metrics = client.get("/metrics", headers=bearer(tokens["manager"])).text
     assert 'radpipe_studies{state="received"} 1.0' in metrics
+    assert 'radpipe_queue_length{queue="deid"} 1.0' in metrics
 
 
 def test_source_uid_lookup_is_clinical_only_and_audited(
