@@ -107,7 +107,8 @@ def health_router() -> APIRouter:
 
 
 def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> FastAPI:
-    app = FastAPI(title=title, version="0.1.0")
+    # The interactive API docs stay off: every endpoint but health requires authentication.
+    app = FastAPI(title=title, version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.context = context
     app.add_exception_handler(RadpipeError, _radpipe_error)
     app.include_router(health_router())

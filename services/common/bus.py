@@ -15,7 +15,7 @@ from celery import Celery, Task
 from kombu import Queue
 
 from .context import Context, get_context
-from .errors import PipelineError, TransientError
+from .errors import PipelineError, RadpipeError, TransientError
 from .logging import get_logger
 from .settings import Settings, get_settings
 
@@ -105,7 +105,10 @@ def stage_task(
                 log.warning("stage.failed", stage=stage, study_id=study_id, reason=exc.message)
                 ctx.studies.fail(study_id, stage, exc.message, attempts=attempt)
             except Exception as exc:  # retried, then dead-lettered with its reason
-                reason = f"{type(exc).__name__}: {exc}"
+                # Only our own messages are known to be free of DICOM values; a library's
+                # exception text could quote one, so it is reduced to its type.
+                detail = exc.message if isinstance(exc, RadpipeError) else "unexpected error"
+                reason = f"{type(exc).__name__}: {detail}"
                 if self.request.retries >= retries:
                     log.error("stage.dead-letter", stage=stage, study_id=study_id, exc_info=True)
                     ctx.studies.fail(

@@ -47,8 +47,8 @@ class PatientKeys:
     def derive(cls, secret: bytes, original_patient_id: str) -> PatientKeys:
         token = pseudonym(secret, "patient", original_patient_id, 12)
         # A shift of 1-10 years back, whole days: intervals between dates stay exact.
-        days = 365 + int.from_bytes(keyed_digest(secret, "date-shift", original_patient_id)[:4])
-        return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(days % 3286)))
+        draw = int.from_bytes(keyed_digest(secret, "date-shift", original_patient_id)[:4])
+        return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(365 + draw % 3285)))
 
 
 def _shift_da(value: str, offset: timedelta) -> str:
@@ -120,8 +120,15 @@ def deidentify(ds: Dataset, secret: bytes) -> Dataset:
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = "RADPIPE_010"
-    if "SourceApplicationEntityTitle" in meta:
-        del meta.SourceApplicationEntityTitle
+    for keyword in (
+        "SourceApplicationEntityTitle",
+        "SendingApplicationEntityTitle",
+        "ReceivingApplicationEntityTitle",
+        "PrivateInformationCreatorUID",
+        "PrivateInformation",
+    ):
+        if keyword in meta:
+            delattr(meta, keyword)
     ds.file_meta = meta
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = METHOD
