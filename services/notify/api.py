@@ -12,7 +12,9 @@ from services.common.auth import AuthService, Principal
 from . import service
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
-Reader = Annotated[Principal, Depends(require("oncall", "radiologist", "resident", "manager"))]
+Reader = Annotated[
+    Principal, Depends(require("oncall", "radiologist", "resident", "manager", "auditor"))
+]
 Responder = Annotated[Principal, Depends(require("oncall", "radiologist"))]
 
 

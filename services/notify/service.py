@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from pymongo import ReturnDocument
 
 from services.common.context import Context
 from services.common.errors import NotFound, TransientError
@@ -116,13 +117,15 @@ def acknowledge(ctx: Context, alert_id: str, who: str, note: str = "") -> dict[s
     alerts = ctx.documents.collection(ALERTS)
     if alerts.find_one({"_id": alert_id}) is None:
         raise NotFound(f"alert {alert_id} does not exist")
-    alerts.update_one(
+    first = alerts.find_one_and_update(
         {"_id": alert_id, "acknowledged_at": None},
         {"$set": {"acknowledged_at": now(), "acknowledged_by": who, "note": note[:1000]}},
+        return_document=ReturnDocument.AFTER,
     )
-    alert = alerts.find_one({"_id": alert_id})
-    assert alert is not None
+    if first is None:  # acknowledged before: the first acknowledgement stands
+        alert: dict[str, Any] = alerts.find_one({"_id": alert_id}) or {}
+        return alert
     ctx.studies.add_event(
-        alert["study_id"], "alert.acknowledged", {"alert_id": alert_id, "by": who}
+        first["study_id"], "alert.acknowledged", {"alert_id": alert_id, "by": who}
     )
-    return alert
+    return dict(first)

@@ -129,3 +129,27 @@ def test_unreachable_webhook_is_transient_and_alert_not_marked_delivered(ctx: Co
     alert = ctx.documents.collection("alerts").find_one({"study_id": study_id})
     assert alert["delivered_at"] is None
     assert ctx.studies.get(study_id)["state"] == "analyzed"
+
+
+def test_alert_list_and_acknowledgement_over_the_api(client, ctx: Context, tokens) -> None:  # type: ignore[no-untyped-def]
+    study_id = analyzed(ctx, 0.9)
+    notify_study(ctx, study_id)  # no webhook configured: the portal is the channel
+    auth = {"Authorization": f"Bearer {tokens['oncall']}"}
+    alerts = client.get("/api/alerts", headers=auth).json()
+    assert [a["study_id"] for a in alerts] == [study_id]
+    assert alerts[0]["acknowledged_at"] is None and alerts[0]["channel"] == "portal"
+    alert_id = alerts[0]["id"]
+    refused = client.post(
+        f"/api/alerts/{alert_id}/ack", headers={"Authorization": f"Bearer {tokens['manager']}"}
+    )
+    assert refused.status_code == 403
+    acked = client.post(f"/api/alerts/{alert_id}/ack", json={"note": "told Dr X"}, headers=auth)
+    assert acked.status_code == 200 and acked.json()["acknowledged_by"] == "test-oncall"
+    again = client.post(
+        f"/api/alerts/{alert_id}/ack", headers={"Authorization": f"Bearer {tokens['radiologist']}"}
+    )
+    assert again.json()["acknowledged_by"] == "test-oncall"  # the first acknowledgement stands
+    events = [e["type"] for e in ctx.studies.get(study_id)["events"]]
+    assert events.count("alert.acknowledged") == 1
+    assert client.get("/api/alerts?open=true", headers=auth).json() == []
+    assert client.post("/api/alerts/nope/ack", headers=auth).status_code == 404
