@@ -110,7 +110,19 @@ class S3ObjectStore:
     def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        try:
+            self.client.put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+            # Buckets are created by their first writer, so each service needs rights only on
+            # the buckets it uses (ingest: raw; deid: raw and deid; inference: deid, results).
+            self.ensure_bucket(bucket)
+            self.client.put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type
+            )
 
     def get(self, bucket: str, key: str) -> bytes:
         try:
@@ -135,9 +147,13 @@ class S3ObjectStore:
         return True
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[str]:
-        for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True):
-            if obj.object_name is not None:
-                yield obj.object_name
+        try:
+            for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True):
+                if obj.object_name is not None:
+                    yield obj.object_name
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
 
     def delete(self, bucket: str, key: str) -> None:
         self.client.remove_object(bucket, key)
@@ -150,15 +166,13 @@ class S3ObjectStore:
 
 
 def make_object_store(settings: Settings) -> ObjectStore:
-    """S3 when ``RADPIPE_S3_ENDPOINT`` is set, else a folder under ``RADPIPE_DATA_DIR``."""
-    store: ObjectStore
+    """S3 when ``RADPIPE_S3_ENDPOINT`` is set, else a folder under ``RADPIPE_DATA_DIR``.
+
+    No bucket is touched here: a service never needs rights on buckets it does not use.
+    """
     if settings.s3_endpoint is not None:
         secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else ""
-        store = S3ObjectStore(
+        return S3ObjectStore(
             str(settings.s3_endpoint), settings.s3_access_key or "", secret, settings.s3_region
         )
-    else:
-        store = FolderObjectStore(settings.data_dir / "objects")
-    for bucket in bucket_names(settings).values():
-        store.ensure_bucket(bucket)
-    return store
+    return FolderObjectStore(settings.data_dir / "objects")

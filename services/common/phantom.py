@@ -56,8 +56,10 @@ class Phantom:
     nodules: list[Nodule]
     lung_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
 
-    def nodule_mask_on_grid(self, shape: tuple[int, int, int]) -> np.ndarray:
-        """Exact sphere truth on a `shape` grid spanning the same field of view.
+    def nodule_mask_on_grid(
+        self, shape: tuple[int, int, int], nodules: list[Nodule] | None = None
+    ) -> np.ndarray:
+        """Exact sphere truth (of all or the given nodules) on a `shape` grid, same field of view.
 
         Grid voxel j on an axis of n input voxels lies at input index (j + 0.5) * n / m - 0.5,
         the convention of torch's `interpolate(align_corners=False)` and MONAI `Resize`.
@@ -69,7 +71,7 @@ class Phantom:
             for a, (m, n, s) in enumerate(zip(shape, self.volume.shape, self.spacing, strict=True))
         ]
         mask = np.zeros(shape, dtype=bool)
-        for nod in self.nodules:
+        for nod in self.nodules if nodules is None else nodules:
             c, r = nod.center_mm, nod.diameter_mm / 2
             mask |= (axes[0] - c[0]) ** 2 + (axes[1] - c[1]) ** 2 + (axes[2] - c[2]) ** 2 <= r * r
         return mask

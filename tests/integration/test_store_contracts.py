@@ -102,3 +102,11 @@ def test_documents_crud_and_atomic_updates(documents: DocumentStore) -> None:
     assert col.find_one({"_id": "s3"}) is None
     col.create_index("state")
     documents.ping()
+
+
+def test_first_writer_creates_its_bucket(objects: tuple[ObjectStore, str]) -> None:
+    store, _ = objects
+    bucket = "rp-new-" + secrets.token_hex(4)
+    assert list(store.list(bucket)) == []
+    store.put(bucket, "k.dcm", b"data")
+    assert store.get(bucket, "k.dcm") == b"data"
