@@ -7,6 +7,7 @@ restart; documents and objects use the embedded adapters in the same folder.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -22,6 +23,12 @@ from services.common.logging import get_logger
 
 log = get_logger("radpipe.up")
 WORKERS = ("deid", "inference", "notify")
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this child when ``radpipe up`` dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -65,6 +72,7 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     wait_for_port(port)
     return process, f"redis://127.0.0.1:{port}/0"
@@ -94,6 +102,7 @@ class Supervisor:
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker", name, "--pool", "solo"],
             env=self.env,
+            preexec_fn=_die_with_parent,
         )
 
     def run(self) -> None:
