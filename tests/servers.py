@@ -170,7 +170,8 @@ def s3_server(folder: Path) -> Iterator[S3Server]:
             f"-s3.port.iceberg={ports['iceberg']}",
             f"-s3.port.lance={ports['lance']}",
             f"-s3.config={config}",
-            "-master.volumeSizeLimitMB=64",
+            "-master.volumeSizeLimitMB=32",
+            "-volume.max=300",  # each bucket is a collection with volumes of its own
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from minio import Minio
@@ -52,6 +54,25 @@ class FolderObjectStore:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(
+        self,
+        bucket: str,
+        key: str,
+        file: BinaryIO,
+        length: int,
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                shutil.copyfileobj(file, handle, 1024 * 1024)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -123,6 +144,24 @@ class S3ObjectStore:
             self.client.put_object(
                 bucket, key, io.BytesIO(data), len(data), content_type=content_type
             )
+
+    def put_file(
+        self,
+        bucket: str,
+        key: str,
+        file: BinaryIO,
+        length: int,
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        start = file.tell()
+        try:
+            self.client.put_object(bucket, key, file, length, content_type=content_type)
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+            self.ensure_bucket(bucket)
+            file.seek(start)
+            self.client.put_object(bucket, key, file, length, content_type=content_type)
 
     def get(self, bucket: str, key: str) -> bytes:
         try:

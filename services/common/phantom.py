@@ -280,9 +280,9 @@ def _render_vessels(
     for e in lungs:
         medial = -np.sign(e.center[2] - vol.shape[2] * sp[2] / 2)
         for _ in range(int(rng.integers(4, 8))):
-            start = e.center + np.array([rng.uniform(-0.3, 0.3) * e.radii[0], 0.0, 0.0])
+            start = e.center + np.array([rng.uniform(-0.45, 0.45) * e.radii[0], 0.0, 0.0])
             start[2] += medial * 0.6 * e.radii[2]
-            direction = np.array([rng.normal(0, 0.6), rng.normal(0, 0.6), -medial])
+            direction = np.array([rng.normal(0, 0.9), rng.normal(0, 0.6), -medial])
             stack = [(start, direction / np.linalg.norm(direction), rng.uniform(2.0, 3.5), 0)]
             while stack:
                 a, d, r0, depth = stack.pop()
@@ -293,9 +293,15 @@ def _render_vessels(
                     continue
                 _stamp_segment(weight, a, b, r0, r1, sp)
                 if depth < 4 and r1 > 0.6:
-                    for _ in range(2):
-                        nd = d + rng.normal(0, 0.45, size=3)
-                        stack.append((b, nd / np.linalg.norm(nd), r1, depth + 1))
+                    # Bifurcate in a plane at 15-40 degrees each side, as vessels do; random
+                    # turns would fold branches onto each other into round, nodule-like knots.
+                    perp = rng.normal(size=3)
+                    perp -= perp.dot(d) * d
+                    perp /= np.linalg.norm(perp)
+                    for side in (1.0, -1.0):
+                        angle = np.radians(rng.uniform(15.0, 40.0))
+                        child = np.cos(angle) * d + side * np.sin(angle) * perp
+                        stack.append((b, child / np.linalg.norm(child), r1, depth + 1))
     weight *= lung
     vol += weight * (hu - vol)
 

@@ -7,7 +7,7 @@ these protocols, so tests and deployments swap adapters freely.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 Document = dict[str, Any]
 
@@ -18,6 +18,12 @@ class ObjectStore(Protocol):
     def ensure_bucket(self, bucket: str) -> None: ...
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = ...) -> None: ...
+
+    def put_file(
+        self, bucket: str, key: str, file: BinaryIO, length: int, content_type: str = ...
+    ) -> None:
+        """Store ``length`` bytes read from ``file`` (streamed, never loaded whole)."""
+        ...
 
     def get(self, bucket: str, key: str) -> bytes:
         """Raises ``NotFound`` when the object does not exist."""

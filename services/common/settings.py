@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     #: Queue the deid stage hands studies to; GPU deployments set ``inference-gpu``.
     inference_queue: Literal["inference-cpu", "inference-gpu"] = "inference-cpu"
     inference_threads: int | None = Field(None, ge=1)
-    max_request_bytes: int = Field(2 * 1024**3, gt=0)
+    #: STOW-RS bodies are streamed to disk, so these bound disk use, not memory (413 above).
+    max_request_bytes: int = Field(16 * 1024**3, gt=0)
+    max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     task_max_retries: int = Field(5, ge=0)
     log_level: str = "INFO"
     #: Set by ``radpipe up`` only: allows the development secret and embedded stores.

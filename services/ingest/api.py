@@ -8,38 +8,44 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from services.common.api import Ctx, require
 from services.common.auth import AuthService, Principal
-from services.common.errors import PayloadTooLarge
+from services.common.errors import PayloadTooLarge, RadpipeError
 from services.common.identity import study_id_for
 
 from . import service
-from .multipart import split_parts, stow_boundary
+from .multipart import MultipartReader, stow_boundary
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 Modality = Annotated[Principal, Depends(require("modality"))]
 DICOM_JSON = "application/dicom+json"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None) -> Response:
+    """Parse the body as it streams in; each complete part is stored before the next is read."""
+    boundary = stow_boundary(request.headers.get("content-type", ""))
+    limit = ctx.settings.max_request_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None) -> Response:
-    boundary = stow_boundary(request.headers.get("content-type", ""))
-    body = await _read_body(request, ctx.settings.max_request_bytes)
-    parts = split_parts(body, boundary)
-    result = await run_in_threadpool(service.store_parts, ctx, parts, study)
+    reader = MultipartReader(boundary, max_part_bytes=ctx.settings.max_instance_bytes)
+    session = service.StowSession(ctx, study)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
+            for part in reader.feed(chunk):
+                await run_in_threadpool(session.add, part)
+        for part in reader.close():
+            await run_in_threadpool(session.add, part)
+    except (RadpipeError, ClientDisconnect):
+        await run_in_threadpool(session.abort)
+        raise
+    result = await run_in_threadpool(session.commit)
     target = study_id_for(ctx.settings.secret, study) if study else "-"
     AuthService(ctx.documents).audit(
         caller, "stow", target, stored=len(result.stored), failed=len(result.failed)

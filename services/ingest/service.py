@@ -5,7 +5,6 @@ No FastAPI here: ``api.py`` is the thin HTTP adapter.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,8 +84,10 @@ def read_part(part: Part) -> pydicom.Dataset:
     if media not in ("application/dicom", ""):
         raise InvalidDicom(f"part type {media!r} is not application/dicom", CANNOT_UNDERSTAND)
     try:
-        return pydicom.dcmread(io.BytesIO(part.data), stop_before_pixels=True)
+        part.file.seek(0)
+        return pydicom.dcmread(part.file, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        part.file.seek(0)
         raise InvalidDicom(
             f"not a DICOM Part 10 file ({type(exc).__name__}); send files with the 128-byte "
             "preamble and 'DICM' prefix",
@@ -94,64 +95,116 @@ def read_part(part: Part) -> pydicom.Dataset:
         ) from None
 
 
-def store_part(ctx: Context, part: Part, expected_study_uid: str | None) -> StoreOutcome:
-    """Validate and store one part; nothing of a failed part is kept."""
-    try:
-        ds = read_part(part)
-        sop_class = _uid(ds, "SOPClassUID")
-        sop_instance = _uid(ds, "SOPInstanceUID")
-    except InvalidDicom as exc:
-        INSTANCES_RECEIVED.labels("failed").inc()
-        return StoreOutcome(None, None, failure_reason=exc.failure_reason, message=exc.message)
-    outcome = StoreOutcome(sop_class, sop_instance)
-    try:
-        study_uid = _uid(ds, "StudyInstanceUID")
-        series_uid = _uid(ds, "SeriesInstanceUID")
-        if expected_study_uid is not None and study_uid != expected_study_uid:
-            raise InvalidDicom(
-                "the instance belongs to another study than the one in the request URL",
-                DOES_NOT_MATCH_SOP_CLASS,
-            )
-    except InvalidDicom as exc:
-        INSTANCES_RECEIVED.labels("failed").inc()
-        outcome.failure_reason, outcome.message = exc.failure_reason, exc.message
+@dataclass
+class _Pending:
+    """A stored raw object waiting for its record (written once the whole request is in)."""
+
+    study_id: str
+    instance_key: str
+    record: dict[str, Any]
+    modality: str | None
+
+
+@dataclass
+class StowSession:
+    """One STOW-RS request: parts are stored as they arrive, recorded when the body is complete.
+
+    The record is the commit point: an object without a record belongs to no study, so an
+    aborted request (413, truncation, disconnect) leaves nothing half-stored after
+    :meth:`abort` removes the objects it uploaded.
+    """
+
+    ctx: Context
+    expected_study_uid: str | None
+    result: StowResult = field(default_factory=StowResult)
+    pending: list[_Pending] = field(default_factory=list)
+
+    def add(self, part: Part) -> StoreOutcome:
+        try:
+            outcome = self._store(part)
+        finally:
+            part.close()
+        INSTANCES_RECEIVED.labels("failed" if outcome.failure_reason else "stored").inc()
+        self.result.outcomes.append(outcome)
         return outcome
 
-    secret = ctx.settings.secret
-    study_id = study_id_for(secret, study_uid)
-    instance_key = instance_key_for(secret, sop_instance)
-    raw_key = f"{study_id}/{instance_key}.dcm"
-    # Bytes first, record second: a record never points at a missing object.
-    ctx.objects.put(ctx.buckets["raw"], raw_key, part.data, "application/dicom")
-    ctx.studies.record_instance(
-        study_id,
-        instance_key,
-        {
+    def _store(self, part: Part) -> StoreOutcome:
+        try:
+            ds = read_part(part)
+            sop_class = _uid(ds, "SOPClassUID")
+            sop_instance = _uid(ds, "SOPInstanceUID")
+        except InvalidDicom as exc:
+            return StoreOutcome(None, None, failure_reason=exc.failure_reason, message=exc.message)
+        outcome = StoreOutcome(sop_class, sop_instance)
+        try:
+            study_uid = _uid(ds, "StudyInstanceUID")
+            series_uid = _uid(ds, "SeriesInstanceUID")
+            if self.expected_study_uid is not None and study_uid != self.expected_study_uid:
+                raise InvalidDicom(
+                    "the instance belongs to another study than the one in the request URL",
+                    DOES_NOT_MATCH_SOP_CLASS,
+                )
+        except InvalidDicom as exc:
+            outcome.failure_reason, outcome.message = exc.failure_reason, exc.message
+            return outcome
+
+        secret = self.ctx.settings.secret
+        study_id = study_id_for(secret, study_uid)
+        instance_key = instance_key_for(secret, sop_instance)
+        raw_key = f"{study_id}/{instance_key}.dcm"
+        part.file.seek(0)
+        # The bytes are kept exactly as received, whatever their transfer syntax.
+        self.ctx.objects.put_file(
+            self.ctx.buckets["raw"], raw_key, part.file, part.size, "application/dicom"
+        )
+        record = {
             "raw_key": raw_key,
             "sop_class_uid": sop_class,
             "series_key": instance_key_for(secret, "series:" + series_uid),
-            "size": len(part.data),
-        },
-        modality=str(ds.get("Modality", "") or "") or None,
-    )
-    INSTANCES_RECEIVED.labels("stored").inc()
-    outcome.study_instance_uid, outcome.series_instance_uid = study_uid, series_uid
-    outcome.study_id = study_id
-    return outcome
+            "size": part.size,
+        }
+        modality = str(ds.get("Modality", "") or "") or None
+        self.pending.append(_Pending(study_id, instance_key, record, modality))
+        outcome.study_instance_uid, outcome.series_instance_uid = study_uid, series_uid
+        outcome.study_id = study_id
+        return outcome
+
+    def commit(self) -> StowResult:
+        """Record every stored instance and arm one stability check per touched study."""
+        for item in self.pending:
+            self.ctx.studies.record_instance(
+                item.study_id, item.instance_key, item.record, item.modality
+            )
+        # The check re-arms itself while instances keep arriving.
+        for study_id in dict.fromkeys(item.study_id for item in self.pending):
+            self.ctx.tasks.send(
+                "stable", study_id, countdown=self.ctx.settings.study_stable_seconds
+            )
+        log.info(
+            "stow.done",
+            stored=len(self.result.stored),
+            failed=len(self.result.failed),
+            reasons=sorted(
+                {f"{o.failure_reason:04X}" for o in self.result.failed if o.failure_reason}
+            ),
+        )
+        return self.result
+
+    def abort(self) -> None:
+        """Remove the objects this request uploaded that no earlier request had recorded."""
+        for item in self.pending:
+            if self.ctx.studies.instances.find_one({"_id": item.instance_key}) is None:
+                self.ctx.objects.delete(self.ctx.buckets["raw"], item.record["raw_key"])
+        log.warning("stow.aborted", uploaded=len(self.pending))
+        self.pending.clear()
 
 
 def store_parts(ctx: Context, parts: list[Part], expected_study_uid: str | None) -> StowResult:
-    result = StowResult([store_part(ctx, part, expected_study_uid) for part in parts])
-    # One stability check per touched study; it re-arms itself while instances keep arriving.
-    for study_id in {o.study_id for o in result.stored if o.study_id}:
-        ctx.tasks.send("stable", study_id, countdown=ctx.settings.study_stable_seconds)
-    log.info(
-        "stow.done",
-        stored=len(result.stored),
-        failed=len(result.failed),
-        reasons=sorted({f"{o.failure_reason:04X}" for o in result.failed if o.failure_reason}),
-    )
-    return result
+    """Store parts that are already complete (tests, the DIMSE door)."""
+    session = StowSession(ctx, expected_study_uid)
+    for part in parts:
+        session.add(part)
+    return session.commit()
 
 
 def _seq_item(ctx: Context, outcome: StoreOutcome) -> dict[str, Any]:

@@ -64,6 +64,15 @@ def test_object_roundtrip_list_delete(objects: tuple[ObjectStore, str]) -> None:
     store.ping()
 
 
+def test_put_file_streams_exactly_length_bytes(objects: tuple[ObjectStore, str]) -> None:
+    import io
+
+    store, bucket = objects
+    payload = bytes(range(256)) * 5000
+    store.put_file(bucket, "big/one.dcm", io.BytesIO(payload), len(payload), "application/dicom")
+    assert store.get(bucket, "big/one.dcm") == payload
+
+
 def test_missing_object_raises_not_found(objects: tuple[ObjectStore, str]) -> None:
     store, bucket = objects
     with pytest.raises(NotFound, match="does not exist"):

@@ -135,3 +135,49 @@ def test_store_needs_a_modality_token(client, ctx, tokens) -> None:
     assert stow(client, tokens["radiologist"], series).status_code == 403
     assert stow(client, "rp_not-a-real-token", series).status_code == 401
     assert raw_objects(ctx) == []
+
+
+def test_streamed_request_over_the_instance_limit_is_413_and_nothing_half_stored(
+    ctx: Context, tokens
+) -> None:
+    from services.app import build_app
+
+    series = ct_series()
+    small, large = series[0], series[1] + b"\x00" * 4096
+    ctx.settings.max_instance_bytes = len(small) + 100
+    body, content_type = encode_multipart([small, large])
+
+    def chunks():  # no Content-Length: sent chunked, like dicomweb-client above 1 MB
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    with TestClient(build_app(ctx, ["ingest"])) as app:
+        response = app.post(
+            "/dicom-web/studies",
+            content=chunks(),
+            headers={"Content-Type": content_type, "Authorization": f"Bearer {tokens['modality']}"},
+        )
+    assert response.status_code == 413
+    assert "RADPIPE_MAX_INSTANCE_BYTES" in response.json()["detail"]
+    assert raw_objects(ctx) == []  # the first, complete part was removed again
+    assert ctx.studies.studies.count_documents({}) == 0
+    assert ctx.tasks.sent == []  # type: ignore[attr-defined]
+
+
+def test_truncated_body_stores_complete_parts_and_fails_the_cut_one(
+    client: TestClient, ctx: Context, tokens
+) -> None:
+    series = ct_series()[:2]
+    body, content_type = encode_multipart(series)
+    cut = body[: len(body) - len(series[1]) // 2]
+    response = client.post(
+        "/dicom-web/studies",
+        content=cut,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {tokens['modality']}"},
+    )
+    assert response.status_code == 202
+    answer = response.json()
+    assert len(answer["00081199"]["Value"]) == 1
+    assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert "cut off" in response.headers["warning"]
+    assert len(raw_objects(ctx)) == 1

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import BadRequest, UnsupportedMediaType
-from services.ingest.multipart import parse_media_type, split_parts, stow_boundary
+from services.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from services.ingest.multipart import (
+    MultipartReader,
+    parse_media_type,
+    split_parts,
+    stow_boundary,
+)
 
 
 def body(
@@ -52,7 +57,7 @@ def test_missing_boundary_is_400() -> None:
 def test_split_parts_with_leading_crlf_and_part_headers() -> None:
     payloads = [b"first\r\n--not-a-delimiter", b"\x00\x01second", b"third"]
     parts = split_parts(body("xyz", payloads, leading_crlf=True), "xyz")
-    assert [p.data for p in parts] == payloads
+    assert [p.read() for p in parts] == payloads
     assert all(not p.truncated for p in parts)
     assert parts[0].content_type.startswith("application/dicom; transfer-syntax=")
 
@@ -66,3 +71,29 @@ def test_truncated_last_part_is_flagged() -> None:
 def test_body_without_delimiter_is_400() -> None:
     with pytest.raises(BadRequest, match="no multipart delimiter"):
         split_parts(b"just some bytes", "b")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_streaming_in_any_chunking_gives_the_same_parts(chunk: int) -> None:
+    # Near-misses of the delimiter inside the content must survive any chunk split.
+    payloads = [b"\r\n--boundary-xy" * 50, bytes(range(256)) * 40, b"", b"last"]
+    raw = body("boundary-xyz", payloads, leading_crlf=True)
+    reader = MultipartReader("boundary-xyz", max_part_bytes=1 << 20, spool_bytes=1000)
+    parts = []
+    for start in range(0, len(raw), chunk):
+        parts += reader.feed(raw[start : start + chunk])
+    parts += reader.close()
+    assert [p.read() for p in parts] == payloads
+    assert [p.size for p in parts] == [len(p) for p in payloads]
+    assert parts[1].file._rolled  # type: ignore[attr-defined]  # spilled to disk
+
+
+def test_part_larger_than_the_instance_limit_is_413() -> None:
+    reader = MultipartReader("b", max_part_bytes=100)
+    with pytest.raises(PayloadTooLarge, match="RADPIPE_MAX_INSTANCE_BYTES"):
+        reader.feed(body("b", [b"x" * 500]))
+
+
+def test_part_without_headers_defaults_to_dicom() -> None:
+    parts = split_parts(b"--b\r\n\r\nDATA\r\n--b--", "b")
+    assert [(p.content_type, p.read()) for p in parts] == [("application/dicom", b"DATA")]

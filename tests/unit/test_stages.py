@@ -21,7 +21,7 @@ from ..webhook import webhook_receiver
 
 
 def ingest(ctx: Context, series: list[bytes]) -> str:
-    result = store_parts(ctx, [Part("application/dicom", data) for data in series], None)
+    result = store_parts(ctx, [Part.from_bytes("application/dicom", data) for data in series], None)
     assert not result.failed
     return study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
 
