@@ -159,7 +159,7 @@ def user_add(name: str, role: str) -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--url", required=True, help="DICOMweb base, e.g. http://127.0.0.1:8000/dicom-web")
 @click.option("--token", required=True, envvar="RADPIPE_TOKEN")
 def push(paths: tuple[Path, ...], url: str, token: str) -> None:
@@ -233,5 +233,16 @@ def demo(url: str, token: str | None, wait: float) -> None:
             )
 
 
+def run() -> None:
+    """Console entry point: Radpipe's own errors end with their message, not a traceback."""
+    from services.common.errors import RadpipeError
+
+    try:
+        main()
+    except RadpipeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    run()
