@@ -7,6 +7,7 @@ from functools import cache
 
 import pydicom
 
+from services.common.dicomio import read_part10
 from services.common.phantom import Phantom, make_phantom, phantom_to_datasets
 
 PHI = {
@@ -39,4 +40,4 @@ def to_bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def read(data: bytes) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(data))
+    return read_part10(io.BytesIO(data))

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from services.common.context import Context
+from services.common.dicomio import read_part10
 from services.common.errors import InvalidDicom, PipelineError
 from services.common.identity import keyed_digest, pseudonym, pseudonymous_uid
 from services.common.logging import get_logger
@@ -145,7 +146,7 @@ def _code(value: str, meaning: str) -> Dataset:
 
 def read_dataset(data: bytes) -> Dataset:
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        return read_part10(io.BytesIO(data))
     except Exception as exc:  # any parser failure is a permanent, per-file reason
         raise InvalidDicom(f"cannot parse stored instance: {type(exc).__name__}") from None
 

@@ -12,6 +12,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from services.common.context import Context
+from services.common.dicomio import read_part10
 from services.common.errors import InvalidDicom
 from services.common.identity import instance_key_for, study_id_for
 from services.common.logging import get_logger
@@ -85,12 +86,12 @@ def read_part(part: Part) -> pydicom.Dataset:
         raise InvalidDicom(f"part type {media!r} is not application/dicom", CANNOT_UNDERSTAND)
     try:
         part.file.seek(0)
-        return pydicom.dcmread(part.file, stop_before_pixels=True)
+        return read_part10(part.file, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         part.file.seek(0)
         raise InvalidDicom(
-            f"not a DICOM Part 10 file ({type(exc).__name__}); send files with the 128-byte "
-            "preamble and 'DICM' prefix",
+            f"not a DICOM Part 10 stream ({type(exc).__name__}): send files with the 128-byte "
+            "preamble and 'DICM' prefix, or at least their File Meta Information",
             CANNOT_UNDERSTAND,
         ) from None
 

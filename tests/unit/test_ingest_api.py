@@ -67,7 +67,7 @@ def test_not_dicom_and_missing_uid_fail_and_nothing_is_stored(client, ctx, token
     assert response.status_code == 409
     failed = response.json()["00081198"]["Value"]
     assert [item["00081197"]["Value"][0] for item in failed] == [0xC000, 0xA900]
-    assert "not a DICOM Part 10 file" in response.headers["warning"]
+    assert "not a DICOM Part 10 stream" in response.headers["warning"]
     assert "SOPInstanceUID is missing" in response.headers["warning"]
     assert raw_objects(ctx) == []
     assert ctx.studies.studies.count_documents({}) == 0

@@ -153,3 +153,19 @@ def test_alert_list_and_acknowledgement_over_the_api(client, ctx: Context, token
     assert events.count("alert.acknowledged") == 1
     assert client.get("/api/alerts?open=true", headers=auth).json() == []
     assert client.post("/api/alerts/nope/ack", headers=auth).status_code == 404
+
+
+def test_instances_without_preamble_are_stored_as_sent_and_deidentified(ctx: Context) -> None:
+    """dicomweb-client sends the File Meta Information without the 128-byte preamble."""
+    series = [data[132:] for data in ct_series()[:3]]
+    assert not series[0].startswith(b"\x00" * 128)
+    study_id = ingest(ctx, series)
+    stored = {
+        ctx.objects.get(ctx.buckets["raw"], i["raw_key"])
+        for i in ctx.studies.instances_of(study_id)
+    }
+    assert stored == set(series)  # byte for byte as received
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    deidentify_study(ctx, study_id)
+    assert ctx.studies.get(study_id)["state"] == "deidentified"
