@@ -273,37 +273,67 @@ def _render_vessels(
     nodules: list[Nodule],
     spacing: tuple[float, float, float],
 ) -> None:
-    """Branching tapered tubes (~40 HU) from each hilum: dense, but not spherical."""
+    """Branching tapered tubes (~40 HU) entering each lung at its hilum: dense, not spherical.
+
+    No tube may end bluntly inside a lung: roots start outside it (the lung mask clips their
+    caps) and leaves taper to 0.5 mm, so the only round dense things are the nodules.
+    """
     sp = np.asarray(spacing, dtype=np.float32)
     hu = rng.uniform(30.0, 50.0)
     weight = np.zeros(vol.shape, dtype=np.float32)
     for e in lungs:
         medial = -np.sign(e.center[2] - vol.shape[2] * sp[2] / 2)
         for _ in range(int(rng.integers(4, 8))):
-            start = e.center + np.array([rng.uniform(-0.45, 0.45) * e.radii[0], 0.0, 0.0])
-            start[2] += medial * 0.6 * e.radii[2]
+            dz, dy = rng.uniform(-0.45, 0.45), rng.uniform(-0.3, 0.3)
+            half_width = e.radii[2] * np.sqrt(max(0.0, 1.0 - dz**2 - dy**2))
+            start = e.center + np.array(
+                [dz * e.radii[0], dy * e.radii[1], medial * (half_width + 3.0)]
+            )
             direction = np.array([rng.normal(0, 0.9), rng.normal(0, 0.6), -medial])
-            stack = [(start, direction / np.linalg.norm(direction), rng.uniform(2.0, 3.5), 0)]
+            direction /= np.linalg.norm(direction)
+            radius, length = rng.uniform(2.0, 3.5), rng.uniform(15.0, 35.0) + 3.0
+            if any(_near_segment(start, start + direction * length, n, radius) for n in nodules):
+                continue
+            stack: list[_Branch] = [(start, direction, radius, 0, length)]
             while stack:
-                a, d, r0, depth = stack.pop()
-                length = rng.uniform(15.0, 35.0)
+                a, d, r0, depth, length = stack.pop()
                 b = a + d * length
-                r1 = r0 * 0.8
-                if any(_near_segment(a, b, n, r0) for n in nodules):
-                    continue
-                _stamp_segment(weight, a, b, r0, r1, sp)
-                if depth < 4 and r1 > 0.6:
-                    # Bifurcate in a plane at 15-40 degrees each side, as vessels do; random
-                    # turns would fold branches onto each other into round, nodule-like knots.
-                    perp = rng.normal(size=3)
-                    perp -= perp.dot(d) * d
-                    perp /= np.linalg.norm(perp)
-                    for side in (1.0, -1.0):
-                        angle = np.radians(rng.uniform(15.0, 40.0))
-                        child = np.cos(angle) * d + side * np.sin(angle) * perp
-                        stack.append((b, child / np.linalg.norm(child), r1, depth + 1))
+                children = _branches(rng, b, d, r0 * 0.8, depth, nodules)
+                _stamp_segment(weight, a, b, r0, r0 * 0.8 if children else 0.5, sp)
+                stack.extend(children)
     weight *= lung
     vol += weight * (hu - vol)
+
+
+_Branch = tuple[np.ndarray, np.ndarray, float, int, float]
+
+
+def _branches(
+    rng: np.random.Generator,
+    start: np.ndarray,
+    d: np.ndarray,
+    radius: float,
+    depth: int,
+    nodules: list[Nodule],
+) -> list[_Branch]:
+    """Two children at 15-40 degrees each side in one plane, as vessels bifurcate; random
+    turns would fold branches onto each other into round, nodule-like knots."""
+    if depth >= 4 or radius <= 0.6:
+        return []
+    perp = rng.normal(size=3)
+    perp -= perp.dot(d) * d
+    perp /= np.linalg.norm(perp)
+    out: list[_Branch] = []
+    for side in (1.0, -1.0):
+        for _ in range(3):  # steer around nodules rather than stop next to one
+            angle = np.radians(rng.uniform(15.0, 40.0))
+            child = np.cos(angle) * d + side * np.sin(angle) * perp
+            child /= np.linalg.norm(child)
+            length = rng.uniform(15.0, 35.0)
+            if not any(_near_segment(start, start + child * length, n, radius) for n in nodules):
+                out.append((start, child, radius, depth + 1, length))
+                break
+    return out
 
 
 def _near_segment(a: np.ndarray, b: np.ndarray, nodule: Nodule, radius: float) -> bool:
