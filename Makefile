@@ -23,7 +23,7 @@ demo: install  ## push a high-risk and a clean phantom into a running `make run`
 	$(BIN)/radpipe demo
 
 test: install lint  ## start Redis and S3 test servers (pytest fixtures) and run every tier
-	$(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check services tests bench scripts

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def require_tool(name: str, install_hint: str) -> str:
     """The tool's path; skip (or fail under CI=true) with the install command when missing."""
-    path = shutil.which(name)
+    # Console scripts of PyPI packages (weed, dciodvfy) sit beside this interpreter.
+    venv_bin = str(Path(sys.executable).parent)
+    path = shutil.which(name, path=venv_bin) or shutil.which(name)
     if path is None:
         message = f"{name} is not installed: {install_hint}"
         if IN_CI:
