@@ -51,6 +51,7 @@ THRESHOLD = 0.5
 # A 4.5 mm sphere. Smaller components are mostly vessel crossings; nodules under 6 mm are
 # Lung-RADS 2 (low risk) anyway, and the validation target is every nodule of 5 mm and up.
 MIN_VOLUME_MM3 = 48.0
+MAX_MEAN_HU = 300.0  # denser components are bone (or calcified, benign), not solid nodules
 NETWORK = {
     "_target_": "monai.networks.nets.UNet",
     "spatial_dims": 3,
@@ -213,6 +214,7 @@ def _write_bundle(
         "overlap": 0.25,
         "threshold": THRESHOLD,
         "min_volume_mm3": MIN_VOLUME_MM3,
+        "max_mean_hu": MAX_MEAN_HU,
         "network_def": NETWORK,
         "network": "$@network_def.to(@device)",
     }
@@ -317,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         threshold=THRESHOLD,
         device=torch.device("cpu"),
         min_volume_mm3=MIN_VOLUME_MM3,
+        max_mean_hu=MAX_MEAN_HU,
     )
     samples = []
     for i in range(TRAIN_PHANTOMS):

@@ -25,7 +25,8 @@ class Bundle:
     """A loaded model with the pre/post-processing parameters its config declares.
 
     `spacing` and `roi_size` are in array axis order (z, y, x); `intensity_range` is the HU
-    window mapped to [0, 1].
+    window mapped to [0, 1]. Post-processing drops components under `min_volume_mm3` and,
+    when set, those whose mean HU exceeds `max_mean_hu` (bone, calcified = benign).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Bundle:
     threshold: float
     device: torch.device
     min_volume_mm3: float = 0.0
+    max_mean_hu: float | None = None
     overlap: float = 0.25
     sw_batch_size: int = 1
 
@@ -54,6 +56,7 @@ class Bundle:
             "intensity_range": list(self.intensity_range),
             "threshold": self.threshold,
             "min_volume_mm3": self.min_volume_mm3,
+            "max_mean_hu": self.max_mean_hu,
             "device": str(self.device),
         }
 
@@ -136,6 +139,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
     spacing = [float(v) for v in parser["spacing"]]
     roi = [int(v) for v in parser["roi_size"]]
     low, high = (float(v) for v in parser["intensity_range"])
+    max_hu = parser.get("max_mean_hu")
     return Bundle(
         name=str(meta.get("name", root.name)),
         version=str(meta.get("version", "0")),
@@ -148,6 +152,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
         threshold=float(parser["threshold"]),
         device=dev,
         min_volume_mm3=float(parser.get("min_volume_mm3", 0.0)),
+        max_mean_hu=None if max_hu is None else float(max_hu),
         overlap=float(parser.get("overlap", 0.25)),
         sw_batch_size=int(parser.get("sw_batch_size", 1)),
     )

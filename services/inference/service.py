@@ -101,6 +101,7 @@ class Finding:
     center_patient_xyz: Vec3
     probability: float
     center_sop_instance_uid: str = ""
+    mean_hu: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +112,7 @@ class Finding:
             "center_patient_xyz": [round(v, 2) for v in self.center_patient_xyz],
             "probability": round(self.probability, 4),
             "center_sop_instance_uid": self.center_sop_instance_uid,
+            "mean_hu": round(self.mean_hu, 1),
         }
 
 
@@ -360,7 +362,20 @@ def segment_findings(
         np.bincount(lab, weights=c, minlength=n + 1) / np.maximum(counts, 1) for c in coords
     ]
 
-    kept = [i for i in range(1, n + 1) if counts[i] * voxel_mm3 >= bundle.min_volume_mm3]
+    # HU of each bundle voxel from its nearest input voxel: the filter sees real densities,
+    # not the window that saturates at its top.
+    source = [
+        np.clip(((c + 0.5) * (n_in / n_out)).astype(np.intp), 0, n_in - 1)
+        for c, n_in, n_out in zip(coords, volume.array.shape, prob.shape, strict=True)
+    ]
+    hu_sum = np.bincount(lab, weights=volume.array[tuple(source)], minlength=n + 1)
+    mean_hu = hu_sum / np.maximum(counts, 1)
+    max_hu = math.inf if bundle.max_mean_hu is None else bundle.max_mean_hu
+    kept = [
+        i
+        for i in range(1, n + 1)
+        if counts[i] * voxel_mm3 >= bundle.min_volume_mm3 and mean_hu[i] <= max_hu
+    ]
     kept.sort(key=lambda i: -counts[i])
     remap = np.zeros(n + 1, dtype=np.int32)
     findings = []
@@ -384,6 +399,7 @@ def segment_findings(
                 center_sop_instance_uid=(
                     volume.sop_instance_uids[slice_index] if volume.sop_instance_uids else ""
                 ),
+                mean_hu=float(mean_hu[i]),
             )
         )
     return findings, remap[labels]
@@ -392,7 +408,9 @@ def segment_findings(
 def post_process(prob: np.ndarray, volume: Volume, bundle: Bundle) -> list[Finding]:
     """Threshold, 26-connected components on the bundle grid, one Finding per component.
 
-    Components below `bundle.min_volume_mm3` are dropped; findings are sorted largest first.
+    Components below `bundle.min_volume_mm3`, or denser on average than `bundle.max_mean_hu`
+    (bone; calcified nodules, which Lung-RADS calls benign), are dropped; findings are sorted
+    largest first.
     Expected time: <0.2 s for a 10 M-voxel probability map with a few candidates.
     """
     return segment_findings(prob, volume, bundle)[0]

@@ -295,6 +295,15 @@ def test_segment_findings_orders_by_size_and_labels_match() -> None:
     ) == (pytest.approx(findings[0].volume_mm3))
 
 
+def test_post_process_drops_components_denser_than_max_mean_hu() -> None:
+    volume = Volume(np.full((40, 100, 100), -850.0, np.float32), (2.0, 1.0, 1.0), [])
+    prob = _sphere_prob(volume, fake_bundle(), (40.0, 50.0, 50.0), 10.0)
+    volume.array[15:26, 40:61, 40:61] = 700.0  # the candidate sits in bone
+    kept = post_process(prob, volume, fake_bundle(max_mean_hu=None))
+    assert len(kept) == 1 and kept[0].mean_hu == pytest.approx(700.0)
+    assert post_process(prob, volume, fake_bundle(max_mean_hu=300.0)) == []
+
+
 def test_post_process_of_an_empty_map_finds_nothing() -> None:
     volume = Volume(np.zeros((10, 20, 20), np.float32), (1.5, 1.5, 1.5), [])
     assert post_process(np.zeros((10, 20, 20), np.float32), volume, fake_bundle()) == []
@@ -381,6 +390,7 @@ def _write_tiny_bundle(root: Path) -> torch.nn.Module:
         "intensity_range": [-1000, 400],
         "threshold": 0.6,
         "min_volume_mm3": 20,
+        "max_mean_hu": 250,
     }
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     (root / "configs" / "metadata.json").write_text(
@@ -397,6 +407,7 @@ def test_load_bundle_reads_configs_and_weights(tmp_path: Path) -> None:
     assert (bundle.name, bundle.version) == ("tiny", "1.2.3")
     assert (bundle.spacing, bundle.roi_size, bundle.threshold) == ((2.0,) * 3, (32,) * 3, 0.6)
     assert bundle.intensity_range == (-1000.0, 400.0) and bundle.min_volume_mm3 == 20.0
+    assert bundle.max_mean_hu == 250.0
     assert not bundle.network.training
     assert torch.equal(bundle.network.state_dict()["weight"], net.state_dict()["weight"])
     assert bundle.sha256 == hashlib.sha256((tmp_path / "models/model.pt").read_bytes()).hexdigest()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -144,10 +143,3 @@ def test_written_files_pass_dciodvfy_without_errors(tmp_path: Path) -> None:
         report = result.stdout + result.stderr
         assert "CTImage" in report
         assert [line for line in report.splitlines() if line.startswith("Error")] == []
-
-
-def test_generation_is_fast_enough_for_tests_and_the_demo() -> None:
-    start = time.perf_counter()
-    p = make_phantom(1, nodules=[12.0], shape=(60, 256, 256), spacing=(2.5, 0.9, 0.9))
-    phantom_to_datasets(p)
-    assert time.perf_counter() - start < 3.0
