@@ -8,11 +8,12 @@ from services.common.api import create_app
 from services.common.context import Context
 from services.common.logging import configure_logging
 from services.ingest.api import router as ingest_router
+from services.ingest.read_api import router as dicomweb_read_router
 from services.notify.api import router as notify_router
 from services.portal.api import router as portal_router
 
 ROUTERS: dict[str, list[APIRouter]] = {
-    "ingest": [ingest_router],
+    "ingest": [ingest_router, dicomweb_read_router],
     "portal": [portal_router],
     "notify": [notify_router],
 }

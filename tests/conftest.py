@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import AnyHttpUrl
 
 from services.common.context import Context, build_context
 from services.common.settings import Settings, get_settings
@@ -89,3 +90,26 @@ def tokens(ctx: Context) -> dict[str, str]:
 
     auth = AuthService(ctx.documents)
     return {role: auth.create_token(f"test-{role}", role) for role in ROLES}
+
+
+@pytest.fixture
+def live_url(ctx: Context) -> Iterator[str]:
+    """The all-in-one app served by uvicorn on a free loopback port (for real HTTP clients)."""
+    import threading
+
+    import uvicorn
+
+    from services.app import build_app
+
+    from .servers import free_port, wait_for_port
+
+    port = free_port()
+    ctx.settings.public_url = AnyHttpUrl(f"http://127.0.0.1:{port}")
+    app = build_app(ctx, ["ingest", "portal", "notify"])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from services.common.context import Context
+from services.common.dicomindex import add_to_index, index_document
 from services.common.dicomio import read_part10
 from services.common.errors import InvalidDicom, PipelineError
 from services.common.identity import keyed_digest, pseudonym, pseudonymous_uid
@@ -194,6 +195,7 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
         series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
         key = f"{result.study_uid}/{series_uid}/{sop_uid}.dcm"
         ctx.objects.put(ctx.buckets["deid"], key, write_dataset(clean), "application/dicom")
+        add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
         series = result.series.setdefault(
             series_uid,
             {"series_uid": series_uid, "modality": str(clean.get("Modality", "")), "keys": []},

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from services.common.auth import AuthService
 from services.common.context import Context
 from services.notify.service import notify_study
 
-from ..servers import free_port, require_tool, wait_for_port
+from ..servers import require_tool
 from ..unit.test_stages import analyzed
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -27,23 +24,8 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture
-def portal_url(ctx: Context) -> Iterator[str]:
-    from services.app import build_app
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(ctx, ["portal", "notify"]), port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
-def test_login_and_worklist_in_chromium(ctx: Context, portal_url: str) -> None:
+def test_login_and_worklist_in_chromium(ctx: Context, live_url: str) -> None:
+    portal_url = live_url
     chromium = require_tool("chromium", "apt-get install chromium")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     high, low = analyzed(ctx, 0.92), analyzed(ctx, 0.1)

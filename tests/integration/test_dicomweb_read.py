@@ -1,0 +1,113 @@
+"""QIDO-RS and WADO-RS with dicomweb-client, the reference client, over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from PIL import Image
+
+from services.common.context import Context
+from services.deid.service import deidentify_study
+from services.deid.stability import check_stable
+
+from ..dicom import ct_series, read
+from ..unit.test_stages import ingest
+
+
+@pytest.fixture
+def stored(ctx: Context) -> dict[str, str]:
+    """One de-identified 16-slice CT study in the index; returns its de-identified UIDs."""
+    study_id = ingest(ctx, ct_series())
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    deidentify_study(ctx, study_id)
+    deid = ctx.studies.get(study_id)["deid"]
+    return {"study": deid["study_uid"], "series": deid["series"][0]["series_uid"]}
+
+
+@pytest.fixture
+def client(live_url: str, tokens: dict[str, str]) -> DICOMwebClient:
+    return DICOMwebClient(
+        url=f"{live_url}/dicom-web", headers={"Authorization": f"Bearer {tokens['radiologist']}"}
+    )
+
+
+def test_qido_at_every_level(client: DICOMwebClient, stored: dict[str, str]) -> None:
+    studies = client.search_for_studies()
+    assert len(studies) == 1
+    study = pydicom.Dataset.from_json(studies[0])
+    assert study.StudyInstanceUID == stored["study"]
+    assert study.NumberOfStudyRelatedInstances == 16 and study.ModalitiesInStudy == "CT"
+    assert study.PatientID.startswith("RP")  # only de-identified values are searchable
+    series = client.search_for_series(study_instance_uid=stored["study"])
+    assert [s["0020000E"]["Value"][0] for s in series] == [stored["series"]]
+    instances = client.search_for_instances(
+        study_instance_uid=stored["study"], series_instance_uid=stored["series"]
+    )
+    assert len(instances) == 16
+    assert client.search_for_studies(search_filters={"PatientID": "MRN*"}) == []
+    assert len(client.search_for_studies(search_filters={"PatientID": "RP*"})) == 1
+    assert client.search_for_studies(search_filters={"StudyDate": "19000101-19010101"}) == []
+    page = client.search_for_instances(limit=5, offset=14)
+    assert len(page) == 2
+
+
+def test_qido_uid_lists_includefield_and_bad_parameters(
+    live_url: str, tokens: dict[str, str], stored: dict[str, str]
+) -> None:
+    auth = {"Authorization": f"Bearer {tokens['radiologist']}"}
+    both = f"{stored['study']}\\1.2.3"
+    found = httpx.get(
+        f"{live_url}/dicom-web/studies", params={"StudyInstanceUID": both}, headers=auth
+    )
+    assert len(found.json()) == 1
+    ohif = httpx.get(
+        f"{live_url}/dicom-web/studies?limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060",
+        headers=auth,
+    )
+    assert ohif.status_code == 200 and "00081030" in ohif.json()[0]
+    assert httpx.get(f"{live_url}/dicom-web/studies?NoSuchKey=1", headers=auth).status_code == 400
+    assert httpx.get(f"{live_url}/dicom-web/studies?limit=-1", headers=auth).status_code == 400
+    modality = {"Authorization": f"Bearer {tokens['modality']}"}
+    assert httpx.get(f"{live_url}/dicom-web/studies", headers=modality).status_code == 403
+
+
+def test_wado_metadata_instances_frames_rendered(
+    client: DICOMwebClient, stored: dict[str, str]
+) -> None:
+    metadata = client.retrieve_series_metadata(stored["study"], stored["series"])
+    assert len(metadata) == 16
+    first = metadata[0]
+    assert "BulkDataURI" in first["7FE00010"] and "InlineBinary" not in first["7FE00010"]
+    sop = first["00080018"]["Value"][0]
+    instance = client.retrieve_instance(stored["study"], stored["series"], sop)
+    assert instance.SOPInstanceUID == sop and instance.PatientIdentityRemoved == "YES"
+    frames = client.retrieve_instance_frames(stored["study"], stored["series"], sop, [1])
+    assert len(frames) == 1 and len(frames[0]) == instance.Rows * instance.Columns * 2
+    assert frames[0] == instance.PixelData
+    png = client.retrieve_instance_rendered(
+        stored["study"], stored["series"], sop, media_types=("image/png",)
+    )
+    image = np.asarray(Image.open(io.BytesIO(png)))
+    assert image.shape == (instance.Rows, instance.Columns) and image.max() > image.min()
+
+
+def test_wado_errors(live_url: str, tokens: dict[str, str], stored: dict[str, str]) -> None:
+    auth = {"Authorization": f"Bearer {tokens['radiologist']}"}
+    base = f"{live_url}/dicom-web/studies/{stored['study']}/series/{stored['series']}"
+    assert httpx.get(f"{base}/instances/1.2.3/metadata", headers=auth).status_code == 404
+    sop = httpx.get(f"{base}/metadata", headers=auth).json()[0]["00080018"]["Value"][0]
+    assert httpx.get(f"{base}/instances/{sop}/frames/2", headers=auth).status_code == 404
+    assert httpx.get(f"{base}/instances/{sop}/frames/x", headers=auth).status_code == 400
+    text = httpx.get(f"{base}/instances/{sop}/rendered", headers={**auth, "Accept": "text/html"})
+    assert text.status_code == 406
+    single = httpx.get(f"{base}/instances/{sop}", headers={**auth, "Accept": "application/dicom"})
+    assert single.headers["content-type"] == "application/dicom"
+    assert read(single.content).SOPInstanceUID == sop
