@@ -10,8 +10,12 @@ from collections.abc import Callable, Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .auth import AuthService, Principal
 from .context import Context
@@ -75,6 +79,27 @@ async def _radpipe_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """405 answers list every method the path allows (PS3.18 8.3), not just the first route's."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != 405:
+        return await http_exception_handler(request, exc)
+    methods = {"OPTIONS"}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            methods.add(method)
+    allowed = ", ".join(sorted(methods))
+    return JSONResponse(
+        {
+            "error": "MethodNotAllowed",
+            "detail": f"{request.method} is not supported here; use {allowed}",
+        },
+        405,
+        headers={"Allow": allowed},
+    )
+
+
 def health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -111,6 +136,18 @@ def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> Fa
     app = FastAPI(title=title, version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.context = context
     app.add_exception_handler(RadpipeError, _radpipe_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Browser viewers (OHIF) on another origin send bearer tokens, never cookies, so
+    # credentials stay off and the preflight answers for Authorization.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=context.settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Accept"],
+        expose_headers=["Warning", "Content-Type", "Content-Location"],
+        allow_credentials=False,
+        max_age=600,
+    )
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     task_max_retries: int = Field(5, ge=0)
     log_level: str = "INFO"
+    #: Origins of browser viewers allowed to call the API (CORS), e.g. an OHIF deployment.
+    cors_origins: list[str] = ["*"]
     #: Set by ``radpipe up`` only: allows the development secret and embedded stores.
     all_in_one: bool = False
 

@@ -111,3 +111,21 @@ def test_wado_errors(live_url: str, tokens: dict[str, str], stored: dict[str, st
     single = httpx.get(f"{base}/instances/{sop}", headers={**auth, "Accept": "application/dicom"})
     assert single.headers["content-type"] == "application/dicom"
     assert read(single.content).SOPInstanceUID == sop
+
+
+def test_cors_preflight_and_405_with_allow(live_url: str) -> None:
+    preflight = httpx.options(
+        f"{live_url}/dicom-web/studies",
+        headers={
+            "Origin": "http://viewer.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    wrong = httpx.delete(f"{live_url}/dicom-web/studies")
+    assert wrong.status_code == 405
+    assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST", "OPTIONS"}
+    put = httpx.put(f"{live_url}/dicom-web/studies/1.2/series/3.4")
+    assert put.status_code == 405 and "GET" in put.headers["allow"]
