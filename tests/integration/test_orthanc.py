@@ -1,0 +1,95 @@
+"""Orthanc, a real PACS, pushes a study to Radpipe through its DICOMweb STOW job.
+
+Orthanc's job fails unless every instance it sent is listed as stored and no FailedSOPSequence
+is present, so a re-sent study must succeed again (REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.common.context import Context
+
+from ..dicom import ct_series
+from ..servers import free_port, require_tool, stop, wait_for_port
+
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@dataclass
+class Orthanc:
+    url: str
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path, live_url: str, tokens: dict[str, str]) -> Iterator[Orthanc]:
+    binary = require_tool("Orthanc", "apt-get install orthanc orthanc-dicomweb")
+    if not PLUGIN.exists():
+        require_tool("orthanc-dicomweb-plugin", "apt-get install orthanc-dicomweb")
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "RadpipeTestPACS",
+        "StorageDirectory": str(tmp_path / "orthanc-db"),
+        "IndexDirectory": str(tmp_path / "orthanc-db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [str(PLUGIN)],
+        "DicomWeb": {
+            "Enable": True,
+            "Servers": {
+                "radpipe": {
+                    "Url": f"{live_url}/dicom-web/",
+                    "HttpHeaders": {"Authorization": f"Bearer {tokens['modality']}"},
+                }
+            },
+        },
+    }
+    path = tmp_path / "orthanc.json"
+    path.write_text(json.dumps(config))
+    log = (tmp_path / "orthanc.log").open("wb")
+    process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(http_port, 30)
+        yield Orthanc(f"http://127.0.0.1:{http_port}")
+    finally:
+        stop(process)
+
+
+def push_job(orthanc: Orthanc, study: str) -> dict:
+    job = httpx.post(
+        f"{orthanc.url}/dicom-web/servers/radpipe/stow",
+        json={"Resources": [study], "Synchronous": False},
+    ).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{orthanc.url}/jobs/{job['ID']}").json()
+        if state["State"] in ("Success", "Failure"):
+            return state
+        time.sleep(0.3)
+    raise AssertionError("Orthanc's STOW job did not finish in 60 s")
+
+
+def test_orthanc_pushes_a_study_and_its_job_succeeds_twice(orthanc: Orthanc, ctx: Context) -> None:
+    series = ct_series(seed=21)
+    for data in series:
+        answer = httpx.post(f"{orthanc.url}/instances", content=data)
+        assert answer.status_code == 200
+    study = httpx.get(f"{orthanc.url}/studies").json()[0]
+    first = push_job(orthanc, study)
+    assert first["State"] == "Success", first
+    raw = list(ctx.objects.list(ctx.buckets["raw"]))
+    assert len(raw) == len(series)
+    assert {ctx.objects.get(ctx.buckets["raw"], key) for key in raw} == set(series)
+    again = push_job(orthanc, study)  # a re-sent study is stored again, not failed
+    assert again["State"] == "Success", again
+    assert len(list(ctx.objects.list(ctx.buckets["raw"]))) == len(series)
