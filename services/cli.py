@@ -60,6 +60,11 @@ def up(host: str, port: int, data_dir: Path | None) -> None:
     click.echo(f"  DICOMweb STOW-RS: {settings.public('dicom-web/studies')}")
     if password:
         click.echo(f"  portal login: admin / {password}  (shown once)")
+    if settings.dimse_port:
+        from services.ingest.dimse import start_scp
+
+        start_scp(context, host)
+        click.echo(f"  DIMSE C-STORE SCP: {settings.dimse_ae_title}@{host}:{settings.dimse_port}")
     click.echo("  try it: `radpipe demo` in another terminal")
     try:
         uvicorn.run(build_app(context, list(SERVICES)), host=host, port=port, log_config=None)
@@ -94,7 +99,12 @@ def serve(service: str, host: str, port: int) -> None:
     from services.app import build_app
     from services.common.context import build_context
 
-    app = build_app(build_context(_settings()), [service])
+    context = build_context(_settings())
+    if service == "ingest" and context.settings.dimse_port:
+        from services.ingest.dimse import start_scp
+
+        start_scp(context, host)
+    app = build_app(context, [service])
     uvicorn.run(app, host=host, port=port, log_config=None)
 
 

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     task_max_retries: int = Field(5, ge=0)
     log_level: str = "INFO"
+    #: DIMSE C-STORE SCP (the second door); off unless a port is set.
+    dimse_port: int | None = Field(None, ge=1, le=65535)
+    dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)
+    #: Calling AE titles allowed to store; empty accepts any (restrict it in production).
+    dimse_calling_aets: list[str] = []
     #: Origins of browser viewers allowed to call the API (CORS), e.g. an OHIF deployment.
     cors_origins: list[str] = ["*"]
     #: Set by ``radpipe up`` only: allows the development secret and embedded stores.

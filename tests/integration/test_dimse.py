@@ -1,0 +1,93 @@
+"""dcmtk's storescu and echoscu against the DIMSE door (Debian's binaries, not pynetdicom's)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.context import Context
+from services.common.identity import study_id_for
+
+from ..dicom import ct_series, read
+from ..servers import free_port, require_tool
+
+
+@pytest.fixture
+def scp(ctx: Context) -> Iterator[int]:
+    from services.ingest.dimse import start_scp
+
+    ctx.settings.dimse_port = free_port()
+    ctx.settings.dimse_calling_aets = ["CT_SCANNER"]
+    server = start_scp(ctx, "127.0.0.1")
+    yield ctx.settings.dimse_port
+    server.shutdown()
+
+
+def dcmtk(name: str) -> str:
+    # pynetdicom installs its own storescu/echoscu into the venv; use dcmtk's.
+    path = Path("/usr/bin") / name
+    if not path.exists():
+        require_tool(f"/usr/bin/{name}", "apt-get install dcmtk")
+    return str(path)
+
+
+def test_storescu_stores_a_series_through_the_same_path(
+    scp: int, ctx: Context, tmp_path: Path
+) -> None:
+    series = ct_series(seed=31)[:6]
+    files = []
+    for index, data in enumerate(series):
+        path = tmp_path / f"{index}.dcm"
+        path.write_bytes(data)
+        files.append(str(path))
+    echo = subprocess.run(
+        [dcmtk("echoscu"), "-aet", "CT_SCANNER", "-aec", "RADPIPE", "127.0.0.1", str(scp)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert echo.returncode == 0, echo.stderr
+    store = subprocess.run(
+        [dcmtk("storescu"), "-aet", "CT_SCANNER", "-aec", "RADPIPE", "127.0.0.1", str(scp), *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert store.returncode == 0, store.stderr
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study = ctx.studies.get(study_id)
+    assert study["instance_count"] == 6 and study["state"] == "received"
+    assert ("stable", study_id, ctx.settings.study_stable_seconds) in ctx.tasks.sent  # type: ignore[attr-defined]
+    audit = ctx.documents.collection("audit").find_one({"action": "c-store"})
+    assert audit["actor"] == "dimse:CT_SCANNER"
+
+
+def test_unknown_calling_ae_is_refused_and_nothing_stored(
+    scp: int, ctx: Context, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.dcm"
+    path.write_bytes(ct_series(seed=32)[0])
+    store = subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-aet",
+            "INTRUDER",
+            "-aec",
+            "RADPIPE",
+            "127.0.0.1",
+            str(scp),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "0124" in (store.stdout + store.stderr) or store.returncode != 0
+    assert list(ctx.objects.list(ctx.buckets["raw"])) == []
+    assert ctx.studies.studies.count_documents({}) == 0
