@@ -34,7 +34,8 @@ format: install
 	$(BIN)/ruff check --fix services tests bench scripts
 	$(BIN)/ruff format services tests bench scripts
 
-bench: install
+bench: install  ## every benchmark, each against its anchor in the same run
+	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/pipeline.py
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
