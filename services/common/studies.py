@@ -78,6 +78,8 @@ class StudyPublic(BaseModel):
     failure: dict[str, Any] | None = None
     alert: dict[str, Any] | None = None
     events: list[StudyEvent] = []
+    #: Earlier analyses, superseded when late instances re-opened the study.
+    superseded: list[dict[str, Any]] = []
     links: dict[str, str] = {}
 
     @classmethod
@@ -99,6 +101,7 @@ class StudyPublic(BaseModel):
             failure=doc.get("failure"),
             alert=doc.get("alert"),
             events=[StudyEvent(**event) for event in doc.get("events", [])],
+            superseded=doc.get("history", []),
         )
 
 

@@ -169,3 +169,29 @@ def test_instances_without_preamble_are_stored_as_sent_and_deidentified(ctx: Con
     check_stable(ctx, study_id)
     deidentify_study(ctx, study_id)
     assert ctx.studies.get(study_id)["state"] == "deidentified"
+
+
+def test_late_instance_reopens_the_study_as_a_new_version(client, ctx: Context, tokens) -> None:  # type: ignore[no-untyped-def]
+    series = ct_series(seed=41)
+    study_id = ingest(ctx, series[:4])
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    deidentify_study(ctx, study_id)
+    analysis = {"findings": [], "risk": {"score": 0.1, "category": "none", "rule": "v1"}}
+    ctx.studies.transition(study_id, "analyzed", fields={"analysis": analysis})  # type: ignore[arg-type]
+    ingest(ctx, series[4:6])  # late instances
+    study = ctx.studies.get(study_id)
+    assert (study["state"], study["version"], study["instance_count"]) == ("received", 2, 6)
+    assert study["history"][0]["version"] == 1
+    assert study["history"][0]["analysis"]["risk"]["rule"] == "v1"
+    time.sleep(0.6)
+    check_stable(ctx, study_id)  # the pipeline fires again, once, for version 2
+    assert ctx.studies.get(study_id)["state"] == "stable"
+    types = [(e["type"], e["version"]) for e in ctx.studies.get(study_id)["events"]]
+    assert types[-2:] == [("received", 2), ("stable", 2)]
+    shown = client.get(
+        f"/api/studies/{study_id}", headers={"Authorization": f"Bearer {tokens['radiologist']}"}
+    ).json()
+    assert shown["version"] == 2 and shown["superseded"][0]["analysis"]["risk"]["rule"] == "v1"
+    ingest(ctx, series[4:6])  # a re-send of the same instances does not re-open it again
+    assert ctx.studies.get(study_id)["version"] == 2
