@@ -7,6 +7,7 @@ content is still a complete Part 10 stream, so it is read as such rather than re
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO
 
 import pydicom
@@ -36,3 +37,10 @@ def read_part10(file: BinaryIO, *, stop_before_pixels: bool = False) -> pydicom.
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             raise InvalidDicomError("the File Meta Information has no TransferSyntaxUID") from None
         return ds
+
+
+def write_part10(ds: pydicom.Dataset) -> bytes:
+    """A dataset as a Part 10 file (preamble, ``DICM``, file meta) in its transfer syntax."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()

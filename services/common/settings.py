@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)
     #: Calling AE titles allowed to store; empty accepts any (restrict it in production).
     dimse_calling_aets: list[str] = []
+    #: Where result objects go back to (the PACS): a STOW-RS base URL, and/or a DIMSE peer.
+    export_stow_url: AnyHttpUrl | None = None
+    #: Extra headers for the STOW-RS destination, e.g. {"Authorization": "Bearer ..."} as JSON.
+    export_stow_headers: dict[str, str] = {}
+    #: DIMSE destination as AE@host:port, e.g. PACS@10.0.0.5:104.
+    export_dimse: str | None = Field(None, pattern=r"^[^@\s]{1,16}@[^:\s]+:\d{1,5}$")
     #: Origins of browser viewers allowed to call the API (CORS), e.g. an OHIF deployment.
     cors_origins: list[str] = ["*"]
     #: Set by ``radpipe up`` only: allows the development secret and embedded stores.

@@ -17,7 +17,7 @@ from pydicom.sequence import Sequence
 
 from services.common.context import Context
 from services.common.dicomindex import add_to_index, index_document
-from services.common.dicomio import read_part10
+from services.common.dicomio import read_part10, write_part10
 from services.common.errors import InvalidDicom, PipelineError
 from services.common.identity import keyed_digest, pseudonym, pseudonymous_uid
 from services.common.logging import get_logger
@@ -152,12 +152,6 @@ def read_dataset(data: bytes) -> Dataset:
         raise InvalidDicom(f"cannot parse stored instance: {type(exc).__name__}") from None
 
 
-def write_dataset(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 @dataclass
 class DeidStudyResult:
     study_uid: str
@@ -194,7 +188,7 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
             result = DeidStudyResult(str(clean.StudyInstanceUID), identity=identity)
         series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
         key = f"{result.study_uid}/{series_uid}/{sop_uid}.dcm"
-        ctx.objects.put(ctx.buckets["deid"], key, write_dataset(clean), "application/dicom")
+        ctx.objects.put(ctx.buckets["deid"], key, write_part10(clean), "application/dicom")
         add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
         series = result.series.setdefault(
             series_uid,

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from services.common.context import Context
+from services.deid.service import deidentify_study
 
-from ..dicom import ct_series
+from ..dicom import PHI, ct_series, read
 from ..servers import free_port, require_tool, stop, wait_for_port
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -27,6 +28,7 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 @dataclass
 class Orthanc:
     url: str
+    dicom_port: int
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def orthanc(tmp_path: Path, live_url: str, tokens: dict[str, str]) -> Iterator[O
     process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(http_port, 30)
-        yield Orthanc(f"http://127.0.0.1:{http_port}")
+        yield Orthanc(f"http://127.0.0.1:{http_port}", dicom_port)
     finally:
         stop(process)
 
@@ -93,3 +95,55 @@ def test_orthanc_pushes_a_study_and_its_job_succeeds_twice(orthanc: Orthanc, ctx
     again = push_job(orthanc, study)  # a re-sent study is stored again, not failed
     assert again["State"] == "Success", again
     assert len(list(ctx.objects.list(ctx.buckets["raw"]))) == len(series)
+
+
+@pytest.mark.parametrize("door", ["stow", "dimse"])
+def test_results_go_back_to_the_pacs_reidentified_once(
+    orthanc: Orthanc, ctx: Context, door: str
+) -> None:
+    from pydantic import AnyHttpUrl
+
+    from services.ingest.export import export_study
+
+    from ..unit.test_stages import stable_study
+
+    series = ct_series(seed=51)[:3]
+    study_id = stable_study(ctx, series)
+    deidentify_study(ctx, study_id)
+    # Any DICOM object stands in for a result until the inference issue writes SEG/SR.
+    deid_key = next(iter(ctx.objects.list(ctx.buckets["deid"])))
+    result = ctx.objects.get(ctx.buckets["deid"], deid_key)
+    ctx.objects.put(ctx.buckets["results"], f"{study_id}/result-1.dcm", result)
+    if door == "stow":
+        ctx.settings.export_stow_url = AnyHttpUrl(f"{orthanc.url}/dicom-web")
+    else:
+        ctx.settings.export_dimse = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    export_study(ctx, study_id)
+    export_study(ctx, study_id)  # a retry sends nothing twice
+    instances = httpx.get(f"{orthanc.url}/instances?expand").json()
+    assert len(instances) == 1
+    tags = httpx.get(f"{orthanc.url}/instances/{instances[0]['ID']}/simplified-tags").json()
+    original = read(series[0])
+    assert tags["PatientID"] == PHI["patient_id"]  # re-identified at the boundary
+    assert tags["StudyInstanceUID"] == original.StudyInstanceUID
+    assert tags["AccessionNumber"] == PHI["accession"]
+    study = ctx.studies.get(study_id)
+    assert study["exported"] == [f"{study_id}/result-1.dcm"]
+    assert [e["type"] for e in study["events"]].count("exported") == 1
+
+
+def test_export_to_an_unreachable_pacs_is_transient(ctx: Context) -> None:
+    from pydantic import AnyHttpUrl
+
+    from services.common.errors import TransientError
+    from services.ingest.export import export_study
+
+    from ..unit.test_stages import stable_study
+
+    study_id = stable_study(ctx, ct_series(seed=52)[:1])
+    deidentify_study(ctx, study_id)
+    ctx.objects.put(ctx.buckets["results"], f"{study_id}/r.dcm", ct_series(seed=52)[0])
+    ctx.settings.export_stow_url = AnyHttpUrl(f"http://127.0.0.1:{free_port()}/dicom-web")
+    with pytest.raises(TransientError, match="unreachable"):
+        export_study(ctx, study_id)
+    assert ctx.studies.get(study_id).get("exported") is None

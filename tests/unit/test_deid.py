@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pydicom
 
+from services.common.dicomio import write_part10 as write_dataset
 from services.common.identity import pseudonymous_uid
-from services.deid.service import PatientKeys, deidentify, write_dataset
+from services.deid.service import PatientKeys, deidentify
 
 from ..dicom import PHI, ct_series, read
 from ..servers import require_tool
