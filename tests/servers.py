@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from services.stack import free_port, wait_for_port
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -32,12 +34,6 @@ def require_tool(name: str, install_hint: str) -> str:
             pytest.fail(message + " (CI=true: a missing tool is a failure)")
         pytest.skip(message)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _is_free(port: int) -> bool:
@@ -56,17 +52,6 @@ def free_port_pair() -> int:
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
 def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -48,16 +48,7 @@ class FolderObjectStore:
     def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        path = self._path(bucket, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        self.put_file(bucket, key, io.BytesIO(data), len(data), content_type)
 
     def put_file(
         self,
@@ -131,19 +122,7 @@ class S3ObjectStore:
     def put(
         self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
-        try:
-            self.client.put_object(
-                bucket, key, io.BytesIO(data), len(data), content_type=content_type
-            )
-        except S3Error as exc:
-            if exc.code != "NoSuchBucket":
-                raise
-            # Buckets are created by their first writer, so each service needs rights only on
-            # the buckets it uses (ingest: raw; deid: raw and deid; inference: deid, results).
-            self.ensure_bucket(bucket)
-            self.client.put_object(
-                bucket, key, io.BytesIO(data), len(data), content_type=content_type
-            )
+        self.put_file(bucket, key, io.BytesIO(data), len(data), content_type)
 
     def put_file(
         self,
@@ -159,6 +138,8 @@ class S3ObjectStore:
         except S3Error as exc:
             if exc.code != "NoSuchBucket":
                 raise
+            # Buckets are created by their first writer, so each service needs rights only on
+            # the buckets it uses (ingest: raw; deid: raw and deid; inference: deid, results).
             self.ensure_bucket(bucket)
             file.seek(start)
             self.client.put_object(bucket, key, file, length, content_type=content_type)
