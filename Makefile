@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OHIF_VERSION := 3.11.1
+OHIF := .cache/ohif/package/dist/index.html
 
-.PHONY: install run demo test lint format bench train clean
+.PHONY: install run demo test lint format bench train clean ohif
 
 install: $(STAMP)
 
@@ -22,7 +24,14 @@ run: install  ## the whole pipeline on this machine: http://127.0.0.1:8000
 demo: install  ## push a high-risk and a clean phantom into a running `make run`
 	$(BIN)/radpipe demo
 
-test: install lint  ## start Redis and S3 test servers (pytest fixtures) and run every tier
+ohif: $(OHIF)  ## the prebuilt OHIF viewer from npm, for the viewer test
+
+$(OHIF):
+	mkdir -p .cache/ohif
+	cd .cache/ohif && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+		&& tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+
+test: install lint ohif  ## start Redis and S3 test servers (pytest fixtures) and run every tier
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 lint: install
@@ -42,4 +51,4 @@ train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py
 
 clean:
-	rm -rf $(VENV) .radpipe .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .radpipe .cache .pytest_cache .mypy_cache .ruff_cache
