@@ -10,13 +10,24 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from services.common.api import Ctx, require
-from services.common.auth import Principal
+from services.common.auth import AuthService, Principal
 from services.common.errors import BadRequest, RadpipeError
 
 from . import qido, retrieve
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
-Reader = Annotated[Principal, Depends(require("radiologist", "resident", "oncall"))]
+_reader = require("radiologist", "resident", "oncall")
+
+
+def _audited_reader(
+    request: Request, ctx: Ctx, caller: Annotated[Principal, Depends(_reader)]
+) -> Principal:
+    """Every search and retrieval is audited by token name (paths carry de-identified UIDs)."""
+    AuthService(ctx.documents).audit(caller, "dicomweb.read", request.url.path)
+    return caller
+
+
+Reader = Annotated[Principal, Depends(_audited_reader)]
 DICOM_JSON = "application/dicom+json"
 
 

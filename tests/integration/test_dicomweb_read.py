@@ -58,6 +58,16 @@ def test_qido_at_every_level(client: DICOMwebClient, stored: dict[str, str]) -> 
     assert len(page) == 2
 
 
+def test_reads_are_audited_by_token_name(
+    client: DICOMwebClient, ctx: Context, stored: dict[str, str]
+) -> None:
+    client.search_for_series(study_instance_uid=stored["study"])
+    entries = list(ctx.documents.collection("audit").find({"action": "dicomweb.read"}))
+    assert [(e["actor"], e["target"]) for e in entries] == [
+        ("test-radiologist", f"/dicom-web/studies/{stored['study']}/series")
+    ]
+
+
 def test_qido_uid_lists_includefield_and_bad_parameters(
     live_url: str, tokens: dict[str, str], stored: dict[str, str]
 ) -> None:
