@@ -16,10 +16,16 @@ from services.common.context import Context
 from services.common.dicomindex import INDEX
 from services.common.dicomio import read_part10
 from services.common.errors import BadRequest, NotFound
+from services.common.identity import pseudonymous_uid
 
 
 def entries(
-    ctx: Context, study: str | None = None, series: str | None = None, instance: str | None = None
+    ctx: Context,
+    study: str | None = None,
+    series: str | None = None,
+    instance: str | None = None,
+    *,
+    mapped: bool = False,
 ) -> list[dict[str, Any]]:
     """Index entries under a study/series/instance; NotFound when a named one has none."""
     query: dict[str, Any] = {}
@@ -30,6 +36,17 @@ def entries(
     if instance:
         query["_id"] = instance
     found = list(ctx.documents.collection(INDEX).find(query))
+    if not found and study and not mapped:
+        # A RetrieveURL from a STOW-RS response names the original UIDs: map them to their
+        # keyed pseudonyms (the caller knows the originals already; reads are audited).
+        secret = ctx.settings.secret
+        return entries(
+            ctx,
+            pseudonymous_uid(secret, study),
+            pseudonymous_uid(secret, series) if series else None,
+            pseudonymous_uid(secret, instance) if instance else None,
+            mapped=True,
+        )
     if not found and (study or series or instance):
         raise NotFound("no such study, series or instance in the de-identified store")
     found.sort(

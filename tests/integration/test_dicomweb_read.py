@@ -139,3 +139,29 @@ def test_cors_preflight_and_405_with_allow(live_url: str) -> None:
     assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST", "OPTIONS"}
     put = httpx.put(f"{live_url}/dicom-web/studies/1.2/series/3.4")
     assert put.status_code == 405 and "GET" in put.headers["allow"]
+
+
+def test_stow_retrieve_url_answers_after_deidentification(
+    live_url: str, ctx: Context, tokens: dict[str, str]
+) -> None:
+    from services.client import encode_multipart
+
+    series = ct_series(seed=71)[:2]
+    body, content_type = encode_multipart(series)
+    stow = httpx.post(
+        f"{live_url}/dicom-web/studies",
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {tokens['modality']}"},
+    ).json()
+    url = stow["00081199"]["Value"][0]["00081190"]["Value"][0]
+    assert url.startswith(live_url)
+    study_id = next(iter(ctx.studies.studies.find({})))["_id"]
+    time.sleep(0.6)
+    check_stable(ctx, study_id)
+    deidentify_study(ctx, study_id)
+    auth = {"Authorization": f"Bearer {tokens['radiologist']}", "Accept": "application/dicom"}
+    retrieved = httpx.get(url, headers=auth)
+    assert retrieved.status_code == 200
+    clean = read(retrieved.content)
+    assert clean.PatientIdentityRemoved == "YES"  # de-identified, whatever the URL named
+    assert clean.SOPInstanceUID != read(series[0]).SOPInstanceUID
