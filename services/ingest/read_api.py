@@ -43,9 +43,11 @@ def _json(payload: object) -> Response:
     return Response(json.dumps(payload), media_type=DICOM_JSON)
 
 
-async def _search(request: Request, ctx: Ctx, level: str, **scope: str) -> Response:
+async def _search(
+    request: Request, ctx: Ctx, level: str, study: str | None = None, series: str | None = None
+) -> Response:
     query = qido.parse_query(level, request.query_params.multi_items())
-    found = await run_in_threadpool(lambda: retrieve.entries(ctx, **scope))
+    found = await run_in_threadpool(lambda: retrieve.entries(ctx, study, series))
     return _json(qido.search(found, query, _base(ctx)))
 
 
