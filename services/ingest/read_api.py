@@ -191,3 +191,41 @@ def frame_rendered(
     study: str, series: str, instance: str, frame: int, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     return _render(request, ctx, study, series, instance, frame)
+
+
+def _thumbnail(request: Request, ctx: Ctx, found: list[dict]) -> Response:
+    """PS3.18 10.7 thumbnail: the middle instance of the scope, rendered and shrunk."""
+    accept = request.headers.get("accept", "image/jpeg")
+    if not any(t in accept for t in ("image/jpeg", "image/*", "*/*")):
+        raise NotAcceptable("thumbnails are image/jpeg")
+    entry = found[len(found) // 2]
+    size = request.query_params.get("viewport", "128,128").split(",")
+    if len(size) != 2 or not all(v.isdigit() and 0 < int(v) <= 1024 for v in size):
+        raise BadRequest("viewport is width,height in pixels, each 1-1024")
+    data = retrieve.render(
+        ctx,
+        entry,
+        frame=1,
+        media_type="image/jpeg",
+        window=None,
+        quality=80,
+        viewport=(int(size[0]), int(size[1])),
+    )
+    return Response(data, media_type="image/jpeg")
+
+
+@router.get("/studies/{study}/thumbnail")
+def study_thumbnail(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    return _thumbnail(request, ctx, retrieve.entries(ctx, study))
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+def series_thumbnail(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+def instance_thumbnail(
+    study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
+) -> Response:
+    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series, instance))

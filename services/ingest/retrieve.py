@@ -118,8 +118,9 @@ def render(
     media_type: str,
     window: tuple[float, float] | None,
     quality: int,
+    viewport: tuple[int, int] | None = None,
 ) -> bytes:
-    """A windowed 8-bit rendering (PNG or JPEG) of one frame."""
+    """A windowed 8-bit rendering (PNG or JPEG) of one frame, shrunk to ``viewport``."""
     ds = read_part10(io.BytesIO(read_bytes(ctx, entry)))
     if "PixelData" not in ds:
         raise BadRequest("the instance has no pixel data to render")
@@ -144,6 +145,8 @@ def render(
     if ds.get("PhotometricInterpretation") == "MONOCHROME1":
         scaled = 255 - scaled
     image = Image.fromarray(scaled.astype(np.uint8))
+    if viewport is not None:
+        image.thumbnail(viewport)  # keeps the aspect ratio
     buffer = io.BytesIO()
     if media_type == "image/png":
         image.save(buffer, format="PNG")

@@ -165,3 +165,16 @@ def test_stow_retrieve_url_answers_after_deidentification(
     clean = read(retrieved.content)
     assert clean.PatientIdentityRemoved == "YES"  # de-identified, whatever the URL named
     assert clean.SOPInstanceUID != read(series[0]).SOPInstanceUID
+
+
+def test_thumbnails_at_every_level(
+    live_url: str, tokens: dict[str, str], stored: dict[str, str]
+) -> None:
+    auth = {"Authorization": f"Bearer {tokens['radiologist']}"}
+    base = f"{live_url}/dicom-web/studies/{stored['study']}"
+    for url in (f"{base}/thumbnail", f"{base}/series/{stored['series']}/thumbnail"):
+        response = httpx.get(url, params={"viewport": "64,64"}, headers=auth)
+        assert response.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(response.content)).size) == 64
+    bad = httpx.get(f"{base}/thumbnail", params={"viewport": "0,64"}, headers=auth)
+    assert bad.status_code == 400
