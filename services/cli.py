@@ -109,7 +109,7 @@ def serve(service: str, host: str, port: int) -> None:
 
 
 @main.command()
-@click.argument("stage", type=click.Choice(["deid", "inference", "notify"]))
+@click.argument("stage", type=click.Choice(["deid", "inference", "notify", "export"]))
 @click.option("--concurrency", type=int, default=1, show_default=True)
 @click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork")
 @click.option("--queue", help="default: the stage's queue (inference: RADPIPE_INFERENCE_QUEUE)")
@@ -122,7 +122,10 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level)
-    tasks = import_module(f"services.{stage}.tasks")
+    # The exporter belongs to ingest (DICOMweb and DIMSE out); its worker has a queue of its own.
+    tasks = import_module(
+        "services.ingest.tasks" if stage == "export" else f"services.{stage}.tasks"
+    )
     default_queue = settings.inference_queue if stage == "inference" else stage
     tasks.celery.worker_main(worker_argv(queue or default_queue, concurrency, pool))
 

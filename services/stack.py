@@ -22,7 +22,7 @@ from pathlib import Path
 from services.common.logging import get_logger
 
 log = get_logger("radpipe.up")
-WORKERS = ("deid", "inference", "notify")
+WORKERS = ("deid", "inference", "notify", "export")
 
 
 def _die_with_parent() -> None:

@@ -21,7 +21,7 @@ from .settings import Settings, get_settings
 
 log = get_logger("radpipe.bus")
 
-QUEUES = ("deid", "inference-cpu", "inference-gpu", "notify")
+QUEUES = ("deid", "inference-cpu", "inference-gpu", "notify", "export")
 
 #: stage name -> (task name, queue). ``inference`` goes to ``settings.inference_queue``.
 STAGES: dict[str, tuple[str, str]] = {
@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "deid": ("radpipe.deid.run", "deid"),
     "inference": ("radpipe.inference.run", "inference-cpu"),
     "notify": ("radpipe.notify.run", "notify"),
+    "export": ("radpipe.export.run", "export"),
 }
 
 
@@ -89,10 +90,27 @@ class CeleryDispatcher:
 
 
 def stage_task(
-    celery: Celery, name: str, stage: str, max_retries: int | None = None
+    celery: Celery,
+    name: str,
+    stage: str,
+    max_retries: int | None = None,
+    *,
+    fails_study: bool = True,
 ) -> Callable[[Callable[[Context, str], None]], Task]:
-    """Wrap ``fn(ctx, study_id)`` as an idempotent Celery task with retries and dead letters."""
+    """Wrap ``fn(ctx, study_id)`` as an idempotent Celery task with retries and dead letters.
+
+    A stage that ``fails_study`` ends the study ``failed`` when it gives up; a side stage
+    (export) records a ``<stage>.failed`` event instead and leaves the clinical state alone.
+    """
     retries = get_settings().task_max_retries if max_retries is None else max_retries
+
+    def give_up(ctx: Context, study_id: str, reason: str, attempts: int) -> None:
+        if fails_study:
+            ctx.studies.fail(study_id, stage, reason, attempts=attempts)
+        else:
+            ctx.studies.add_event(
+                study_id, f"{stage}.failed", {"reason": reason[:500], "attempts": attempts}
+            )
 
     def decorate(fn: Callable[[Context, str], None]) -> Task:
         @celery.task(name=name, bind=True, max_retries=retries, acks_late=True)
@@ -103,7 +121,7 @@ def stage_task(
                 fn(ctx, study_id)
             except PipelineError as exc:
                 log.warning("stage.failed", stage=stage, study_id=study_id, reason=exc.message)
-                ctx.studies.fail(study_id, stage, exc.message, attempts=attempt)
+                give_up(ctx, study_id, exc.message, attempt)
             except Exception as exc:  # retried, then dead-lettered with its reason
                 # Only our own messages are known to be free of DICOM values; a library's
                 # exception text could quote one, so it is reduced to its type.
@@ -111,9 +129,7 @@ def stage_task(
                 reason = f"{type(exc).__name__}: {detail}"
                 if self.request.retries >= retries:
                     log.error("stage.dead-letter", stage=stage, study_id=study_id, exc_info=True)
-                    ctx.studies.fail(
-                        study_id, stage, f"gave up after {attempt} attempts: {reason}", attempt
-                    )
+                    give_up(ctx, study_id, f"gave up after {attempt} attempts: {reason}", attempt)
                     return
                 delay = min(2**self.request.retries, 60)
                 transient = isinstance(exc, TransientError)

@@ -49,8 +49,9 @@ def _choose_series(study: dict[str, Any]) -> dict[str, Any]:
 
 def analyze_study(ctx: Context, study_id: str) -> None:
     study = ctx.studies.get(study_id)
-    if study["state"] == StudyState.ANALYZED:  # redelivered after the hand-off was lost
+    if study["state"] == StudyState.ANALYZED:  # redelivered after the hand-offs were lost
         ctx.tasks.send("notify", study_id)
+        ctx.tasks.send("export", study_id)
         return
     if study["state"] != StudyState.DEIDENTIFIED:
         log.info("inference.skip", study_id=study_id, state=study["state"])
@@ -83,4 +84,5 @@ def analyze_study(ctx: Context, study_id: str) -> None:
         fields={"analysis": result},
     )
     ctx.tasks.send("notify", study_id)
+    ctx.tasks.send("export", study_id)
     log.info("inference.done", study_id=study_id, findings=len(analysis.findings))

@@ -28,7 +28,7 @@ def test_send_puts_one_message_on_the_stage_queue(redis_url: str) -> None:
     assert after["deid"] == before["deid"] + 1
     assert after["notify"] == before["notify"] + 1
     assert after["inference-cpu"] == before["inference-cpu"]
-    assert set(STAGES) == {"stable", "deid", "inference", "notify"}
+    assert set(STAGES) == {"stable", "deid", "inference", "notify", "export"}
 
 
 def test_ping_fails_when_the_broker_is_down() -> None:

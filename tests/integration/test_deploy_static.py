@@ -31,7 +31,12 @@ ENV_EXAMPLE = ROOT / ".env.example"
 
 IMAGE = "ghcr.io/radpipe/radpipe"
 HTTP_SERVICES = ("ingest", "portal", "notify")
-WORKERS = {"worker-deid": "deid", "worker-inference": "inference", "worker-notify": "notify"}
+WORKERS = {
+    "worker-deid": "deid",
+    "worker-inference": "inference",
+    "worker-notify": "notify",
+    "worker-export": "export",
+}
 DEPLOYMENTS = (*HTTP_SERVICES, *WORKERS)
 COMPOSE_SERVICES = {*DEPLOYMENTS, "mongo", "minio", "redis"}
 BUCKETS = ("radpipe-raw", "radpipe-deid", "radpipe-results")

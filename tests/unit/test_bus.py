@@ -61,3 +61,19 @@ def test_unexpected_error_is_retried_then_dead_lettered_without_its_text(
         "reason": "gave up after 3 attempts: ValueError: unexpected error",
     }
     assert "Doe" not in str(study)
+
+
+def test_a_side_stage_that_gives_up_leaves_the_study_state_alone(
+    eager: Celery, ctx: Context
+) -> None:
+    study_id = ingest(ctx, ct_series()[:1])
+
+    def stage(_: Context, sid: str) -> None:
+        raise PipelineError("export destination refused the objects")
+
+    task = bus.stage_task(eager, "t.export", "export", max_retries=0, fails_study=False)(stage)
+    task.apply(args=[study_id])
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "received"
+    assert study["events"][-1]["type"] == "export.failed"
+    assert study["events"][-1]["detail"]["reason"] == "export destination refused the objects"
