@@ -50,6 +50,12 @@ class NotFound(RadpipeError):
     status = 404
 
 
+class NotAcceptable(RadpipeError):
+    """No representation the client accepts (PS3.18: 406)."""
+
+    status = 406
+
+
 class Conflict(RadpipeError):
     status = 409
 

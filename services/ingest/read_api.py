@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from services.common.api import Ctx, require
 from services.common.auth import AuthService, Principal
-from services.common.errors import BadRequest, RadpipeError
+from services.common.errors import BadRequest, NotAcceptable
 
 from . import qido, retrieve
 
@@ -29,10 +29,6 @@ def _audited_reader(
 
 Reader = Annotated[Principal, Depends(_audited_reader)]
 DICOM_JSON = "application/dicom+json"
-
-
-class NotAcceptable(RadpipeError):
-    status = 406
 
 
 def _base(ctx: Ctx) -> str:

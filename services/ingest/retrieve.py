@@ -15,7 +15,7 @@ from pydicom.encaps import generate_frames
 from services.common.context import Context
 from services.common.dicomindex import INDEX
 from services.common.dicomio import read_part10
-from services.common.errors import BadRequest, NotFound
+from services.common.errors import BadRequest, NotAcceptable, NotFound
 from services.common.identity import pseudonymous_uid
 
 
@@ -124,7 +124,13 @@ def render(
     ds = read_part10(io.BytesIO(read_bytes(ctx, entry)))
     if "PixelData" not in ds:
         raise BadRequest("the instance has no pixel data to render")
-    pixels = ds.pixel_array
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # no decoder for this transfer syntax
+        raise NotAcceptable(
+            f"cannot render transfer syntax {ds.file_meta.TransferSyntaxUID}: retrieve the "
+            "instance or its frames instead"
+        ) from exc
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame <= count:
         raise NotFound(f"frame {frame} does not exist: the instance has {count} frame(s)")
