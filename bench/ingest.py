@@ -87,10 +87,25 @@ def start_radpipe(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Largest peak RSS among the HTTP processes of `radpipe up` (the server and its workers)."""
+    peaks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parent = int(fields.get("PPid", "0").strip() or 0)
+        if int(entry.name) != pid and (parent != pid or "services.cli worker" in cmdline):
+            continue
+        if "valkey" in cmdline:
+            continue
+        if "VmHWM" in fields:
+            peaks.append(int(fields["VmHWM"].split()[0]) / 1024)
+    return max(peaks, default=float("nan"))
 
 
 def timed_push(files: list[Path], url: str, token: str, clients: int) -> float:

@@ -24,3 +24,11 @@ def build_app(context: Context, services: list[str]) -> FastAPI:
     configure_logging(context.settings.log_level)
     routers = [router for name in services for router in ROUTERS[name]]
     return create_app(context, routers, title=f"Radpipe {'+'.join(services)}")
+
+
+def up_app() -> FastAPI:
+    """Factory for each HTTP worker process of ``radpipe up`` (settings come from the env)."""
+    from services.common.context import build_context
+    from services.common.settings import get_settings
+
+    return build_app(build_context(get_settings()), ["ingest", "portal", "notify"])

@@ -29,7 +29,14 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="default: $RADPIPE_DATA_DIR")
-def up(host: str, port: int, data_dir: Path | None) -> None:
+@click.option(
+    "--http-workers",
+    type=int,
+    default=min(2, os.cpu_count() or 1),
+    show_default=True,
+    help="HTTP server processes (STOW-RS parsing is CPU-bound)",
+)
+def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     """Run the whole pipeline on this machine: API, portal, workers, broker, stores."""
     import uvicorn
 
@@ -67,7 +74,17 @@ def up(host: str, port: int, data_dir: Path | None) -> None:
         click.echo(f"  DIMSE C-STORE SCP: {settings.dimse_ae_title}@{host}:{settings.dimse_port}")
     click.echo("  try it: `radpipe demo` in another terminal")
     try:
-        uvicorn.run(build_app(context, list(SERVICES)), host=host, port=port, log_config=None)
+        if http_workers > 1:
+            uvicorn.run(
+                "services.app:up_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=http_workers,
+                log_config=None,
+            )
+        else:
+            uvicorn.run(build_app(context, list(SERVICES)), host=host, port=port, log_config=None)
     finally:
         supervisor.stop()
         if broker is not None:
