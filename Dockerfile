@@ -13,8 +13,9 @@
 ARG VARIANT=cpu
 # torch is pinned here and in pyproject.toml; the variant only picks the wheel build.
 ARG TORCH_VERSION=2.13.0
-# CUDA wheel flavour of torch; must be a build PyTorch publishes for TORCH_VERSION.
-ARG TORCH_CUDA=cu128
+# Index to take torch from: PyTorch's own CPU or CUDA wheel index for the matching variant
+# (pass it with --build-arg TORCH_INDEX_URL=...); empty means pip's configured index.
+ARG TORCH_INDEX_URL=
 
 # ---------------------------------------------------------------------------------------
 # builder: a wheel of the project only (pure Python, identical for both variants).
@@ -32,15 +33,16 @@ FROM python:3.11-slim AS runtime-cpu
 ARG TORCH_VERSION
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+ARG TORCH_INDEX_URL
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir \
-        --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+        ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
 
 # ---------------------------------------------------------------------------------------
 # runtime-cuda: NVIDIA's runtime image (driver-facing CUDA libraries) with Python 3.11.
 FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04 AS runtime-cuda
 ARG TORCH_VERSION
-ARG TORCH_CUDA
+ARG TORCH_INDEX_URL
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -52,7 +54,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir \
-        --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}"
+        ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
 
 # ---------------------------------------------------------------------------------------
 # runtime: the chosen variant plus Radpipe, run as an unprivileged user.

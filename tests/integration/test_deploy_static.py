@@ -159,7 +159,7 @@ def test_dockerfile_follows_the_image_contract() -> None:
     assert "python:3.11-slim" in froms
     assert any(re.fullmatch(r"nvidia/cuda:[\w.]+-runtime-[\w.]+", image) for image in froms)
     assert froms[-1] == "runtime-${VARIANT}"
-    assert "https://download.pytorch.org/whl/cpu" in runs
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in runs
     assert '"torch==${TORCH_VERSION}"' in runs
     assert "pip wheel" in runs
     assert "--uid 10001" in runs
