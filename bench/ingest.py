@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _up import start_up  # noqa: E402
+
 from services.client import push  # noqa: E402
 from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 from services.stack import free_port, wait_for_port  # noqa: E402
@@ -54,36 +56,9 @@ def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_radpipe(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = free_port()
     env = dict(os.environ, RADPIPE_STUDY_STABLE_SECONDS="3600")  # measure ingest alone
-    data = work / "radpipe"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--port", str(port), "--data-dir", str(data)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    wait_for_port(port, 60)
-    token = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "token",
-            "create",
-            "--role",
-            "modality",
-            "--name",
-            "bench",
-        ],
-        env={**env, "RADPIPE_DATA_DIR": str(data)},
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.splitlines()[-1]
-    return process, f"http://127.0.0.1:{port}/dicom-web", token
+    process, url, token = start_up(work / "radpipe", env, "modality")
+    return process, f"{url}/dicom-web", token
 
 
 def peak_rss_mb(pid: int) -> float:

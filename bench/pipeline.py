@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,9 +23,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _up import start_up  # noqa: E402
+
 from services.client import iter_files, push  # noqa: E402
 from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
-from services.stack import free_port, wait_for_port  # noqa: E402
 
 
 def direct_seconds(folder: Path, threads: int) -> float:
@@ -50,49 +50,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="radpipe-bench-"))
-    port = free_port()
     env = dict(
         os.environ,
         RADPIPE_STUDY_STABLE_SECONDS=str(args.stable_seconds),
         RADPIPE_INFERENCE_THREADS=str(os.cpu_count() or 1),
     )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.cli",
-            "up",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(work / "data"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(work / "up.log").open("wb"),
-        cwd=ROOT,
-    )
+    server, url, token = start_up(work / "data", env, "admin", log=work / "up.log")
     try:
-        wait_for_port(port, 60)
-        token = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "services.cli",
-                "token",
-                "create",
-                "--role",
-                "admin",
-                "--name",
-                "bench",
-            ],
-            env={**env, "RADPIPE_DATA_DIR": str(work / "data")},
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout.splitlines()[-1]
-        url = f"http://127.0.0.1:{port}"
         pipeline, direct = [], []
         for round_ in range(args.rounds):
             phantom = make_phantom(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from services.common.settings import ROLES, Settings, get_settings
+if TYPE_CHECKING:
+    from services.common.auth import AuthService
+
+from services.common.settings import DEFAULT_SECRET_KEY, ROLES, Settings, get_settings
 
 SERVICES = ("ingest", "portal", "notify")
 
@@ -48,10 +53,7 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     base = _settings(all_in_one=True)
     data = (data_dir or base.data_dir).resolve()
     env = dict(os.environ, RADPIPE_ALL_IN_ONE="true", RADPIPE_DATA_DIR=str(data))
-    if (
-        base.secret_key.get_secret_value()
-        == Settings.model_fields["secret_key"].default.get_secret_value()
-    ):
+    if base.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
         env["RADPIPE_SECRET_KEY"] = local_secret(data)
     env.setdefault("RADPIPE_PUBLIC_URL", f"http://{host}:{port}")
     broker = None
@@ -92,14 +94,10 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
             broker.wait(timeout=10)
 
 
-def _bootstrap_admin(auth: object) -> str | None:
-    from services.common.auth import AuthService
-
-    assert isinstance(auth, AuthService)
+def _bootstrap_admin(auth: AuthService) -> str | None:
+    """On first start, an ``admin`` user with a random password printed once."""
     if auth.users.count_documents({}) > 0:
         return None
-    import secrets
-
     password = secrets.token_urlsafe(12)
     auth.add_user("admin", "admin", password)
     return password

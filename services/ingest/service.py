@@ -201,7 +201,7 @@ class StowSession:
 
 
 def store_parts(ctx: Context, parts: list[Part], expected_study_uid: str | None) -> StowResult:
-    """Store parts that are already complete (tests, the DIMSE door)."""
+    """Store parts that are already complete, in one session."""
     session = StowSession(ctx, expected_study_uid)
     for part in parts:
         session.add(part)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -127,4 +126,3 @@ def test_output_passes_dciodvfy(tmp_path: Path) -> None:
         line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
     ]
     assert errors == []
-    assert shutil.which("dciodvfy")
