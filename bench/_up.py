@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from services.stack import free_port, wait_for_port
@@ -43,3 +45,41 @@ def start_up(
         cwd=ROOT,
     )
     return process, f"http://127.0.0.1:{port}", created.stdout.splitlines()[-1]
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process below it."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(root: int, timeout: float = 180.0, busy_below: float = 0.05) -> None:
+    """Wait until ``radpipe up`` and its workers have finished starting (imports, model load).
+
+    A benchmark measures the steady state: the inference worker importing torch would otherwise
+    compete with the first rounds for the two cores.
+    """
+    deadline = time.monotonic() + timeout
+    previous = _tree_cpu_seconds(root)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        current = _tree_cpu_seconds(root)
+        if current - previous < busy_below:
+            return
+        previous = current

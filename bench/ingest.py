@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _up import start_up  # noqa: E402
+from _up import start_up, wait_until_idle  # noqa: E402
 
 from services.client import push  # noqa: E402
 from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
@@ -58,6 +58,7 @@ def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 def start_radpipe(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     env = dict(os.environ, RADPIPE_STUDY_STABLE_SECONDS="3600")  # measure ingest alone
     process, url, token = start_up(work / "radpipe", env, "modality")
+    wait_until_idle(process.pid)
     return process, f"{url}/dicom-web", token
 
 

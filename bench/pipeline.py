@@ -23,7 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _up import start_up  # noqa: E402
+from _up import start_up, wait_until_idle  # noqa: E402
 
 from services.client import iter_files, push  # noqa: E402
 from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
@@ -56,6 +56,7 @@ def main() -> None:
         RADPIPE_INFERENCE_THREADS=str(os.cpu_count() or 1),
     )
     server, url, token = start_up(work / "data", env, "admin", log=work / "up.log")
+    wait_until_idle(server.pid)
     try:
         pipeline, direct = [], []
         for round_ in range(args.rounds):

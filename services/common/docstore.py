@@ -35,6 +35,9 @@ class MongoDocumentStore:
     def collection(self, name: str) -> Collection:
         return self.db[name]
 
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def ping(self) -> None:
         self.client.admin.command("ping")
 
@@ -162,6 +165,9 @@ class EmbeddedDocumentStore:
             self._local.client = client
             self._clients.append(client)
         return client[self.database_name]
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self.lock.held()
 
     def collection(self, name: str) -> Collection:
         if name not in self._collections:

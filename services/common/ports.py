@@ -7,6 +7,7 @@ these protocols, so tests and deployments swap adapters freely.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO, Protocol
 
 Document = dict[str, Any]
@@ -76,6 +77,12 @@ class Collection(Protocol):
 
 class DocumentStore(Protocol):
     def collection(self, name: str) -> Collection: ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Run a group of calls without other writers in between (no-op where each call is
+        already atomic and cheap, as in MongoDB; the embedded engine re-reads a collection
+        whenever another process wrote it, so grouping its calls saves re-reads)."""
+        ...
 
     def ping(self) -> None: ...
 

@@ -132,21 +132,28 @@ class StudyRepository:
     def record_instance(
         self, study_id: str, instance_key: str, instance: Document, modality: str | None
     ) -> tuple[Document, bool]:
-        """Register one stored raw instance; returns (study, newly_added).
+        """Register one stored raw instance; returns (study, newly_added)."""
+        study, added = self.record_instances(study_id, [(instance_key, instance)], modality)
+        return study, added == 1
 
-        A new instance for a study past ``received`` re-opens it (a new version): the earlier
-        analysis stays in ``history``.
+    def record_instances(
+        self, study_id: str, instances: list[tuple[str, Document]], modality: str | None
+    ) -> tuple[Document, int]:
+        """Register stored raw instances of one study; returns (study, how many were new).
+
+        Re-registering a held instance changes nothing. A new instance for a study past
+        ``received`` re-opens it (a new version): the earlier analysis stays in ``history``.
         """
         at = now()
-        added = (
-            self.instances.find_one_and_update(
+        added = 0
+        for instance_key, instance in instances:
+            before = self.instances.find_one_and_update(
                 {"_id": instance_key},
                 {"$setOnInsert": {**instance, "study_id": study_id, "received_at": at}},
                 upsert=True,
                 return_document=ReturnDocument.BEFORE,
             )
-            is None
-        )
+            added += before is None
         study = self.studies.find_one_and_update(
             {"_id": study_id},
             {
@@ -158,7 +165,7 @@ class StudyRepository:
                     "modality": modality,
                 },
                 "$set": {"updated_at": at, "last_instance_at": at},
-                "$inc": {"instance_count": 1 if added else 0},
+                "$inc": {"instance_count": added},
             },
             upsert=True,
             return_document=ReturnDocument.AFTER,

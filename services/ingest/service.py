@@ -10,6 +10,7 @@ from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID_dictionary
 
 from services.common.context import Context
 from services.common.dicomio import read_part10
@@ -29,6 +30,40 @@ OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+#: Known "SOP Class" UIDs that are not storage classes although their name says "Storage".
+_NOT_STORAGE = frozenset({"1.2.840.10008.1.3.10", "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.2"})
+
+
+def is_storage_sop_class(uid: str) -> bool:
+    """A SOP class that can be stored: any storage class of the standard, or a private one."""
+    entry = UID_dictionary.get(uid)
+    if entry is None:
+        return not uid.startswith("1.2.840.10008.")  # private classes are accepted as-is
+    name, kind = entry[0], entry[1]
+    return kind == "SOP Class" and "Storage" in name and uid not in _NOT_STORAGE
+
+
+def check_transfer_syntax(ds: pydicom.Dataset, part: Part) -> None:
+    """C122 when the file's transfer syntax is not one, or the part's parameter contradicts it."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "").strip()
+    entry = UID_dictionary.get(syntax)
+    known = entry is not None and entry[1] == "Transfer Syntax"
+    private = bool(syntax) and entry is None and not syntax.startswith("1.2.840.10008.")
+    if not (known or (private and UID_PATTERN.match(syntax))):
+        raise InvalidDicom(
+            f"TransferSyntaxUID {syntax or '(missing)'!r} is not a transfer syntax",
+            TRANSFER_SYNTAX_NOT_SUPPORTED,
+        )
+    declared = parse_media_type(part.content_type)[1].get("transfer-syntax", "").strip()
+    if declared and declared != syntax:
+        raise InvalidDicom(
+            f"the part says transfer-syntax={declared} but the file is encoded in {syntax}: "
+            "send the part's real transfer syntax, or leave the parameter out",
+            TRANSFER_SYNTAX_NOT_SUPPORTED,
+        )
 
 
 @dataclass
@@ -123,6 +158,14 @@ class StowSession:
     def add(self, part: Part) -> StoreOutcome:
         try:
             outcome = self._store(part)
+        except Exception as exc:  # one part's unexpected failure never fails the others
+            log.error("stow.part_failed", error=type(exc).__name__)
+            outcome = StoreOutcome(
+                None,
+                None,
+                failure_reason=PROCESSING_FAILURE,
+                message=f"processing failure ({type(exc).__name__}); the part was not stored",
+            )
         finally:
             part.close()
         INSTANCES_RECEIVED.labels("failed" if outcome.failure_reason else "stored").inc()
@@ -138,6 +181,11 @@ class StowSession:
             return StoreOutcome(None, None, failure_reason=exc.failure_reason, message=exc.message)
         outcome = StoreOutcome(sop_class, sop_instance)
         try:
+            if not is_storage_sop_class(sop_class):
+                raise InvalidDicom(
+                    f"SOP class {sop_class} is not a storage SOP class", SOP_CLASS_NOT_SUPPORTED
+                )
+            check_transfer_syntax(ds, part)
             study_uid = _uid(ds, "StudyInstanceUID")
             series_uid = _uid(ds, "SeriesInstanceUID")
             if self.expected_study_uid is not None and study_uid != self.expected_study_uid:
@@ -153,11 +201,28 @@ class StowSession:
         study_id = study_id_for(secret, study_uid)
         instance_key = instance_key_for(secret, sop_instance)
         raw_key = f"{study_id}/{instance_key}.dcm"
+        outcome.study_instance_uid, outcome.series_instance_uid = study_uid, series_uid
+        outcome.study_id = study_id
+        if self.ctx.objects.exists(self.ctx.buckets["raw"], raw_key) and (
+            self.ctx.studies.instances.find_one({"_id": instance_key}) is not None
+        ):
+            # Already held: success without touching the first copy (a SOP Instance UID names
+            # one object; Orthanc's push job and modality re-sends expect 200).
+            return outcome
         part.file.seek(0)
         # The bytes are kept exactly as received, whatever their transfer syntax.
-        self.ctx.objects.put_file(
-            self.ctx.buckets["raw"], raw_key, part.file, part.size, "application/dicom"
-        )
+        try:
+            self.ctx.objects.put_file(
+                self.ctx.buckets["raw"], raw_key, part.file, part.size, "application/dicom"
+            )
+        except Exception as exc:
+            log.error("stow.store_failed", error=type(exc).__name__)
+            outcome.failure_reason = OUT_OF_RESOURCES
+            outcome.message = (
+                f"the object store refused the instance ({type(exc).__name__}): check its "
+                "free space and that it is reachable, then send again"
+            )
+            return outcome
         record = {
             "raw_key": raw_key,
             "sop_class_uid": sop_class,
@@ -166,16 +231,20 @@ class StowSession:
         }
         modality = str(ds.get("Modality", "") or "") or None
         self.pending.append(_Pending(study_id, instance_key, record, modality))
-        outcome.study_instance_uid, outcome.series_instance_uid = study_uid, series_uid
-        outcome.study_id = study_id
         return outcome
 
     def commit(self) -> StowResult:
         """Record every stored instance and arm one stability check per touched study."""
+        by_study: dict[str, list[_Pending]] = {}
         for item in self.pending:
-            self.ctx.studies.record_instance(
-                item.study_id, item.instance_key, item.record, item.modality
-            )
+            by_study.setdefault(item.study_id, []).append(item)
+        with self.ctx.documents.exclusive():
+            for study_id, items in by_study.items():
+                self.ctx.studies.record_instances(
+                    study_id,
+                    [(item.instance_key, item.record) for item in items],
+                    next((item.modality for item in items if item.modality), None),
+                )
         # The check re-arms itself while instances keep arriving.
         for study_id in dict.fromkeys(item.study_id for item in self.pending):
             self.ctx.tasks.send(

@@ -181,3 +181,126 @@ def test_truncated_body_stores_complete_parts_and_fails_the_cut_one(
     assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
     assert "cut off" in response.headers["warning"]
     assert len(raw_objects(ctx)) == 1
+
+
+def _post_parts(client: TestClient, token: str, parts: list[tuple[str, bytes]]):
+    boundary = "radpipe-test-boundary"
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + data + b"\r\n"
+        for media, data in parts
+    )
+    return client.post(
+        "/dicom-web/studies",
+        content=body + f"--{boundary}--\r\n".encode(),
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Authorization": f"Bearer {token}",
+        },
+    )
+
+
+def test_non_storage_sop_class_fails_0122_and_nothing_is_stored(client, ctx, tokens) -> None:
+    from ..dicom import to_bytes
+
+    ds = read(ct_series()[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.3.1.2.3.3"  # MPPS
+    response = stow(client, tokens["modality"], [to_bytes(ds)])
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"] == [0x0122]
+    assert failed["00081150"]["Value"] == ["1.2.840.10008.3.1.2.3.3"]
+    assert "not a storage SOP class" in response.headers["warning"]
+    assert raw_objects(ctx) == [] and ctx.studies.studies.count_documents({}) == 0
+
+
+def test_private_storage_class_is_accepted(client, ctx, tokens) -> None:
+    from ..dicom import to_bytes
+
+    ds = read(ct_series()[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.3.6.1.4.1.9590.100.1.2.1"
+    assert stow(client, tokens["modality"], [to_bytes(ds)]).status_code == 200
+    assert len(raw_objects(ctx)) == 1
+
+
+def test_transfer_syntax_mismatch_and_non_syntax_fail_c122(client, ctx, tokens) -> None:
+    first, second = ct_series()[:2]
+    syntax = str(read(second).file_meta.TransferSyntaxUID).encode()
+    assert syntax == b"1.2.840.10008.1.2.1"
+    # pydicom refuses to write this, a broken sender does not: a SOP class where the syntax goes.
+    odd = second.replace(syntax + b"\x00", b"1.2.840.10008.1.20.1", 1)
+    response = _post_parts(
+        client,
+        tokens["modality"],
+        [
+            ("application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50", first),
+            ("application/dicom", odd),
+        ],
+    )
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    assert [item["00081197"]["Value"] for item in failed] == [[0xC122], [0xC122]]
+    assert "transfer-syntax=1.2.840.10008.1.2.4.50" in response.headers["warning"]
+    assert raw_objects(ctx) == []
+
+
+def test_matching_transfer_syntax_parameter_is_accepted(client, ctx, tokens) -> None:
+    first = ct_series()[0]
+    syntax = read(first).file_meta.TransferSyntaxUID
+    response = _post_parts(
+        client, tokens["modality"], [(f"application/dicom; transfer-syntax={syntax}", first)]
+    )
+    assert response.status_code == 200
+
+
+def test_object_store_failure_answers_a700_and_records_nothing(client, ctx, tokens) -> None:
+    series = ct_series()[:2]
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    # A real OSError from the folder store: a file stands where the study's folder must go.
+    bucket = ctx.settings.data_dir / "objects" / ctx.buckets["raw"]
+    bucket.mkdir(parents=True, exist_ok=True)
+    (bucket / study_id).write_bytes(b"not a folder")
+    response = stow(client, tokens["modality"], series)
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    assert [item["00081197"]["Value"] for item in failed] == [[0xA700], [0xA700]]
+    assert "free space" in response.headers["warning"]
+    assert ctx.studies.studies.count_documents({}) == 0
+    assert ctx.tasks.sent == []  # type: ignore[attr-defined]
+
+
+def test_unexpected_error_fails_one_part_0110_others_stored(
+    client, ctx, tokens, monkeypatch
+) -> None:
+    from services.ingest import service
+
+    series = ct_series()[:2]
+    broken = read(series[1]).SOPInstanceUID
+    real = service.is_storage_sop_class
+
+    def flaky(uid: str) -> bool:  # a bug we cannot cause with real input
+        if flaky.calls == 1:
+            raise RuntimeError(f"boom {broken}")
+        flaky.calls += 1
+        return real(uid)
+
+    flaky.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(service, "is_storage_sop_class", flaky)
+    response = stow(client, tokens["modality"], series)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0x0110]
+    assert "RuntimeError" in response.headers["warning"] and broken not in response.text
+    assert len(raw_objects(ctx)) == 1
+
+
+def test_resent_instance_keeps_the_first_copy(client, ctx, tokens) -> None:
+    from ..dicom import to_bytes
+
+    original = ct_series()[0]
+    assert stow(client, tokens["modality"], [original]).status_code == 200
+    changed = read(original)
+    changed.SeriesDescription = "CHANGED ON RESEND"
+    again = stow(client, tokens["modality"], [to_bytes(changed)])
+    assert again.status_code == 200 and len(again.json()["00081199"]["Value"]) == 1
+    [key] = raw_objects(ctx)
+    assert ctx.objects.get(ctx.buckets["raw"], key) == original
