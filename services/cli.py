@@ -205,6 +205,53 @@ def push(paths: tuple[Path, ...], url: str, token: str) -> None:
 
 
 @main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--profile",
+    "profile_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="RADPIPE_DEID_PROFILE",
+    help="profile file (TOML); default: TCIA's options",
+)
+@click.option("--source", help="use this source's profile from the profile file")
+@click.option("--jobs", type=int, help="processes (default: one per CPU core)")
+def deid(
+    inputs: tuple[Path, ...],
+    out: Path,
+    profile_file: Path | None,
+    source: str | None,
+    jobs: int | None,
+) -> None:
+    """De-identify DICOM files and folders into OUT (PS3.15 Basic Profile with options).
+
+    The key is RADPIPE_SECRET_KEY: the same key gives the same pseudonyms and UIDs as the
+    service; quarantined and failed inputs are listed in OUT.report.json beside OUT.
+    """
+    from pydantic import ValidationError
+
+    from services.common.errors import RadpipeError
+    from services.deid import offline
+    from services.deid.profile import load_profiles
+
+    try:
+        settings = _settings()
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise RadpipeError(f"{reason} (export RADPIPE_SECRET_KEY=... first)") from None
+    profile = load_profiles(profile_file).for_source(source)
+    summary = offline.run(list(inputs), out, settings.secret, profile, jobs)
+    click.echo(
+        f"{summary.count('done')} de-identified, {summary.count('quarantined')} quarantined, "
+        f"{summary.count('failed')} failed -> {out}"
+    )
+    for (status, reason), count in sorted(summary.reasons().items()):
+        click.echo(f"  {count} {status}: {reason}", err=True)
+    if summary.count("quarantined") or summary.count("failed"):
+        click.echo(f"  listed in {offline.report_path(out)}", err=True)
+
+
+@main.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
 @click.option("--token", help="a token with role admin (default: create one in the local store)")
 @click.option("--wait", default=180.0, show_default=True, help="seconds to wait for results")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
+from datetime import timedelta
 
 
 def keyed_digest(secret: bytes, purpose: str, value: str) -> bytes:
@@ -34,3 +36,20 @@ def pseudonymous_uid(secret: bytes, uid: str) -> str:
 def pseudonym(secret: bytes, purpose: str, value: str, length: int = 12) -> str:
     """A stable keyed pseudonym (uppercase hex) for a patient id, name or accession."""
     return keyed_digest(secret, purpose, value).hex()[:length].upper()
+
+
+@dataclass(frozen=True)
+class PatientKeys:
+    """Keyed replacements for one patient, derived from the original Patient ID: the
+    pseudonymous id and name, and the whole-day offset every date of the patient moves by."""
+
+    patient_id: str
+    patient_name: str
+    date_offset: timedelta
+
+    @classmethod
+    def derive(cls, secret: bytes, original_patient_id: str) -> PatientKeys:
+        token = pseudonym(secret, "patient", original_patient_id, 12)
+        # A shift of 1-10 years back, whole days: intervals between dates stay exact.
+        draw = int.from_bytes(keyed_digest(secret, "date-shift", original_patient_id)[:4])
+        return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(365 + draw % 3285)))

@@ -59,12 +59,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(16 * 1024**3, gt=0)
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     task_max_retries: int = Field(5, ge=0)
+    #: De-identification profile file (TOML): options per source (see ``deid/profile.py``).
+    deid_profile: Path | None = None
     log_level: str = "INFO"
     #: DIMSE C-STORE SCP (the second door); off unless a port is set.
     dimse_port: int | None = Field(None, ge=1, le=65535)
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)
-    #: Calling AE titles allowed to store; empty accepts any (restrict it in production).
+    #: Calling AE titles allowed to associate; empty accepts any (restrict it in production).
     dimse_calling_aets: list[str] = []
+    #: Reject associations whose called AE title is not ``dimse_ae_title``.
+    dimse_require_called_aet: bool = True
     #: Where result objects go back to (the PACS): a STOW-RS base URL, and/or a DIMSE peer.
     export_stow_url: AnyHttpUrl | None = None
     #: Extra headers for the STOW-RS destination, e.g. {"Authorization": "Bearer ..."} as JSON.

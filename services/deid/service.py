@@ -1,166 +1,82 @@
-"""De-identification (PS3.15 Annex E) of one instance, and of a whole stored study.
+"""De-identification of a whole stored study: the ``deid`` pipeline stage.
 
-:func:`deidentify` is pure (dataset in, dataset out, keyed by the secret); :func:`deidentify_study`
-does the I/O for the pipeline stage. Pixel data is never decoded or re-encoded.
+Each raw instance goes through :class:`~services.deid.engine.Deidentifier` with the profile of
+its source. An instance that cannot be read is *failed*, one whose pixels may show identity is
+*quarantined*; both stay only in the raw store with their reason on the instance record, and
+the rest of the study goes on. A study with no clean instance fails with the reasons.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
+from pydicom.dataset import Dataset
 
 from services.common.context import Context
 from services.common.dicomindex import add_to_index, index_document
 from services.common.dicomio import read_part10, write_part10
 from services.common.errors import InvalidDicom, PipelineError
-from services.common.identity import keyed_digest, pseudonym, pseudonymous_uid
+from services.common.identity import PatientKeys
 from services.common.logging import get_logger
 from services.common.studies import StudyState
 
-from .profile import (
-    EMPTY_DATES,
-    KEEP_TEXT,
-    METHOD,
-    METHOD_CODES,
-    REMOVE,
-    STANDARD_UID_ROOT,
-    TEXT_VRS,
-)
+from .engine import Deidentifier, Quarantined
+from .profile import Profile, ProfileSet, load_profiles
+
+__all__ = ["PatientKeys", "deidentify", "deidentify_study", "read_dataset"]
 
 log = get_logger("radpipe.deid")
-IMPLEMENTATION_CLASS_UID = "2.25.302276541947036655349212185420826170493"
 
 
-@dataclass(frozen=True)
-class PatientKeys:
-    """Keyed replacements for one patient, derived from the original Patient ID."""
-
-    patient_id: str
-    patient_name: str
-    date_offset: timedelta
-
-    @classmethod
-    def derive(cls, secret: bytes, original_patient_id: str) -> PatientKeys:
-        token = pseudonym(secret, "patient", original_patient_id, 12)
-        # A shift of 1-10 years back, whole days: intervals between dates stay exact.
-        draw = int.from_bytes(keyed_digest(secret, "date-shift", original_patient_id)[:4])
-        return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(365 + draw % 3285)))
+def deidentify(ds: Dataset, secret: bytes, profile: Profile | None = None) -> Dataset:
+    """De-identify one dataset in place with ``profile`` (the default one if ``None``)."""
+    return _deidentifier(secret, profile or Profile()).deidentify(ds)
 
 
-def _shift_da(value: str, offset: timedelta) -> str:
-    try:
-        return (datetime.strptime(value.strip(), "%Y%m%d").date() + offset).strftime("%Y%m%d")
-    except ValueError:
-        return ""  # malformed dates are never passed through
+@cache
+def _deidentifier(secret: bytes, profile: Profile) -> Deidentifier:
+    return Deidentifier(secret, profile)
 
 
-def _shift_dt(value: str, offset: timedelta) -> str:
-    text = value.strip()
-    if len(text) < 8:
-        return ""
-    shifted = _shift_da(text[:8], offset)
-    return shifted + text[8:] if shifted else ""
-
-
-def _shift(value: Any, offset: timedelta, fn: Any) -> Any:
-    if isinstance(value, list | pydicom.multival.MultiValue):
-        return [fn(str(v), offset) for v in value]
-    return fn(str(value), offset) if value not in (None, "") else value
-
-
-def _remap_uid(value: Any, secret: bytes) -> Any:
-    def one(uid: str) -> str:
-        uid = uid.strip().rstrip("\x00")
-        if not uid or uid.startswith(STANDARD_UID_ROOT):
-            return uid
-        return pseudonymous_uid(secret, uid)
-
-    if isinstance(value, list | pydicom.multival.MultiValue):
-        return [one(str(v)) for v in value]
-    return one(str(value)) if value else value
-
-
-def _clean(ds: Dataset, secret: bytes, keys: PatientKeys) -> None:
-    """Apply the profile to ``ds`` and every nested item, in place."""
-    for element in list(ds):
-        tag, keyword, vr = element.tag, element.keyword, element.VR
-        if tag.is_private or keyword in REMOVE or tag.group & 0xFF00 in (0x5000, 0x6000):
-            del ds[tag]
-        elif vr == "SQ":
-            for item in element.value or []:
-                _clean(item, secret, keys)
-        elif keyword == "PatientID":
-            element.value = keys.patient_id
-        elif keyword == "PatientName":
-            element.value = keys.patient_name
-        elif keyword == "AccessionNumber" and element.value:
-            element.value = "A" + pseudonym(secret, "accession", str(element.value), 12)
-        elif vr == "UI":
-            element.value = _remap_uid(element.value, secret)
-        elif keyword in EMPTY_DATES or vr == "PN":
-            element.value = ""
-        elif vr == "DA":
-            element.value = _shift(element.value, keys.date_offset, _shift_da)
-        elif vr == "DT":
-            element.value = _shift(element.value, keys.date_offset, _shift_dt)
-        elif vr in TEXT_VRS and keyword not in KEEP_TEXT:
-            element.value = ""
-
-
-def deidentify(ds: Dataset, secret: bytes) -> Dataset:
-    """De-identify one dataset (with its file meta) and set the PS3.15 markers."""
-    keys = PatientKeys.derive(secret, str(ds.get("PatientID", "") or ""))
-    _clean(ds, secret, keys)
-    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = "RADPIPE_010"
-    for keyword in (
-        "SourceApplicationEntityTitle",
-        "SendingApplicationEntityTitle",
-        "ReceivingApplicationEntityTitle",
-        "PrivateInformationCreatorUID",
-        "PrivateInformation",
-    ):
-        if keyword in meta:
-            delattr(meta, keyword)
-    ds.file_meta = meta
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD
-    ds.DeidentificationMethodCodeSequence = Sequence([_code(v, m) for v, m in METHOD_CODES])
-    ds.LongitudinalTemporalInformationModified = "MODIFIED"
-    return ds
-
-
-def _code(value: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
-    return item
+@cache
+def _profiles(path: Path | None) -> ProfileSet:
+    return load_profiles(path)
 
 
 def read_dataset(data: bytes) -> Dataset:
+    """Parse stored Part 10 bytes, or raise ``InvalidDicom`` naming the parser's complaint."""
     try:
-        return read_part10(io.BytesIO(data))
+        ds = read_part10(io.BytesIO(data))
+        ds.SOPInstanceUID  # noqa: B018 - the walk needs the dataset to be readable to its end
     except Exception as exc:  # any parser failure is a permanent, per-file reason
         raise InvalidDicom(f"cannot parse stored instance: {type(exc).__name__}") from None
+    return ds
+
+
+def original_identity(ds: Dataset) -> dict[str, str]:
+    return {
+        "patient_id": str(ds.get("PatientID", "") or ""),
+        "patient_name": str(ds.get("PatientName", "") or ""),
+        "accession_number": str(ds.get("AccessionNumber", "") or ""),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+    }
 
 
 @dataclass
 class DeidStudyResult:
-    study_uid: str
+    study_uid: str | None = None
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
+    excluded: Counter[str] = field(default_factory=Counter)
 
 
 def deidentify_study(ctx: Context, study_id: str) -> None:
-    """The ``deid`` stage: raw instances -> de-identified store, vault entry, event."""
+    """The ``deid`` stage: raw instances -> de-identified store, index, vault entry, event."""
     study = ctx.studies.get(study_id)
     if study["state"] == StudyState.DEIDENTIFIED:  # redelivered after the hand-off was lost
         ctx.tasks.send("inference", study_id)
@@ -169,41 +85,70 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
         log.info("deid.skip", study_id=study_id, state=study["state"])
         return
     secret = ctx.settings.secret
-    result: DeidStudyResult | None = None
+    profiles = _profiles(ctx.settings.deid_profile)
+    result = DeidStudyResult()
     for instance in ctx.studies.instances_of(study_id):
-        raw = ctx.objects.get(ctx.buckets["raw"], instance["raw_key"])
+        profile = profiles.for_source(instance.get("source"))
         try:
-            ds = read_dataset(raw)
-        except InvalidDicom as exc:
-            raise PipelineError(exc.message) from None
-        identity = {
-            "patient_id": str(ds.get("PatientID", "") or ""),
-            "patient_name": str(ds.get("PatientName", "") or ""),
-            "accession_number": str(ds.get("AccessionNumber", "") or ""),
-            "study_instance_uid": str(ds.StudyInstanceUID),
-        }
-        original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-        clean = deidentify(ds, secret)
-        if result is None:
-            result = DeidStudyResult(str(clean.StudyInstanceUID), identity=identity)
-        series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
-        key = f"{result.study_uid}/{series_uid}/{sop_uid}.dcm"
-        ctx.objects.put(ctx.buckets["deid"], key, write_part10(clean), "application/dicom")
-        add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
-        series = result.series.setdefault(
-            series_uid,
-            {"series_uid": series_uid, "modality": str(clean.get("Modality", "")), "keys": []},
-        )
-        series["keys"].append(key)
-        result.identity.setdefault("uids", {})[sop_uid] = [original_series, original_sop]
-    if result is None:
-        raise PipelineError("the study has no stored instances")
+            _one(ctx, study_id, instance, _deidentifier(secret, profile), result)
+        except (InvalidDicom, Quarantined) as exc:
+            status = "quarantined" if isinstance(exc, Quarantined) else "failed"
+            result.excluded[f"{status}: {exc.message}"] += 1
+            ctx.studies.instances.update_one(
+                {"_id": instance["_id"]},
+                {"$set": {"deid": {"status": status, "reason": exc.message}}},
+            )
+            log.warning("deid.excluded", study_id=study_id, status=status, reason=exc.message)
+    excluded = sum(result.excluded.values())
+    if result.study_uid is None:
+        reasons = "; ".join(f"{n} x {why}" for why, n in sorted(result.excluded.items()))
+        raise PipelineError(f"no instance could be de-identified ({reasons or 'none stored'})")
     ctx.vault.put(study_id, result.identity)
     ctx.studies.transition(
         study_id,
         StudyState.DEIDENTIFIED,
-        detail={"instances": sum(len(s["keys"]) for s in result.series.values())},
+        detail={
+            "instances": sum(len(s["keys"]) for s in result.series.values()),
+            "excluded": excluded,
+            "reasons": dict(result.excluded),
+        },
         fields={"deid": {"study_uid": result.study_uid, "series": list(result.series.values())}},
     )
     ctx.tasks.send("inference", study_id)
-    log.info("deid.done", study_id=study_id, series=len(result.series))
+    log.info("deid.done", study_id=study_id, series=len(result.series), excluded=excluded)
+
+
+def _one(
+    ctx: Context,
+    study_id: str,
+    instance: dict[str, Any],
+    deidentifier: Deidentifier,
+    result: DeidStudyResult,
+) -> None:
+    ds = read_dataset(ctx.objects.get(ctx.buckets["raw"], instance["raw_key"]))
+    identity = original_identity(ds)
+    original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    keys = deidentifier.patient_keys(ds)
+    known = result.identity
+    clean = deidentifier.deidentify(
+        ds,
+        extra_names=[known["patient_name"]] if known else [],
+        extra_values=[known["patient_id"], known["accession_number"]] if known else [],
+    )
+    if not known:
+        result.identity = {**identity, "date_offset_days": keys.date_offset.days, "uids": {}}
+    if result.study_uid is None:
+        result.study_uid = str(clean.StudyInstanceUID)
+    series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
+    key = f"{result.study_uid}/{series_uid}/{sop_uid}.dcm"
+    ctx.objects.put(ctx.buckets["deid"], key, write_part10(clean), "application/dicom")
+    add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
+    series = result.series.setdefault(
+        series_uid,
+        {"series_uid": series_uid, "modality": str(clean.get("Modality", "")), "keys": []},
+    )
+    series["keys"].append(key)
+    result.identity["uids"][sop_uid] = [original_series, original_sop]
+    ctx.studies.instances.update_one(
+        {"_id": instance["_id"]}, {"$set": {"deid": {"status": "done", "key": key}}}
+    )

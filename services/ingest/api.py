@@ -31,7 +31,7 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
     reader = MultipartReader(boundary, max_part_bytes=ctx.settings.max_instance_bytes)
-    session = service.StowSession(ctx, study)
+    session = service.StowSession(ctx, study, source=caller.name)
     received = 0
     try:
         async for chunk in request.stream():

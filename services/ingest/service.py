@@ -152,6 +152,8 @@ class StowSession:
 
     ctx: Context
     expected_study_uid: str | None
+    #: Who sent it (token name or calling AE title): picks the de-identification profile.
+    source: str | None = None
     result: StowResult = field(default_factory=StowResult)
     pending: list[_Pending] = field(default_factory=list)
 
@@ -228,6 +230,7 @@ class StowSession:
             "sop_class_uid": sop_class,
             "series_key": instance_key_for(secret, "series:" + series_uid),
             "size": part.size,
+            "source": self.source,
         }
         modality = str(ds.get("Modality", "") or "") or None
         self.pending.append(_Pending(study_id, instance_key, record, modality))

@@ -91,7 +91,9 @@ def test_markers_set_and_pixels_untouched() -> None:
     assert ds.PatientIdentityRemoved == "YES"
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
     codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
-    assert codes == ["113100", "113107"]
+    # Basic + TCIA's options: graphics, structured content, descriptors, modified dates,
+    # patient characteristics, safe private.
+    assert codes == ["113100", "113103", "113104", "113105", "113107", "113108", "113111"]
     assert ds.PixelData == originals[0].PixelData
 
 

@@ -68,14 +68,33 @@ def test_deid_stage_writes_clean_objects_vault_and_event(ctx: Context) -> None:
     assert PHI["patient_id"] not in str(entry)
 
 
-def test_deid_stage_fails_clearly_on_unreadable_raw_and_keeps_it(ctx: Context) -> None:
+def test_deid_stage_fails_an_unreadable_instance_and_goes_on_with_the_rest(ctx: Context) -> None:
     series = ct_series()[:2]
     study_id = stable_study(ctx, series)
-    key = ctx.studies.instances_of(study_id)[0]["raw_key"]
-    ctx.objects.put(ctx.buckets["raw"], key, b"corrupted on disk")
-    with pytest.raises(PipelineError, match="cannot parse stored instance"):
+    broken, good = ctx.studies.instances_of(study_id)
+    ctx.objects.put(ctx.buckets["raw"], broken["raw_key"], b"corrupted on disk")
+    deidentify_study(ctx, study_id)
+    study = ctx.studies.get(study_id)
+    assert study["state"] == "deidentified"
+    event = study["events"][-1]
+    assert event["detail"]["instances"] == 1 and event["detail"]["excluded"] == 1
+    assert list(event["detail"]["reasons"]) == [
+        "failed: cannot parse stored instance: InvalidDicomError"
+    ]
+    records = {i["_id"]: i for i in ctx.studies.instances_of(study_id)}
+    assert records[broken["_id"]]["deid"]["status"] == "failed"
+    assert records[good["_id"]]["deid"]["status"] == "done"
+    assert ctx.objects.get(ctx.buckets["raw"], broken["raw_key"]) == b"corrupted on disk"
+    assert len(list(ctx.objects.list(ctx.buckets["deid"]))) == 1
+
+
+def test_deid_stage_fails_the_study_when_no_instance_is_usable(ctx: Context) -> None:
+    study_id = stable_study(ctx, ct_series()[:2])
+    for instance in ctx.studies.instances_of(study_id):
+        ctx.objects.put(ctx.buckets["raw"], instance["raw_key"], b"corrupted on disk")
+    with pytest.raises(PipelineError, match=r"no instance could be de-identified \(2 x failed"):
         deidentify_study(ctx, study_id)
-    assert ctx.objects.get(ctx.buckets["raw"], key) == b"corrupted on disk"
+    assert list(ctx.objects.list(ctx.buckets["deid"])) == []
 
 
 def analyzed(ctx: Context, score: float) -> str:
