@@ -47,6 +47,12 @@ def get_study(study_id: str, ctx: Ctx, _: Reader) -> StudyPublic:
     return service.public_study(ctx, ctx.studies.get(study_id))
 
 
+@router.get("/api/studies/{study_id}/identity")
+def get_identity(study_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
+    """The re-identification vault, for clinical roles; every read is audited."""
+    return service.read_identity(ctx, caller, study_id)
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, error: str | None = None) -> Response:
     return templates.TemplateResponse(request, "login.html", {"error": error})

@@ -6,7 +6,7 @@ from typing import Any
 
 from services.common.auth import AuthService, Principal
 from services.common.context import Context
-from services.common.errors import Forbidden
+from services.common.errors import Forbidden, NotFound
 from services.common.identity import study_id_for
 from services.common.settings import CLINICAL_ROLES
 from services.common.studies import ALERTS, StudyPublic
@@ -43,6 +43,37 @@ def lookup_source_study(
         caller, "study.lookup-source-uid", study_id, found=doc is not None
     )
     return [public_study(ctx, doc)] if doc else []
+
+
+def read_identity(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
+    """The vault entry behind a study (original patient, accession and UIDs).
+
+    Clinical roles only; every attempt is written to the audit log, refused ones included.
+    """
+    allowed = caller.role in CLINICAL_ROLES
+    found = allowed and ctx.studies.find(study_id) is not None
+    AuthService(ctx.documents).audit(
+        caller, "vault.read", study_id, allowed=allowed, found=bool(found)
+    )
+    if not allowed:
+        raise Forbidden(
+            "the identity behind a study is re-identified data: only the roles "
+            f"{', '.join(sorted(CLINICAL_ROLES))} may read it"
+        )
+    if not found:
+        raise NotFound(f"no study {study_id}")
+    identity = ctx.vault.get(study_id)
+    return {
+        "study_id": study_id,
+        "patient_id": identity.get("patient_id", ""),
+        "patient_name": identity.get("patient_name", ""),
+        "accession_number": identity.get("accession_number", ""),
+        "study_instance_uid": identity.get("study_instance_uid", ""),
+        "instances": [
+            {"sop_instance_uid": original[1], "series_instance_uid": original[0], "deid_uid": uid}
+            for uid, original in sorted(identity.get("uids", {}).items())
+        ],
+    }
 
 
 def open_alerts(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:

@@ -100,3 +100,40 @@ def test_default_secret_refused_outside_all_in_one() -> None:
     assert Settings(all_in_one=True).secret_key.get_secret_value() == DEFAULT_SECRET_KEY
     with pytest.raises(ValidationError, match="RADPIPE_S3_ACCESS_KEY"):
         Settings(secret_key="x" * 32, s3_endpoint="http://127.0.0.1:9000")  # type: ignore[arg-type]
+
+
+def test_identity_vault_is_clinical_only_and_every_read_is_audited(
+    client: TestClient, ctx: Context, tokens
+) -> None:
+    from services.deid.service import deidentify_study
+    from services.deid.stability import check_stable
+
+    series = ct_series()[:2]
+    stow(client, tokens["modality"], series)
+    original = read(series[0])
+    [study] = client.get("/api/studies", headers=bearer(tokens["radiologist"])).json()["studies"]
+    ctx.settings.study_stable_seconds = 0
+    check_stable(ctx, study["id"])
+    deidentify_study(ctx, study["id"])
+    path = f"/api/studies/{study['id']}/identity"
+    for role in ("manager", "auditor"):
+        refused = client.get(path, headers=bearer(tokens[role]))
+        assert refused.status_code == 403 and "re-identified" in refused.json()["detail"]
+    assert client.get(path, headers=bearer(tokens["modality"])).status_code == 403
+    identity = client.get(path, headers=bearer(tokens["oncall"])).json()
+    assert identity["patient_id"] == original.PatientID
+    assert identity["patient_name"] == str(original.PatientName)
+    assert identity["study_instance_uid"] == original.StudyInstanceUID
+    assert {i["sop_instance_uid"] for i in identity["instances"]} == {
+        read(s).SOPInstanceUID for s in series
+    }
+    missing = client.get("/api/studies/nope/identity", headers=bearer(tokens["radiologist"]))
+    assert missing.status_code == 404
+    audit = list(ctx.documents.collection("audit").find({"action": "vault.read"}))
+    assert [(a["actor"], a["target"], a["detail"]["allowed"]) for a in audit] == [
+        ("test-manager", study["id"], False),
+        ("test-auditor", study["id"], False),
+        ("test-oncall", study["id"], True),
+        ("test-radiologist", "nope", True),
+    ]
+    assert original.PatientID not in str(audit)
