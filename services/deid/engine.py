@@ -63,6 +63,24 @@ TYPE1 = frozenset(
         "Time",
         "DateTime",
         "TextValue",
+        "DeviceSerialNumber",
+    }
+)
+
+#: Coded-entry components (PS3.3 Table 8.8-1): only ever cleaned of the instance's own
+#: identifiers, never by pattern (code values such as 113100 look like ids).
+CODED = frozenset(
+    {
+        "CodeValue",
+        "LongCodeValue",
+        "URNCodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "CodeMeaning",
+        "ContextIdentifier",
+        "ContextGroupVersion",
+        "MappingResource",
+        "MappingResourceName",
     }
 )
 
@@ -387,9 +405,8 @@ class Deidentifier:
     ) -> None:
         element = ds[tag]
         if vr == "SQ":
-            if action == "Z":
-                element.value = Sequence()
-                return
+            # Present sequences are kept with every item cleaned rather than emptied: an
+            # empty Type 1/3 sequence is malformed, and the walk cleans what is inside.
             for item in element.value or []:
                 self._walk(item, run, content_item)
             return
@@ -420,8 +437,17 @@ class Deidentifier:
         elif vr == "PN":
             element.value = "" if action == "" else DUMMY["PN"]
         elif vr in TEXT_VRS:
-            patterns = action == "C" or (content_item and "clean_struct_cont" in self.options)
-            element.value = _each(element.value, lambda v: run.cleaner.clean(v, patterns))
+            patterns = keyword not in CODED and (
+                action == "C" or (content_item and "clean_struct_cont" in self.options)
+            )
+            # Emptied by cleaning: a dummy where the table does not list the attribute (it
+            # may be Type 1 somewhere), nothing where it does (descriptors are Type 3).
+            emptied = "" if action == "C" else DUMMY[vr]
+
+            def clean(value: str) -> str:
+                return run.cleaner.clean(value, patterns) or (emptied if value.strip() else "")
+
+            element.value = _each(element.value, clean)
         elif vr == "UN" and action == "":
             del ds[tag]  # unreadable, so uncheckable
 

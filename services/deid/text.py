@@ -38,7 +38,7 @@ PATTERNS = re.compile(
 #: Doe", "Dr. Who"), even when the instance does not name that person anywhere else.
 NAMED = re.compile(
     r"(?i:\b(?:by|dr|for|pt|patient|mr|mrs|ms|miss|prof|physician|signed|referred|tech)\b\.?:?)"
-    r"[ \t]+((?:[A-Z][a-z'-]+\.?(?:[ \t]+|$)){1,3})"
+    r"[ \t]+([A-Z][a-z'-]+\.?(?:[ \t]+[A-Z][a-z'-]+\.?){0,2})(?=[\s,;:)]|$)"
 )
 
 #: Words that only introduce an identifier; removed when the identifier after them is.
@@ -139,7 +139,7 @@ class TextCleaner:
 
 def _mark_name(match: re.Match[str]) -> str:
     whole = match.group(0)
-    return whole[: match.start(1) - match.start(0)] + _MARK + " "
+    return whole[: match.start(1) - match.start(0)] + _MARK
 
 
 def _tidy(marked: str) -> str:
@@ -154,5 +154,6 @@ def _tidy(marked: str) -> str:
         kept.append(word)
     text = "".join(kept)
     text = re.sub(r"\s{2,}", " ", text)
+    text = re.sub(r"\s+([,;:.)])", r"\1", text)
     text = re.sub(r"\(\s*\)|\[\s*\]", "", text)
     return text.strip(" ,;:-/^=()")

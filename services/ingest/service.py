@@ -272,9 +272,11 @@ class StowSession:
         self.pending.clear()
 
 
-def store_parts(ctx: Context, parts: list[Part], expected_study_uid: str | None) -> StowResult:
+def store_parts(
+    ctx: Context, parts: list[Part], expected_study_uid: str | None, source: str | None = None
+) -> StowResult:
     """Store parts that are already complete, in one session."""
-    session = StowSession(ctx, expected_study_uid)
+    session = StowSession(ctx, expected_study_uid, source)
     for part in parts:
         session.add(part)
     return session.commit()

@@ -4,9 +4,11 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from services.common.dicomio import write_part10 as write_dataset
 from services.common.identity import pseudonymous_uid
+from services.deid.profile import Profile
 from services.deid.service import PatientKeys, deidentify
 
 from ..dicom import PHI, ct_series, read
@@ -128,3 +130,119 @@ def test_output_passes_dciodvfy(tmp_path: Path) -> None:
         line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
     ]
     assert errors == []
+
+
+def test_descriptor_cleaning_keeps_the_clinical_rest() -> None:
+    from services.deid.text import TextCleaner
+
+    cleaner = TextCleaner(["Doe^Jane", "Smith^John"], ["MRN7731904", "Saint Radpipe Hospital"])
+    cases = {
+        "CT CHEST for Jane Doe": "CT CHEST",
+        "f/u MRN7731904 call 555-0142-9987": "f/u",
+        "DOE, JANE - CT abd 2021-03-04": "CT abd",
+        "CT of chest, 3 mm (Saint Radpipe Hospital)": "CT of chest, 3 mm",
+        "seen by Dr. Zorblax, contact jane.d@example.org": "seen, contact",
+        "Chest 5.0 mm B30f": "Chest 5.0 mm B30f",
+        "CT for PE": "CT for PE",
+    }
+    assert {text: cleaner.clean(text) for text in cases} == cases
+
+
+def test_dates_shift_with_precision_and_timezone_and_bad_values_are_dropped() -> None:
+    from datetime import timedelta
+
+    from services.deid.engine import cap_age, shift_da, shift_dt, valid_tm
+
+    back = timedelta(days=-400)
+    assert shift_da("20240229", back) == "20230125"
+    assert shift_dt("20210304101530.123+0100", back) == "20200129101530.123+0100"
+    assert shift_dt("202103", back) == "202001"
+    assert shift_da("2021-3-4", back) is None and shift_dt("2021x", back) is None
+    assert shift_da("20211345", back) is None
+    assert valid_tm("101530.5") == "101530.5" and valid_tm("10:15") is None
+    assert cap_age("089Y") == "089Y" and cap_age("093Y") == "090Y" and cap_age("999M") == "999M"
+    assert cap_age("abc") is None and cap_age("1200M") is None
+
+
+def test_combined_actions_keep_output_conformant() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    from services.deid.engine import effective_actions
+
+    basic = effective_actions(frozenset())
+    tcia = effective_actions(Profile().options)
+
+    def tag(keyword: str) -> int:
+        return int(tag_for_keyword(keyword))  # type: ignore[arg-type]
+
+    assert basic[tag("PatientName")] == "Z"
+    assert basic[tag("InstitutionName")] == "Z"  # X/Z/D, present: emptied, not removed
+    assert basic[tag("DeviceSerialNumber")] == "D"  # X/Z/D but Type 1 in enhanced images
+    assert basic[tag("ReferencedImageSequence")] == "U"  # X/Z/U*: references remapped
+    assert basic[tag("StudyDate")] == "Z" and tcia[tag("StudyDate")] == "C"
+    assert basic[tag("StudyDescription")] == "X" and tcia[tag("StudyDescription")] == "C"
+    assert basic[tag("PatientAge")] == "X" and tcia[tag("PatientAge")] == "K"
+    assert effective_actions(frozenset({"rtn_uids"}))[tag("StudyInstanceUID")] == "K"
+
+
+def test_profiles_per_source_from_a_file(tmp_path: Path) -> None:
+    from services.common.errors import BadRequest
+    from services.deid.profile import load_profiles
+
+    path = tmp_path / "profiles.toml"
+    path.write_text(
+        '[default]\noptions = ["rtn_long_full_dates"]\n'
+        '[sources.US_ROOM]\noptions = ["clean_desc"]\nclean_pixel_regions = [[0, 0, 64, 8]]\n'
+    )
+    profiles = load_profiles(path)
+    assert profiles.for_source(None).options == {"rtn_long_full_dates"}
+    assert profiles.for_source("unknown").options == {"rtn_long_full_dates"}
+    room = profiles.for_source("US_ROOM")
+    assert room.options == {"clean_desc"} and room.clean_pixel_regions == ((0, 0, 64, 8),)
+    path.write_text('[default]\noptions = ["keep_everything"]\n')
+    with pytest.raises(BadRequest, match=r"unknown option.*keep_everything"):
+        load_profiles(path)
+    path.write_text('[default]\noptions = ["rtn_long_full_dates", "rtn_long_modif_dates"]\n')
+    with pytest.raises(BadRequest, match="not both"):
+        load_profiles(path)
+    with pytest.raises(BadRequest, match="RADPIPE_DEID_PROFILE"):
+        load_profiles(tmp_path / "missing.toml")
+
+
+def test_full_dates_option_keeps_dates_and_says_so() -> None:
+    original = read(ct_series()[0])
+    study_date = original.StudyDate
+    ds = deidentify(original, SECRET, Profile("full", frozenset({"rtn_long_full_dates"})))
+    assert ds.StudyDate == study_date
+    assert ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    assert "StudyDescription" not in ds  # no Clean Descriptors: removed (X)
+
+
+def test_existing_method_codes_are_kept() -> None:
+    original = read(ct_series()[0])
+    earlier = pydicom.Dataset()
+    earlier.CodeValue, earlier.CodingSchemeDesignator, earlier.CodeMeaning = "99X", "99ACME", "x"
+    original.DeidentificationMethodCodeSequence = pydicom.Sequence([earlier])
+    original.DeidentificationMethod = "ACME scrubber 1.0"
+    ds = deidentify(original, SECRET)
+    codes = [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert codes[0] == "99X" and "113100" in codes
+    assert next(iter(ds.DeidentificationMethod)) == "ACME scrubber 1.0"
+
+
+def test_burned_in_annotation_is_quarantined_unless_a_cleaner_is_configured() -> None:
+    import numpy as np
+
+    from services.deid.engine import Quarantined
+
+    original = read(ct_series()[0])
+    original.BurnedInAnnotation = "YES"
+    with pytest.raises(Quarantined, match=r"BurnedInAnnotation is YES.*clean_pixel_regions"):
+        deidentify(original.copy(), SECRET)
+    cleaner = Profile("room", Profile().options, ((0, 0, 20, 10),))
+    ds = deidentify(original, SECRET, cleaner)
+    pixels = ds.pixel_array
+    assert (pixels[:10, :20] == 0).all() and pixels[10:, 20:].any()
+    assert ds.BurnedInAnnotation == "NO"
+    assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert np.array_equal(pixels[12:, 25:], read(ct_series()[0]).pixel_array[12:, 25:])

@@ -16,12 +16,13 @@ from services.ingest.multipart import Part
 from services.ingest.service import store_parts
 from services.notify.service import notify_study
 
-from ..dicom import PHI, ct_series, read
+from ..dicom import PHI, ct_series, read, to_bytes
 from ..webhook import webhook_receiver
 
 
-def ingest(ctx: Context, series: list[bytes]) -> str:
-    result = store_parts(ctx, [Part.from_bytes("application/dicom", data) for data in series], None)
+def ingest(ctx: Context, series: list[bytes], source: str | None = None) -> str:
+    parts = [Part.from_bytes("application/dicom", data) for data in series]
+    result = store_parts(ctx, parts, None, source)
     assert not result.failed
     return study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
 
@@ -40,8 +41,8 @@ def test_stability_waits_for_quiet_then_hands_on_once(ctx: Context) -> None:
     assert events == ["received", "stable"]
 
 
-def stable_study(ctx: Context, series: list[bytes]) -> str:
-    study_id = ingest(ctx, series)
+def stable_study(ctx: Context, series: list[bytes], source: str | None = None) -> str:
+    study_id = ingest(ctx, series, source)
     time.sleep(0.6)
     check_stable(ctx, study_id)
     return study_id
@@ -95,6 +96,62 @@ def test_deid_stage_fails_the_study_when_no_instance_is_usable(ctx: Context) -> 
     with pytest.raises(PipelineError, match=r"no instance could be de-identified \(2 x failed"):
         deidentify_study(ctx, study_id)
     assert list(ctx.objects.list(ctx.buckets["deid"])) == []
+
+
+def test_deid_stage_quarantines_burned_in_instances_and_keeps_them_raw_only(
+    ctx: Context,
+) -> None:
+    series = ct_series()[:3]
+    burned = read(series[2])
+    burned.BurnedInAnnotation = "YES"
+    series[2] = to_bytes(burned)
+    study_id = stable_study(ctx, series)
+    deidentify_study(ctx, study_id)
+    records = ctx.studies.instances_of(study_id)
+    statuses = sorted(r["deid"]["status"] for r in records)
+    assert statuses == ["done", "done", "quarantined"]
+    [held] = [r for r in records if r["deid"]["status"] == "quarantined"]
+    assert "BurnedInAnnotation is YES" in held["deid"]["reason"]
+    assert ctx.objects.get(ctx.buckets["raw"], held["raw_key"]) == series[2]
+    assert len(list(ctx.objects.list(ctx.buckets["deid"]))) == 2
+    detail = ctx.studies.get(study_id)["events"][-1]["detail"]
+    assert detail["excluded"] == 1 and detail["instances"] == 2
+
+
+def test_deid_stage_applies_the_profile_of_the_sending_source(ctx: Context, tmp_path) -> None:
+    profile = tmp_path / "profiles.toml"
+    profile.write_text(
+        '[sources.ct-room-2]\noptions = ["rtn_long_full_dates", "clean_desc"]\n'
+        "clean_pixel_regions = [[0, 0, 16, 16]]\n"
+    )
+    ctx.settings.deid_profile = profile
+    series = ct_series()[:2]
+    burned = read(series[1])
+    burned.BurnedInAnnotation = "YES"
+    series[1] = to_bytes(burned)
+    study_id = stable_study(ctx, series, source="ct-room-2")
+    deidentify_study(ctx, study_id)
+    outputs = [
+        read(ctx.objects.get(ctx.buckets["deid"], k)) for k in ctx.objects.list(ctx.buckets["deid"])
+    ]
+    assert len(outputs) == 2  # the burned-in one was cleaned by the source's regions
+    assert {ds.StudyDate for ds in outputs} == {read(series[0]).StudyDate}  # full dates kept
+    assert {ds.LongitudinalTemporalInformationModified for ds in outputs} == {"UNMODIFIED"}
+    cleaned = next(
+        ds
+        for ds in outputs
+        if "113101" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+    )
+    assert (cleaned.pixel_array[:16, :16] == 0).all()
+    # Another source (or none) gets the default profile: dates shifted.
+    other = stable_study(ctx, ct_series(seed=8)[:1])
+    deidentify_study(ctx, other)
+    uid = ctx.studies.get(other)["deid"]["study_uid"]
+    [key] = [k for k in ctx.objects.list(ctx.buckets["deid"]) if k.startswith(uid)]
+    assert (
+        read(ctx.objects.get(ctx.buckets["deid"], key)).LongitudinalTemporalInformationModified
+        == "MODIFIED"
+    )
 
 
 def analyzed(ctx: Context, score: float) -> str:
