@@ -234,6 +234,15 @@ def _write_bundle(
         "copyright": "Copyright (c) Radpipe contributors",
         "license": "Apache-2.0",
         "intended_use": "Demonstration and pipeline testing only. Not for diagnosis.",
+        # Which series Radpipe routes to this bundle (services/inference/registry.py).
+        "radpipe_routing": [
+            {
+                "modality": ["CT"],
+                "sop_class": ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"],
+                "body_part": ["CHEST", "LUNG", "THORAX", ""],
+                "min_instances": 3,
+            }
+        ],
         "data_source": "Synthetic chest CT phantoms (services/common/phantom.py)",
         "data_type": "dicom",
         "image_classes": "single channel CT, HU windowed to [0, 1]",

@@ -145,7 +145,15 @@ def _one(
     add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
     series = result.series.setdefault(
         series_uid,
-        {"series_uid": series_uid, "modality": str(clean.get("Modality", "")), "keys": []},
+        {
+            "series_uid": series_uid,
+            "modality": str(clean.get("Modality", "")),
+            # What inference routing looks at (all de-identified values).
+            "body_part": str(clean.get("BodyPartExamined", "") or ""),
+            "sop_class_uid": str(clean.SOPClassUID),
+            "description": str(clean.get("SeriesDescription", "") or ""),
+            "keys": [],
+        },
     )
     series["keys"].append(key)
     result.identity["uids"][sop_uid] = [original_series, original_sop]

@@ -79,6 +79,61 @@ def series() -> Series:
 # --------------------------------------------------------------------------- series_to_volume
 
 
+def _enhanced(datasets: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """The single-frame series as one Enhanced CT instance (frames in reverse order)."""
+    frames = list(reversed(datasets))
+    ds = copy.deepcopy(frames[0])
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        delattr(ds, keyword)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
+    ds.NumberOfFrames = len(frames)
+    shared = pydicom.Dataset()
+    orientation, measures, rescale = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    orientation.ImageOrientationPatient = frames[0].ImageOrientationPatient
+    measures.PixelSpacing = frames[0].PixelSpacing
+    measures.SliceThickness = frames[0].get("SliceThickness", 2.5)
+    rescale.RescaleSlope, rescale.RescaleIntercept = 1, frames[0].RescaleIntercept
+    rescale.RescaleType = "HU"
+    shared.PlaneOrientationSequence = pydicom.Sequence([orientation])
+    shared.PixelMeasuresSequence = pydicom.Sequence([measures])
+    shared.PixelValueTransformationSequence = pydicom.Sequence([rescale])
+    ds.SharedFunctionalGroupsSequence = pydicom.Sequence([shared])
+    per_frame = []
+    for frame in frames:
+        item, plane = pydicom.Dataset(), pydicom.Dataset()
+        plane.ImagePositionPatient = frame.ImagePositionPatient
+        item.PlanePositionSequence = pydicom.Sequence([plane])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(per_frame)
+    ds.PixelData = b"".join(frame.PixelData for frame in frames)
+    return ds
+
+
+def test_multi_frame_instance_gives_the_same_volume(series: Series) -> None:
+    single = series_to_volume(series[1])
+    enhanced = _enhanced(series[1])
+    multi = series_to_volume([enhanced])
+    np.testing.assert_array_equal(multi.array, single.array)
+    assert multi.spacing == pytest.approx(single.spacing)
+    assert multi.origin == pytest.approx(single.origin)
+    uid = enhanced.SOPInstanceUID
+    n = len(series[1])
+    assert multi.sop_instance_uids == [f"{uid}#{n - k}" for k in range(n)]
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])
+def test_compressed_series_decode_to_the_same_volume(series: Series, syntax: str) -> None:
+    compressed = []
+    for ds in series[1]:
+        copy_ = copy.deepcopy(ds)
+        copy_.compress(syntax)
+        compressed.append(copy_)
+    assert all(c.file_meta.TransferSyntaxUID == syntax for c in compressed)
+    np.testing.assert_array_equal(
+        series_to_volume(compressed).array, series_to_volume(series[1]).array
+    )
+
+
 def test_shuffled_slices_are_sorted_along_the_normal(series: Series) -> None:
     volume, datasets = series
     shuffled = list(datasets)
