@@ -195,12 +195,25 @@ def render() -> str:
         "#: Table E.1-1 option columns, in the order of the option tuples below.",
         "OPTIONS: tuple[str, ...] = (" + ", ".join(_s(o) for o, _ in OPTION_COLUMNS) + ",)",
         "",
-        '#: Exact tag -> (attribute name, Basic Profile action, option actions; "" = no entry).',
-        "TABLE: dict[int, tuple[str, str, tuple[str, ...]]] = {",
+        "#: Table E.1-1, one row per exact tag: ``GGGGEEEE ACTION OPTIONS NAME``, OPTIONS one",
+        "#: character per column of OPTIONS (``.`` = no entry). Kept as text and parsed at import:",
+        "#: compiling a 650-entry dict literal on every start costs 30 times more.",
+        '_ROWS = """\\',
     ]
     for tag in sorted(table):
         name, basic, options = table[tag]
-        lines.append(f"    0x{tag:08X}: ({_s(name)}, {_s(basic)}, {_options(options)}),")
+        if any(len(o) > 1 for o in options) or " " in basic or "\\" in name:
+            raise SystemExit(f"row {tag:08X} cannot be written as text: {options} {basic}")
+        flags = "".join(o or "." for o in options)
+        lines.append(f"{tag:08X} {basic} {flags} {name}")
+    lines += [
+        '"""',
+        "",
+        '#: Exact tag -> (attribute name, Basic Profile action, option actions; "" = no entry).',
+        "TABLE: dict[int, tuple[str, str, tuple[str, ...]]] = {",
+        "    int(tag, 16): (name, basic, tuple('' if f == '.' else f for f in flags))",
+        "    for tag, basic, flags, name in (row.split(' ', 3) for row in _ROWS.splitlines())",
+    ]
     lines += [
         "}",
         "",
@@ -216,15 +229,26 @@ def render() -> str:
     lines += [
         ")",
         "",
-        "#: Table E.3.10-1: (private creator, group, element byte in the block) -> (VR, meaning).",
-        "SAFE_PRIVATE: dict[tuple[str, int, int], tuple[str, str]] = {",
+        "#: Table E.3.10-1, one row per attribute: ``CREATOR|GGGG|EE|VR|MEANING``.",
+        '_SAFE_ROWS = """\\',
     ]
     for creator, group, element in sorted(safe):
         vr, meaning = safe[(creator, group, element)]
-        lines.append(
-            f"    ({_s(creator)}, 0x{group:04X}, 0x{element:02X}): ({_s(vr)}, {_s(meaning)}),"
-        )
-    lines += ["}", ""]
+        if "|" in creator + meaning or "\\" in creator + meaning:
+            raise SystemExit(f"safe private row {creator} cannot be written as text")
+        lines.append(f"{creator}|{group:04X}|{element:02X}|{vr}|{meaning}")
+    lines += [
+        '"""',
+        "",
+        "#: Table E.3.10-1: (private creator, group, element byte in the block) -> (VR, meaning).",
+        "SAFE_PRIVATE: dict[tuple[str, int, int], tuple[str, str]] = {",
+        "    (creator, int(group, 16), int(element, 16)): (vr, meaning)",
+        "    for creator, group, element, vr, meaning in (",
+        "        row.split('|') for row in _SAFE_ROWS.splitlines()",
+        "    )",
+        "}",
+        "",
+    ]
     return _ruff_format("\n".join(lines))
 
 

@@ -12,15 +12,19 @@ from typing import TYPE_CHECKING
 
 import click
 
+from services.common.roles import ROLES
+from services.common.secret import DEFAULT_SECRET_KEY
+
 if TYPE_CHECKING:
     from services.common.auth import AuthService
-
-from services.common.settings import DEFAULT_SECRET_KEY, ROLES, Settings, get_settings
+    from services.common.settings import Settings
 
 SERVICES = ("ingest", "portal", "notify")
 
 
 def _settings(**overrides: object) -> Settings:
+    from services.common.settings import Settings, get_settings
+
     get_settings.cache_clear()
     return Settings(**overrides)  # type: ignore[arg-type]
 
@@ -228,19 +232,17 @@ def deid(
     The key is RADPIPE_SECRET_KEY: the same key gives the same pseudonyms and UIDs as the
     service; quarantined and failed inputs are listed in OUT.report.json beside OUT.
     """
-    from pydantic import ValidationError
-
     from services.common.errors import RadpipeError
+    from services.common.secret import secret_key_from_environment
     from services.deid import offline
     from services.deid.profile import load_profiles
 
     try:
-        settings = _settings()
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise RadpipeError(f"{reason} (export RADPIPE_SECRET_KEY=... first)") from None
+        secret = secret_key_from_environment()
+    except ValueError as exc:
+        raise RadpipeError(f"{exc} (export RADPIPE_SECRET_KEY=... first)") from None
     profile = load_profiles(profile_file).for_source(source)
-    summary = offline.run(list(inputs), out, settings.secret, profile, jobs)
+    summary = offline.run(list(inputs), out, secret, profile, jobs, progress=sys.stderr.isatty())
     click.echo(
         f"{summary.count('done')} de-identified, {summary.count('quarantined')} quarantined, "
         f"{summary.count('failed')} failed -> {out}"

@@ -1,6 +1,7 @@
 """One typed settings class for every service (env prefix ``RADPIPE_``).
 
-Nothing else in Radpipe reads ``os.environ``: services receive a :class:`Settings` instance.
+Nothing else in Radpipe reads ``os.environ`` (the one exception: ``secret.py``, for the
+offline tool's start-up time); services receive a :class:`Settings` instance.
 Unset values mean the embedded default of the all-in-one mode (``radpipe up``).
 """
 
@@ -13,21 +14,10 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The development secret of ``radpipe up``; refused everywhere else.
-DEFAULT_SECRET_KEY = "radpipe-insecure-development-key-change-me"
+from .roles import CLINICAL_ROLES, ROLES, Role
+from .secret import DEFAULT_SECRET_KEY, check_secret_key
 
-Role = Literal["modality", "radiologist", "resident", "oncall", "manager", "admin", "auditor"]
-ROLES: tuple[str, ...] = (
-    "modality",
-    "radiologist",
-    "resident",
-    "oncall",
-    "manager",
-    "admin",
-    "auditor",
-)
-#: Roles allowed to see re-identified data (the source UID lookup, the vault).
-CLINICAL_ROLES: frozenset[str] = frozenset({"radiologist", "resident", "oncall"})
+__all__ = ["CLINICAL_ROLES", "DEFAULT_SECRET_KEY", "ROLES", "Role", "Settings", "get_settings"]
 
 
 class Settings(BaseSettings):
@@ -84,13 +74,7 @@ class Settings(BaseSettings):
     def _refuse_default_secrets(self) -> Settings:
         if self.all_in_one:
             return self
-        if self.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
-            raise ValueError(
-                "RADPIPE_SECRET_KEY is the development default; set it to a long random value "
-                "(e.g. `openssl rand -hex 32`) or use `radpipe up` for a local trial"
-            )
-        if len(self.secret_key.get_secret_value()) < 16:
-            raise ValueError("RADPIPE_SECRET_KEY must be at least 16 characters long")
+        check_secret_key(self.secret_key.get_secret_value())
         if self.s3_endpoint is not None and (not self.s3_access_key or self.s3_secret_key is None):
             raise ValueError(
                 "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and "

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -42,6 +43,7 @@ IMPLEMENTATION_VERSION = "RADPIPE_020"
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_VALUE_TYPE = BaseTag(0x0040A040)
 _LOOK_VRS = TEXT_VRS | {"SQ", "UI", "PN", "DA", "DT", "TM", "AS", "UN"}
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "AT"})
 
@@ -268,13 +270,30 @@ def burned_in_risk(ds: Dataset) -> str | None:
 
 @dataclass
 class _Run:
-    """State of one instance's de-identification."""
+    """State of one instance's de-identification.
+
+    Text is cleaned after the walk (``texts``), once every name and identifier of the instance
+    has been seen (``names``, ``values``): one pass over the dataset instead of two.
+    """
 
     keys: PatientKeys
-    cleaner: TextCleaner
     full_dates: bool
     modified_dates: bool
     patient_chars: bool
+    names: set[str] = field(default_factory=set)
+    values: set[str] = field(default_factory=set)
+    texts: list[tuple[DataElement, bool, str]] = field(default_factory=list)
+
+    def remember(self, vr: str, keyword: str, value: Any) -> None:
+        for one in value if isinstance(value, list | MultiValue) else [value]:
+            if one in (None, ""):
+                continue
+            if vr == "DA":
+                self.values.update(_date_spellings(str(one)))
+            elif vr == "PN":
+                self.names.add(str(one))
+            else:
+                self.values.add(str(one))
 
 
 class Deidentifier:
@@ -290,6 +309,8 @@ class Deidentifier:
             for mask, value, _, basic, by_option in PATTERNS
         ]
         self._uids: dict[str, str] = {}
+        self._info: dict[int, tuple[str, str, str, bool]] = {}
+        self._codes: dict[bool, list[Dataset]] = {}
 
     def _pick(self, basic: str, by_option: tuple[str, ...]) -> str:
         chosen = basic
@@ -336,15 +357,20 @@ class Deidentifier:
                 )
             clean_pixels(ds, self.profile.clean_pixel_regions)
             pixels_cleaned = True
-        names, values = collect_identifiers(ds)
         run = _Run(
             keys=self.patient_keys(ds),
-            cleaner=TextCleaner(names | set(extra_names), values | set(extra_values)),
             full_dates="rtn_long_full_dates" in self.options,
             modified_dates="rtn_long_modif_dates" in self.options,
             patient_chars="rtn_pat_chars" in self.options,
         )
         self._walk(ds, run, content_item=False)
+        cleaner = TextCleaner(run.names.union(extra_names), run.values.union(extra_values))
+        for element, patterns, emptied in run.texts:
+
+            def clean(value: str, patterns: bool = patterns, emptied: str = emptied) -> str:
+                return cleaner.clean(value, patterns) or (emptied if value.strip() else "")
+
+            element.value = _each(element.value, clean)
         self._file_meta(ds)
         self._markers(ds, pixels_cleaned)
         return ds
@@ -358,35 +384,48 @@ class Deidentifier:
                 return pattern_action
         return ""
 
+    def _describe(self, tag: BaseTag) -> tuple[str, str, str, bool]:
+        """(keyword, action, dictionary VR, collect for text cleaning) of a public tag."""
+        keyword = keyword_for_tag(tag)
+        try:
+            vr = str(dictionary_VR(tag))
+        except KeyError:
+            vr = "UN"
+        info = (keyword, self._action(tag), vr, keyword in ID_KEYWORDS)
+        self._info[tag] = info
+        return info
+
     def _walk(self, ds: Dataset, run: _Run, content_item: bool) -> None:
-        content_item = content_item or "ValueType" in ds
+        content_item = content_item or _VALUE_TYPE in ds
         private: list[BaseTag] = []
         for tag in list(ds.keys()):
-            if tag.element == 0 or tag.group == 0x0002:
+            group = tag >> 16
+            if tag & 0xFFFF == 0 or group == 0x0002:
                 del ds[tag]  # group lengths are stale once anything changes; meta is rebuilt
                 continue
-            if tag.is_private:
+            if group & 1:
                 private.append(tag)
                 continue
-            if tag.group & 0xFF00 in (0x5000, 0x6000):
+            if group & 0xFF00 in (0x5000, 0x6000):
                 # Curves and overlays go whole (Basic X; Clean Graphics cleans by removing):
                 # their bitmaps can carry text, and a half-removed overlay is malformed.
                 del ds[tag]
                 continue
-            keyword = keyword_for_tag(tag)
+            keyword, action, vr, collect = self._info.get(tag) or self._describe(tag)
+            vr = ds.get_item(tag).VR or vr
+            if collect or vr == "PN" or vr == "DA":
+                run.remember(vr, keyword, ds[tag].value)
             special = _PSEUDONYMS.get(keyword)
             if special is not None:
                 special(self, ds, tag, run)
                 continue
-            action = self._action(tag)
-            if action == "K" and not _is_sequence(ds, tag):
-                if keyword == "PatientAge" and run.patient_chars:
-                    ds[tag].value = _each(ds[tag].value, cap_age)
-                continue
             if action == "X":
                 del ds[tag]
                 continue
-            vr = _vr_of(ds, tag)
+            if action == "K" and vr != "SQ":
+                if keyword == "PatientAge" and run.patient_chars:
+                    ds[tag].value = _each(ds[tag].value, cap_age)
+                continue
             if action == "" and vr not in _LOOK_VRS:
                 continue  # numbers, codes and pixels the table does not list: raw bytes kept
             self._apply(ds, tag, vr, action, keyword, run, content_item)
@@ -442,12 +481,7 @@ class Deidentifier:
             )
             # Emptied by cleaning: a dummy where the table does not list the attribute (it
             # may be Type 1 somewhere), nothing where it does (descriptors are Type 3).
-            emptied = "" if action == "C" else DUMMY[vr]
-
-            def clean(value: str) -> str:
-                return run.cleaner.clean(value, patterns) or (emptied if value.strip() else "")
-
-            element.value = _each(element.value, clean)
+            run.texts.append((element, patterns, "" if action == "C" else DUMMY[vr]))
         elif vr == "UN" and action == "":
             del ds[tag]  # unreadable, so uncheckable
 
@@ -491,37 +525,51 @@ class Deidentifier:
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
 
+    def _code_items(self, pixels_cleaned: bool) -> list[Dataset]:
+        """The method code items of this profile, built once (shared by every output)."""
+        cached = self._codes.get(pixels_cleaned)
+        if cached is None:
+            cached = []
+            for value, meaning in self.profile.method_codes(pixels_cleaned):
+                item = Dataset()
+                item.add_new(0x00080100, "SH", value)
+                item.add_new(0x00080102, "SH", "DCM")
+                item.add_new(0x00080104, "LO", meaning)
+                cached.append(item)
+            self._codes[pixels_cleaned] = cached
+        return cached
+
     def _markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
         """PS3.15 E.1.1: Patient Identity Removed, the method and its codes, and
         Longitudinal Temporal Information Modified; earlier methods and codes are kept."""
-        ds.PatientIdentityRemoved = "YES"
-        methods = [str(m) for m in ds.get("DeidentificationMethod", []) or [] if str(m)]
-        if isinstance(ds.get("DeidentificationMethod"), str):
-            methods = [str(ds.DeidentificationMethod)]
+        ds.add_new(0x00120062, "CS", "YES")
         ours = self.profile.method_text()
-        ds.DeidentificationMethod = [*[m for m in methods if m != ours], ours]
+        earlier = ds.get("DeidentificationMethod")
+        if earlier:
+            values = [earlier] if isinstance(earlier, str) else [str(m) for m in earlier]
+            methods = [m for m in values if m and m != ours] + [ours]
+        else:
+            methods = [ours]
+        ds.add_new(0x00120063, "LO", methods if len(methods) > 1 else ours)
         items = list(ds.get("DeidentificationMethodCodeSequence", []) or [])
         present = {
             (str(i.get("CodeValue", "")), str(i.get("CodingSchemeDesignator", ""))) for i in items
         }
-        for value, meaning in self.profile.method_codes(pixels_cleaned):
-            if (value, "DCM") not in present:
-                item = Dataset()
-                item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
-                    value,
-                    "DCM",
-                    meaning,
-                )
-                items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        items += [
+            item
+            for item in self._code_items(pixels_cleaned)
+            if (item[0x00080100].value, "DCM") not in present
+        ]
+        ds.add_new(0x00120064, "SQ", Sequence(items))
         if "rtn_long_modif_dates" in self.options:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+            marker = "MODIFIED"
         elif "rtn_long_full_dates" in self.options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+            marker = "UNMODIFIED"
         else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+            marker = "REMOVED"
+        ds.add_new(0x00280303, "CS", marker)
         if pixels_cleaned:
-            ds.BurnedInAnnotation = "NO"
+            ds.add_new(0x00280301, "CS", "NO")
 
 
 def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
@@ -556,39 +604,6 @@ _PSEUDONYMS: dict[str, Callable[[Deidentifier, Dataset, BaseTag, _Run], None]] =
     "PatientName": _set_patient_name,
     "AccessionNumber": _set_accession,
 }
-
-
-def collect_identifiers(ds: Dataset) -> tuple[set[str], set[str]]:
-    """(person names, other identifying values) in ``ds`` at any depth, for text cleaning."""
-    names: set[str] = set()
-    values: set[str] = set()
-    _collect(ds, names, values)
-    return names, values
-
-
-def _collect(ds: Dataset, names: set[str], values: set[str]) -> None:
-    for tag in list(ds.keys()):
-        if tag.group == 0x0002 or tag.is_private:
-            continue
-        vr = _vr_of(ds, tag)
-        if vr == "SQ":
-            for item in ds[tag].value or []:
-                _collect(item, names, values)
-            continue
-        if vr == "PN":
-            target = names
-        elif vr == "DA" or keyword_for_tag(tag) in ID_KEYWORDS:
-            target = values
-        else:
-            continue
-        value = ds[tag].value
-        for one in value if isinstance(value, list | MultiValue) else [value]:
-            if one in (None, ""):
-                continue
-            if vr == "DA":
-                target.update(_date_spellings(str(one)))
-            else:
-                target.add(str(one))
 
 
 def _date_spellings(value: str) -> Iterable[str]:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.errors import InvalidDicomError
 
-from services.common.dicomio import read_part10, write_part10
+from services.common.dicomio import read_part10
 from services.common.errors import RadpipeError
 
 from .engine import Deidentifier, Quarantined
@@ -61,16 +63,24 @@ def iter_inputs(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 _worker: tuple[Deidentifier, Path] | None = None
+_made: set[Path] = set()
 
 
 def _init(secret: bytes, profile: Profile, out: Path) -> None:
     global _worker
+    from pydicom import config
+
+    # The engine writes only values valid for their VR; pydicom's re-check of every value on
+    # write costs a tenth of the run. Offline worker processes only: the service keeps it.
+    config.settings.writing_validation_mode = config.IGNORE
     _worker = (Deidentifier(secret, profile), out)
+    _made.clear()
 
 
 def _one(path: Path) -> FileOutcome:
     assert _worker is not None
     deidentifier, out = _worker
+    temporary: Path | None = None
     try:
         with path.open("rb") as handle:
             ds = read_part10(handle)
@@ -81,28 +91,36 @@ def _one(path: Path) -> FileOutcome:
         if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
             return FileOutcome(str(path), "failed", "no SOP or Study Instance UID")
         clean = deidentifier.deidentify(ds)
-        data = write_part10(clean)
+        relative = Path(
+            str(clean.StudyInstanceUID),
+            str(clean.SeriesInstanceUID),
+            f"{clean.SOPInstanceUID}.dcm",
+        )
+        target = out / relative
+        if target.parent not in _made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _made.add(target.parent)
+        # Written straight to a hidden file, renamed when complete: no half file is ever
+        # visible under its final name, and no in-memory copy of the pixels is made.
+        temporary = target.with_name(f".{target.name}.part")
+        with temporary.open("wb") as handle:
+            pydicom.dcmwrite(handle, clean, enforce_file_format=True)
+        temporary.replace(target)
     except Quarantined as exc:
         return FileOutcome(str(path), "quarantined", exc.message)
     except RadpipeError as exc:
-        return FileOutcome(str(path), "failed", exc.message)
+        return _failed(path, temporary, exc.message)
     except InvalidDicomError:
-        return FileOutcome(
-            str(path), "failed", "not a DICOM Part 10 file (no 'DICM' prefix or File Meta)"
-        )
+        return _failed(path, temporary, "not a DICOM Part 10 file (no 'DICM' prefix or File Meta)")
     except Exception as exc:  # unreadable or malformed input: a reason, never a crash
-        return FileOutcome(
-            str(path), "failed", f"truncated or malformed: reading stopped ({_name(exc)})"
-        )
-    relative = Path(
-        str(clean.StudyInstanceUID), str(clean.SeriesInstanceUID), f"{clean.SOPInstanceUID}.dcm"
-    )
-    target = out / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.part")
-    temporary.write_bytes(data)
-    temporary.replace(target)
+        return _failed(path, temporary, f"truncated or malformed: reading stopped ({_name(exc)})")
     return FileOutcome(str(path), "done", output=str(relative))
+
+
+def _failed(path: Path, temporary: Path | None, reason: str) -> FileOutcome:
+    if temporary is not None:
+        temporary.unlink(missing_ok=True)
+    return FileOutcome(str(path), "failed", reason)
 
 
 def run(
@@ -114,32 +132,43 @@ def run(
     progress: bool = True,
 ) -> Summary:
     """De-identify ``inputs`` into ``out``; write the report beside it; return the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     files = list(iter_inputs(inputs))
     out.mkdir(parents=True, exist_ok=True)
     if any(out.resolve().is_relative_to(p.resolve()) for p in inputs if p.is_dir()):
         raise RadpipeError(f"--out {out} lies inside an input folder: choose a folder outside it")
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(files) or 1))
     summary = Summary()
-    columns = ("de-identifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("deid", total=len(files))
+    with _progress(progress, len(files)) as advance:
         if jobs == 1:
             _init(secret, profile, out)
             results: Iterable[FileOutcome] = map(_one, files)
             for outcome in results:
                 summary.outcomes.append(outcome)
-                bar.advance(task)
+                advance()
         else:
+            chunk = max(1, min(16, len(files) // (jobs * 4)))
             with ProcessPoolExecutor(
                 jobs, initializer=_init, initargs=(secret, profile, out)
             ) as pool:
-                for outcome in pool.map(_one, files, chunksize=8):
+                for outcome in pool.map(_one, files, chunksize=chunk):
                     summary.outcomes.append(outcome)
-                    bar.advance(task)
+                    advance()
     report_path(out).write_text(json.dumps(_report(summary, profile), indent=2))
     return summary
+
+
+@contextmanager
+def _progress(show: bool, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on a terminal (rich, imported only then); a no-op otherwise."""
+    if not show:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("de-identifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("deid", total=total)
+        yield lambda: bar.advance(task)
 
 
 def report_path(out: Path) -> Path:
