@@ -145,6 +145,7 @@ class Analysis:
     input_sop_uids: list[str]
     model: dict[str, Any] = field(default_factory=dict)
     label_map: np.ndarray | None = field(default=None, repr=False)
+    volume: Volume | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -608,4 +609,5 @@ def analyze(
         input_sop_uids=list(volume.sop_instance_uids),
         model=bundle.to_dict(),
         label_map=label_map,
+        volume=volume,
     )

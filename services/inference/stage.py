@@ -1,24 +1,34 @@
-"""The ``inference`` stage: de-identified series -> MONAI bundle -> findings in the study record.
+"""The ``inference`` stage: route a de-identified series to a MONAI bundle, run it, store results.
 
-The model logic lives in ``service.py`` (pure stages); this module does the I/O around it.
+The model logic lives in ``service.py`` (pure stages), the result objects in ``outputs.py``;
+this module does the I/O around them: read the series, write DICOM SEG, TID 1500 SR and key
+images into the ``results`` bucket, index them so QIDO-RS/WADO-RS serve them in the study,
+and record findings with their provenance.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
 from services.common.context import Context
+from services.common.dicomindex import add_to_index, index_document
+from services.common.dicomio import write_part10
 from services.common.errors import PipelineError
+from services.common.identity import pseudonymous_uid
 from services.common.logging import get_logger
 from services.common.metrics import STAGE_SECONDS
 from services.common.studies import StudyState
 
-from .bundle import Bundle, default_bundle_path, load_bundle, select_device
+from .bundle import Bundle, load_bundle, select_device
+from .outputs import build_results
+from .registry import Entry, discover, route
 from .service import VolumeError, analyze
 
 log = get_logger("radpipe.inference")
@@ -26,25 +36,14 @@ _bundles: dict[Path, Bundle] = {}
 _bundles_lock = threading.Lock()
 
 
-def bundle_for(ctx: Context) -> Bundle:
-    """The routed bundle, loaded once per worker process."""
-    # Routing rules over several bundles come with the inference issue; one bundle for now.
-    path = default_bundle_path()
-    if ctx.settings.models_dir is not None:
-        path = ctx.settings.models_dir / path.name
+def bundle_for(ctx: Context, entry: Entry) -> Bundle:
+    """The bundle of a registry entry, loaded once per worker process."""
     with _bundles_lock:
-        if path not in _bundles:
-            _bundles[path] = load_bundle(path, select_device(ctx.settings.inference_device))
-        return _bundles[path]
-
-
-def _choose_series(study: dict[str, Any]) -> dict[str, Any]:
-    candidates = [s for s in (study.get("deid") or {}).get("series", []) if s["modality"] == "CT"]
-    if not candidates:
-        raise PipelineError(
-            "no CT series in the study: the installed bundle analyses chest CT only"
-        )
-    return max(candidates, key=lambda s: len(s["keys"]))
+        if entry.path not in _bundles:
+            _bundles[entry.path] = load_bundle(
+                entry.path, select_device(ctx.settings.inference_device)
+            )
+        return _bundles[entry.path]
 
 
 def analyze_study(ctx: Context, study_id: str) -> None:
@@ -56,27 +55,44 @@ def analyze_study(ctx: Context, study_id: str) -> None:
     if study["state"] != StudyState.DEIDENTIFIED:
         log.info("inference.skip", study_id=study_id, state=study["state"])
         return
-    series = _choose_series(study)
+    started = time.perf_counter()
+    entry, series, rule = route(
+        discover(ctx.settings.models_dir), (study.get("deid") or {}).get("series", [])
+    )
+    bundle = bundle_for(ctx, entry)
     datasets = [
         pydicom.dcmread(io.BytesIO(ctx.objects.get(ctx.buckets["deid"], key)))
         for key in series["keys"]
     ]
-    bundle = bundle_for(ctx)
+    load_seconds = time.perf_counter() - started
     try:
         analysis = analyze(datasets, bundle, threads=ctx.settings.inference_threads)
     except VolumeError as exc:
-        raise PipelineError(f"the series cannot form a volume: {exc}") from None
-    for stage, seconds in analysis.timings.items():
+        raise PipelineError(f"the series cannot form a volume: {exc.reason}") from None
+    except Exception as exc:  # a failing model is a permanent, per-study reason
+        log.error("inference.model_failed", study_id=study_id, error=type(exc).__name__)
+        raise PipelineError(
+            f"bundle {bundle.name} {bundle.version} failed ({type(exc).__name__}); "
+            "check the bundle with scripts/train_demo_bundle.py or its own tests"
+        ) from None
+    write_started = time.perf_counter()
+    outputs = _store_results(ctx, study_id, study["version"], datasets, analysis)
+    timings = {"load": load_seconds, **analysis.timings}
+    timings["write"] = time.perf_counter() - write_started
+    for stage, seconds in timings.items():
         STAGE_SECONDS.labels(f"inference.{stage}").observe(seconds)
     result = analysis.to_dict()
+    result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     result["model"] = {
         "name": bundle.name,
         "version": bundle.version,
         "sha256": bundle.sha256,
         "device": str(bundle.device),
+        "rule": rule.describe(),
     }
     result["series_uid"] = series["series_uid"]
     result["risk_threshold"] = ctx.settings.risk_threshold
+    result["outputs"] = outputs
     ctx.studies.transition(
         study_id,
         StudyState.ANALYZED,
@@ -86,3 +102,46 @@ def analyze_study(ctx: Context, study_id: str) -> None:
     ctx.tasks.send("notify", study_id)
     ctx.tasks.send("export", study_id)
     log.info("inference.done", study_id=study_id, findings=len(analysis.findings))
+
+
+def _store_results(
+    ctx: Context,
+    study_id: str,
+    version: int,
+    datasets: Sequence[pydicom.Dataset],
+    analysis: Any,
+) -> list[dict[str, str]]:
+    """Write SEG, SR, key images (DICOM and PNG) to ``results`` and index the DICOM ones.
+
+    UIDs are keyed on the study and its version, so a redelivered task rewrites the same
+    objects instead of adding copies; a re-opened study (version + 1) gets new ones.
+    """
+    secret = ctx.settings.secret
+
+    def uid(purpose: str) -> str:
+        return pseudonymous_uid(secret, f"result:{study_id}:v{version}:{purpose}")
+
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+    order = [reference.split("#")[0] for reference in analysis.input_sop_uids]
+    sources = [by_uid[u] for u in dict.fromkeys(order)]
+    results = build_results(sources, analysis.volume, analysis, uid=uid)
+    bucket = ctx.buckets["results"]
+    stored: list[dict[str, str]] = []
+    for obj in results.objects:
+        ds = obj.dataset
+        key = f"{study_id}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+        ctx.objects.put(bucket, key, write_part10(ds), "application/dicom")
+        add_to_index(ctx.documents, index_document(ds, study_id, key, bucket))
+        stored.append(
+            {
+                "kind": obj.kind,
+                "key": key,
+                "series_uid": str(ds.SeriesInstanceUID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+            }
+        )
+    for name, png in results.pngs:
+        key = f"{study_id}/v{version}/{name}"
+        ctx.objects.put(bucket, key, png, "image/png")
+        stored.append({"kind": "png", "key": key})
+    return stored
