@@ -145,7 +145,13 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     tasks = import_module(
         "services.ingest.tasks" if stage == "export" else f"services.{stage}.tasks"
     )
-    default_queue = settings.inference_queue if stage == "inference" else stage
+    default_queue = stage
+    if stage == "inference":
+        # A worker consumes the queue of its own device: GPU hosts take inference-gpu.
+        from services.inference.bundle import select_device
+
+        device = select_device(settings.inference_device)
+        default_queue = "inference-gpu" if device.type == "cuda" else "inference-cpu"
     tasks.celery.worker_main(worker_argv(queue or default_queue, concurrency, pool))
 
 

@@ -485,3 +485,33 @@ def test_select_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"cuda\.is_available"):
             select_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU path not run")
+def test_gpu_prediction_with_mixed_precision_matches_cpu(series: Series) -> None:
+    volume = series_to_volume(series[1])
+    cpu = fake_bundle(min_volume_mm3=0.0)
+    gpu = fake_bundle(device=torch.device("cuda"), min_volume_mm3=0.0)
+    gpu.network.to("cuda")
+    tensor = pre_process(volume, cpu)
+    on_cpu, on_gpu = predict(tensor, cpu), predict(tensor, gpu)
+    assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
+    assert ((on_gpu > 0.5) == (on_cpu > 0.5)).mean() > 0.999
+
+
+def test_inference_worker_takes_the_queue_of_its_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from services import cli
+
+    monkeypatch.setenv("RADPIPE_SECRET_KEY", "queue-test-secret-0123456789")
+    from services.inference import tasks  # builds its Celery app from the settings
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(tasks.celery, "worker_main", lambda argv: seen.append(argv))
+    result = CliRunner().invoke(cli.main, ["worker", "inference"])
+    assert result.exit_code == 0, result.output
+    queue = seen[0][seen[0].index("--queues") + 1]
+    assert queue == ("inference-gpu" if torch.cuda.is_available() else "inference-cpu")
+    CliRunner().invoke(cli.main, ["worker", "inference", "--queue", "inference-gpu"])
+    assert seen[1][seen[1].index("--queues") + 1] == "inference-gpu"
