@@ -128,6 +128,10 @@ def _one(
     ds = read_dataset(ctx.objects.get(ctx.buckets["raw"], instance["raw_key"]))
     identity = original_identity(ds)
     original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    originals = [
+        str(ds.get(keyword, "") or "")
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+    ]
     keys = deidentifier.patient_keys(ds)
     known = result.identity
     clean = deidentifier.deidentify(
@@ -136,7 +140,12 @@ def _one(
         extra_values=[known["patient_id"], known["accession_number"]] if known else [],
     )
     if not known:
-        result.identity = {**identity, "date_offset_days": keys.date_offset.days, "uids": {}}
+        result.identity = {
+            **identity,
+            "date_offset_days": keys.date_offset.days,
+            "uids": {},
+            "uid_map": {},
+        }
     if result.study_uid is None:
         result.study_uid = str(clean.StudyInstanceUID)
     series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
@@ -157,6 +166,12 @@ def _one(
     )
     series["keys"].append(key)
     result.identity["uids"][sop_uid] = [original_series, original_sop]
+    # Every de-identified UID a result object can reference -> its original (for the exporter).
+    uid_map = result.identity["uid_map"]
+    uid_map[sop_uid] = original_sop
+    for original in originals:
+        if original:
+            uid_map.setdefault(deidentifier.uid(original), original)
     ctx.studies.instances.update_one(
         {"_id": instance["_id"]}, {"$set": {"deid": {"status": "done", "key": key}}}
     )

@@ -64,6 +64,12 @@ def test_deid_stage_writes_clean_objects_vault_and_event(ctx: Context) -> None:
     identity = ctx.vault.get(study_id)
     assert identity["patient_id"] == PHI["patient_id"]
     assert identity["study_instance_uid"] == str(read(series[0]).StudyInstanceUID)
+    # Every de-identified UID a result can reference maps back to its original.
+    first = read(series[0])
+    clean = read(ctx.objects.get(ctx.buckets["deid"], keys[0]))
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert identity["uid_map"][str(clean[keyword].value)] == str(first[keyword].value)
+    assert len(identity["uid_map"]) == len(series) + 3
     # The vault stores ciphertext only.
     entry = ctx.documents.collection("vault").find_one({"_id": study_id})
     assert PHI["patient_id"] not in str(entry)
