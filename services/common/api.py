@@ -142,7 +142,7 @@ def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> Fa
     app.add_middleware(
         CORSMiddleware,
         allow_origins=context.settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Accept"],
         expose_headers=["Warning", "Content-Type", "Content-Location"],
         allow_credentials=False,

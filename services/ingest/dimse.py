@@ -3,6 +3,12 @@
 Each received instance is written as the Part 10 stream the sender encoded (file meta
 included) and goes through :class:`StowSession`, so validation, raw storage, the study
 record and the stability check are exactly those of STOW-RS.
+
+AE titles are checked at association negotiation (PS3.8 Table 9-21): a calling AE
+title not in ``RADPIPE_DIMSE_CALLING_AETS`` (when that list is set) is rejected with
+A-ASSOCIATE-RJ result 1 (permanent), source 1 (service user), reason 3 "calling AE title not
+recognized"; a called AE title other than ``RADPIPE_DIMSE_AE_TITLE`` with reason 7 "called AE
+title not recognized", unless ``RADPIPE_DIMSE_REQUIRE_CALLED_AET`` is false.
 """
 
 from __future__ import annotations
@@ -21,18 +27,13 @@ from .service import StowSession
 
 log = get_logger("radpipe.dimse")
 SUCCESS = 0x0000
-#: PS3.4 Annex B: refused, not authorised (used for a calling AE title not on the list).
-REFUSED_NOT_AUTHORIZED = 0x0124
 
 
 def handle_store(event: Any, ctx: Context) -> int:
-    """EVT_C_STORE: pynetdicom passes the event first, then the bound arguments."""
+    """EVT_C_STORE: pynetdicom passes the event first, then the bound arguments. Only
+    associations from allowed calling AE titles get this far (see :func:`build_ae`)."""
     calling = event.assoc.requestor.ae_title.strip()
-    allowed = ctx.settings.dimse_calling_aets
-    if allowed and calling not in allowed:
-        log.warning("dimse.refused", calling_ae=calling)
-        return REFUSED_NOT_AUTHORIZED
-    session = StowSession(ctx, None)
+    session = StowSession(ctx, None, source=calling)  # the calling AE picks the deid profile
     outcome = session.add(Part.from_bytes("application/dicom", event.encoded_dataset()))
     if outcome.failure_reason is not None:
         return outcome.failure_reason
@@ -43,8 +44,21 @@ def handle_store(event: Any, ctx: Context) -> int:
     return SUCCESS
 
 
+def handle_rejected(event: Any) -> None:
+    """EVT_REJECTED: log who was turned away at association negotiation, and why."""
+    request = event.assoc.requestor.primitive
+    log.warning(
+        "dimse.rejected",
+        calling_ae=str(getattr(request, "calling_ae_title", "")).strip(),
+        called_ae=str(getattr(request, "called_ae_title", "")).strip(),
+    )
+
+
 def build_ae(ctx: Context) -> AE:
-    ae = AE(ae_title=ctx.settings.dimse_ae_title)
+    settings = ctx.settings
+    ae = AE(ae_title=settings.dimse_ae_title)
+    ae.require_calling_aet = list(settings.dimse_calling_aets)  # empty: any calling AE
+    ae.require_called_aet = settings.dimse_require_called_aet
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -56,7 +70,10 @@ def build_ae(ctx: Context) -> AE:
 def start_scp(ctx: Context, host: str = "0.0.0.0") -> Any:
     """Start the SCP on ``RADPIPE_DIMSE_PORT`` in background threads; returns the server."""
     assert ctx.settings.dimse_port is not None
-    handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [ctx])]
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+        (evt.EVT_REJECTED, handle_rejected),
+    ]
     server = build_ae(ctx).start_server(
         (host, ctx.settings.dimse_port), block=False, evt_handlers=handlers
     )

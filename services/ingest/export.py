@@ -1,14 +1,17 @@
 """Results back to the PACS: result objects, re-identified at the boundary, sent by STOW-RS
 (``RADPIPE_EXPORT_STOW_URL``) and/or C-STORE (``RADPIPE_EXPORT_DIMSE``).
 
-Idempotent: each exported object key is recorded on the study, so a retried task sends only
-what is missing; a failed send raises ``TransientError`` and the stage wrapper retries with
-backoff.
+Idempotent: what each destination has acknowledged is recorded on the study per object, so a
+retried task sends each destination only what it has not stored yet (the instances a STOW-RS
+202 lists in FailedSOPSequence, the objects a C-STORE run did not get to). Whatever is left
+raises ``TransientError`` and the stage wrapper retries with backoff.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,30 +22,117 @@ from services.client import encode_multipart
 from services.common.context import Context
 from services.common.dicomio import read_part10, write_part10
 from services.common.errors import TransientError
+from services.common.identity import PatientKeys
 from services.common.logging import get_logger
 
 log = get_logger("radpipe.export")
 
+#: Presentation contexts one association may propose (PS3.8 9.3.2.2: odd IDs 1-255).
+MAX_CONTEXTS = 128
+#: C-STORE success and warning statuses (PS3.4 Table B.2-1): the object is stored.
+STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 
-def reidentify(ds: pydicom.Dataset, identity: dict[str, Any]) -> pydicom.Dataset:
-    """Put the original patient, accession and study identifiers back (PS3.15 E.1: the
-    re-identification the vault exists for). The object's own UIDs stay new."""
+Item = tuple[str, pydicom.Dataset]  # (results-bucket key, re-identified dataset)
+Outcome = tuple[set[str], list[str]]  # (keys the destination stored, failure reasons)
+
+
+#: A restored date further than this past the export day was never shifted (see below).
+FUTURE_MARGIN = timedelta(days=180)
+
+
+def _restore_date(value: str, offset: timedelta, limit: date) -> str:
+    """A DA value, or the date part of a DT value, moved back by ``offset``; unchanged when
+    it does not parse or would land after ``limit``."""
+    text = value.strip()
+    try:
+        day = datetime.strptime(text[:8], "%Y%m%d").date() - offset
+    except (ValueError, OverflowError):
+        return value
+    return value if day > limit else day.strftime("%Y%m%d") + text[8:]
+
+
+def restore_dates(ds: pydicom.Dataset, date_offset: timedelta, today: date | None = None) -> None:
+    """Undo the de-identifier's keyed date shift: every DA and DT value, at any depth, moves
+    back by ``date_offset`` (PS3.15 E.3.6: dates were shifted, times were not, so TM stays).
+
+    The shift is at least a year back, so a date the de-identifier shifted comes back no
+    later than today. A value that would land more than ``FUTURE_MARGIN`` after ``today`` was
+    never shifted: it is a date Radpipe itself stamped on the result (content, series or
+    instance creation date, "now"), and it stays as it is.
+    """
+    limit = (today or date.today()) + FUTURE_MARGIN
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value or []:
+                restore_dates(item, date_offset, today)
+        elif element.VR in ("DA", "DT") and not element.is_empty:
+            if isinstance(element.value, pydicom.multival.MultiValue | list):
+                element.value = [_restore_date(str(v), date_offset, limit) for v in element.value]
+            else:
+                element.value = _restore_date(str(element.value), date_offset, limit)
+
+
+def restore_uids(ds: pydicom.Dataset, uid_map: dict[str, str]) -> None:
+    """Map every de-identified UID the vault knows (study, series, frame of reference,
+    instances) back to its original, at any depth. The object's own Series and SOP Instance
+    UIDs are new, not in the map, and stay."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value or []:
+                restore_uids(item, uid_map)
+        elif element.VR == "UI" and not element.is_empty:
+            if isinstance(element.value, pydicom.multival.MultiValue | list):
+                element.value = [uid_map.get(str(v), str(v)) for v in element.value]
+            else:
+                element.value = uid_map.get(str(element.value), element.value)
+
+
+def date_offset(identity: dict[str, Any], secret: bytes) -> timedelta:
+    """The offset the de-identifier moved this patient's dates by: as the vault recorded it,
+    else derived from the original Patient ID as the de-identifier derives it."""
+    days = identity.get("date_offset_days")
+    if isinstance(days, int):
+        return timedelta(days=days)
+    return PatientKeys.derive(secret, str(identity.get("patient_id", ""))).date_offset
+
+
+def reidentify(ds: pydicom.Dataset, identity: dict[str, Any], secret: bytes) -> pydicom.Dataset:
+    """Put the original patient, accession and study identifiers, referenced UIDs and dates
+    back (PS3.15 E.1: the re-identification the vault exists for)."""
+    restore_dates(ds, date_offset(identity, secret))
+    own = str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+    restore_uids(ds, {k: v for k, v in identity.get("uid_map", {}).items() if k not in own})
     ds.PatientID = identity.get("patient_id", "")
     ds.PatientName = identity.get("patient_name", "")
     ds.AccessionNumber = identity.get("accession_number", "")
     ds.StudyInstanceUID = identity["study_instance_uid"]
-    originals = identity.get("uids", {})
+    originals = identity.get("uids", {})  # vault entries written before uid_map existed
     for item in ds.get("ReferencedSeriesSequence", []):
         for reference in item.get("ReferencedInstanceSequence", []):
             mapped = originals.get(str(reference.ReferencedSOPInstanceUID))
             if mapped:
                 item.SeriesInstanceUID, reference.ReferencedSOPInstanceUID = mapped
     ds.PatientIdentityRemoved = "NO"
+    if "LongitudinalTemporalInformationModified" in ds:
+        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
     return ds
 
 
-def _stow(url: str, headers: dict[str, str], payloads: list[bytes]) -> None:
-    body, content_type = encode_multipart(payloads)
+def _uids(response: dict[str, Any], sequence: str) -> dict[str, str]:
+    """SOP Instance UID -> failure reason (hex, or "") of the items of a response sequence."""
+    found = {}
+    for item in (response.get(sequence) or {}).get("Value") or []:
+        uid = ((item.get("00081155") or {}).get("Value") or [None])[0]
+        reason = ((item.get("00081197") or {}).get("Value") or [None])[0]
+        if isinstance(uid, str):
+            found[uid] = f"{reason:04X}" if isinstance(reason, int) else ""
+    return found
+
+
+def _stow(url: str, headers: dict[str, str], items: list[Item]) -> Outcome:
+    """One STOW-RS request; a 202 (PS3.18 10.5.3) counts the instances in its
+    ReferencedSOPSequence as stored and leaves those in FailedSOPSequence for a retry."""
+    body, content_type = encode_multipart([write_part10(ds) for _, ds in items])
     try:
         response = httpx.post(
             url.rstrip("/") + "/studies",
@@ -51,52 +141,132 @@ def _stow(url: str, headers: dict[str, str], payloads: list[bytes]) -> None:
             timeout=120,
         )
     except httpx.HTTPError as exc:
-        raise TransientError(f"export destination unreachable: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        raise TransientError(f"export destination answered HTTP {response.status_code}")
+        return set(), [f"export destination unreachable: {type(exc).__name__}"]
+    if response.status_code not in (200, 202):
+        return set(), [f"export destination answered HTTP {response.status_code}"]
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        if response.status_code == 200:  # all stored; the response body is only a report
+            return {key for key, _ in items}, []
+        return set(), ["HTTP 202 without a readable Store Instances Response: all resent"]
+    failed = _uids(answer, "00081198")
+    if response.status_code == 200:
+        referenced = {str(ds.SOPInstanceUID) for _, ds in items}
+    else:
+        referenced = set(_uids(answer, "00081199"))
+    done = {key for key, ds in items if str(ds.SOPInstanceUID) in referenced - set(failed)}
+    missing = len(items) - len(done)
+    if not missing:
+        return done, []
+    reasons = sorted({f"failure reason {r}" if r else "no reason" for r in failed.values()})
+    why = ", ".join(reasons) or "not listed as stored"
+    return done, [f"HTTP {response.status_code}: {missing} of {len(items)} not stored ({why})"]
 
 
-def _c_store(destination: str, calling_ae: str, datasets: list[pydicom.Dataset]) -> None:
+def _context(ds: pydicom.Dataset) -> tuple[str, str]:
+    return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
+
+
+def _c_store(destination: str, calling_ae: str, items: list[Item]) -> Outcome:
+    """C-STORE every object over as few associations as possible: one per 128 distinct
+    (SOP class, transfer syntax) presentation contexts, re-associating when the peer drops
+    the association mid-run. Each object is proposed only in the syntax it is stored in."""
     called, _, address = destination.partition("@")
     host, _, port = address.rpartition(":")
-    ae = AE(ae_title=calling_ae)
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(host, int(port), ae_title=called)
-    if not assoc.is_established:
-        raise TransientError(f"DIMSE destination {called} refused or unreachable")
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            if not status or int(status.Status) not in (0x0000, 0xB000, 0xB007, 0xB006):
-                raise TransientError(f"C-STORE to {called} failed with status {status!r}")
-    finally:
-        assoc.release()
+    contexts = list(dict.fromkeys(_context(ds) for _, ds in items))
+    done: set[str] = set()
+    failures: list[str] = []
+    for start in range(0, len(contexts), MAX_CONTEXTS):
+        batch = set(contexts[start : start + MAX_CONTEXTS])
+        ae = AE(ae_title=calling_ae)
+        for abstract, syntax in batch:
+            ae.add_requested_context(abstract, syntax)
+        assoc = None
+        lost = 0
+        try:
+            for key, ds in (item for item in items if _context(item[1]) in batch):
+                if assoc is None or not assoc.is_established:
+                    assoc = ae.associate(host, int(port), ae_title=called)
+                    if not assoc.is_established:
+                        failures.append(f"DIMSE destination {called} refused or unreachable")
+                        return done, failures
+                try:
+                    status = assoc.send_c_store(ds)
+                except (ValueError, RuntimeError) as exc:  # context not accepted, or aborted
+                    failures.append(f"C-STORE not sent: {type(exc).__name__}")
+                    continue
+                code = int(status.Status) if status and "Status" in status else None
+                lost = lost + 1 if code is None else 0
+                if code in STORED:
+                    done.add(key)
+                elif code is None:  # aborted or timed out: the next object re-associates
+                    failures.append("C-STORE got no response (association aborted or timed out)")
+                    if lost >= 2:  # twice in a row: leave the rest for the retry
+                        break
+                else:
+                    failures.append(f"C-STORE status {code:04X}")
+        finally:
+            if assoc is not None and assoc.is_established:
+                assoc.release()
+    return done, failures
 
 
 def export_study(ctx: Context, study_id: str) -> None:
     """The ``export`` stage: send every result object of the study not yet sent."""
     settings = ctx.settings
-    if settings.export_stow_url is None and settings.export_dimse is None:
+    senders: dict[str, Callable[[list[Item]], Outcome]] = {}
+    if settings.export_stow_url is not None:
+        url, headers = str(settings.export_stow_url), settings.export_stow_headers
+        senders["stow"] = lambda items: _stow(url, headers, items)
+    if settings.export_dimse is not None:
+        destination, calling = settings.export_dimse, settings.dimse_ae_title
+        senders["dimse"] = lambda items: _c_store(destination, calling, items)
+    if not senders:
         return
     study = ctx.studies.get(study_id)
     done = set(study.get("exported", []))
-    keys = [k for k in ctx.objects.list(ctx.buckets["results"], f"{study_id}/") if k not in done]
+    keys = [
+        k
+        for k in ctx.objects.list(ctx.buckets["results"], f"{study_id}/")
+        if k.endswith(".dcm") and k not in done  # overlay PNGs stay in the portal
+    ]
     if not keys:
         return
     identity = ctx.vault.get(study_id)
-    datasets = [
-        reidentify(read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["results"], k))), identity)
-        for k in keys
-    ]
-    if settings.export_stow_url is not None:
-        _stow(
-            str(settings.export_stow_url),
-            settings.export_stow_headers,
-            [write_part10(ds) for ds in datasets],
+    datasets = {
+        k: reidentify(
+            read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["results"], k))),
+            identity,
+            settings.secret,
         )
-    if settings.export_dimse is not None:
-        _c_store(settings.export_dimse, settings.dimse_ae_title, datasets)
-    ctx.studies.studies.update_one({"_id": study_id}, {"$addToSet": {"exported": {"$each": keys}}})
-    ctx.studies.add_event(study_id, "exported", {"objects": len(keys)})
-    log.info("export.done", study_id=study_id, objects=len(keys))
+        for k in keys
+    }
+    progress = study.get("export_progress") or {}
+    stored: dict[str, set[str]] = {}
+    failures: list[str] = []
+    for name, send in senders.items():
+        stored[name] = set(progress.get(name, []))
+        pending = [(k, datasets[k]) for k in keys if k not in stored[name]]
+        sent, failed = send(pending) if pending else (set(), [])
+        failures += [f"{name}: {reason}" for reason in failed]
+        if sent:
+            ctx.studies.studies.update_one(
+                {"_id": study_id},
+                {"$addToSet": {f"export_progress.{name}": {"$each": sorted(sent)}}},
+            )
+        stored[name] |= sent
+    complete = [k for k in keys if all(k in stored[name] for name in senders)]
+    if complete:
+        ctx.studies.studies.update_one(
+            {"_id": study_id}, {"$addToSet": {"exported": {"$each": complete}}}
+        )
+        ctx.studies.add_event(study_id, "exported", {"objects": len(complete)})
+        log.info("export.done", study_id=study_id, objects=len(complete))
+    if failures:
+        raise TransientError(
+            f"{len(keys) - len(complete)} of {len(keys)} result objects not exported yet, "
+            f"retried later: {'; '.join(dict.fromkeys(failures))}"
+        )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,7 +14,7 @@ from services.common.api import Ctx, require
 from services.common.auth import AuthService, Principal
 from services.common.errors import BadRequest, NotAcceptable
 
-from . import qido, retrieve
+from . import bulkdata, media, qido, retrieve
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 _reader = require("radiologist", "resident", "oncall")
@@ -31,12 +32,28 @@ Reader = Annotated[Principal, Depends(_audited_reader)]
 DICOM_JSON = "application/dicom+json"
 
 
+def _read(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A search or retrieve route: ``HEAD`` is answered like ``GET``, without the body (RFC 9110
+    9.3.2; the server drops the body and keeps Content-Type and Content-Length)."""
+    return router.api_route(path, methods=["GET", "HEAD"])
+
+
 def _base(ctx: Ctx) -> str:
     return ctx.settings.public("dicom-web").rstrip("/")
 
 
-def _json(payload: object) -> Response:
-    return Response(json.dumps(payload), media_type=DICOM_JSON)
+def _json(payload: object, location: str | None = None) -> Response:
+    headers = {"Content-Location": location} if location else None
+    return Response(json.dumps(payload), media_type=DICOM_JSON, headers=headers)
+
+
+def _location(
+    request: Request, ctx: Ctx, found: list[dict[str, Any]], level: str, suffix: str = ""
+) -> str:
+    """Content-Location (PS3.18 8.4.3): the retrieved resource's URL under RADPIPE_PUBLIC_URL,
+    with its de-identified UIDs even when the request named the original ones."""
+    url = _base(ctx) + retrieve.resource_path(found, level) + suffix
+    return f"{url}?{request.url.query}" if request.url.query else url
 
 
 async def _search(
@@ -47,87 +64,130 @@ async def _search(
     return _json(qido.search(found, query, _base(ctx)))
 
 
-@router.get("/studies")
+@_read("/studies")
 async def search_studies(request: Request, ctx: Ctx, _: Reader) -> Response:
     return await _search(request, ctx, "study")
 
 
-@router.get("/series")
+@_read("/series")
 async def search_all_series(request: Request, ctx: Ctx, _: Reader) -> Response:
     return await _search(request, ctx, "series")
 
 
-@router.get("/instances")
+@_read("/instances")
 async def search_all_instances(request: Request, ctx: Ctx, _: Reader) -> Response:
     return await _search(request, ctx, "instance")
 
 
-@router.get("/studies/{study}/series")
+@_read("/studies/{study}/series")
 async def search_series(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
     return await _search(request, ctx, "series", study=study)
 
 
-@router.get("/studies/{study}/instances")
+@_read("/studies/{study}/instances")
 async def search_study_instances(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
     return await _search(request, ctx, "instance", study=study)
 
 
-@router.get("/studies/{study}/series/{series}/instances")
+@_read("/studies/{study}/series/{series}/instances")
 async def search_instances(
     study: str, series: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     return await _search(request, ctx, "instance", study=study, series=series)
 
 
-def _instances_response(request: Request, ctx: Ctx, found: list[dict]) -> Response:
+def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: str) -> Response:
     accept = request.headers.get("accept", "*/*")
     single = len(found) == 1 and accept.split(";")[0].strip() == "application/dicom"
+    location = _location(request, ctx, found, level)
     data = [retrieve.read_bytes(ctx, entry) for entry in found]
     if single:
-        return Response(data[0], media_type="application/dicom")
+        headers = {"Content-Location": location}
+        return Response(data[0], media_type="application/dicom", headers=headers)
     if not any(t in accept for t in ("multipart/related", "application/dicom", "*/*")):
         raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
-    body, boundary = retrieve.multipart([("application/dicom", d) for d in data])
+    base = _base(ctx)
+    parts = [
+        ("application/dicom", d, base + retrieve.resource_path([e], "instance"))
+        for e, d in zip(found, data, strict=True)
+    ]
+    body, boundary = retrieve.multipart(parts)
     return Response(
         body,
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        headers={"Content-Location": location},
     )
 
 
-@router.get("/studies/{study}")
+@_read("/studies/{study}")
 def retrieve_study(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _instances_response(request, ctx, retrieve.entries(ctx, study))
+    return _instances_response(request, ctx, retrieve.entries(ctx, study), "study")
 
 
-@router.get("/studies/{study}/series/{series}")
+@_read("/studies/{study}/series/{series}")
 def retrieve_series(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _instances_response(request, ctx, retrieve.entries(ctx, study, series))
+    return _instances_response(request, ctx, retrieve.entries(ctx, study, series), "series")
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}")
+@_read("/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    return _instances_response(request, ctx, retrieve.entries(ctx, study, series, instance))
-
-
-@router.get("/studies/{study}/metadata")
-def study_metadata(study: str, ctx: Ctx, _: Reader) -> Response:
-    return _json(retrieve.metadata(ctx, retrieve.entries(ctx, study), _base(ctx)))
-
-
-@router.get("/studies/{study}/series/{series}/metadata")
-def series_metadata(study: str, series: str, ctx: Ctx, _: Reader) -> Response:
-    return _json(retrieve.metadata(ctx, retrieve.entries(ctx, study, series), _base(ctx)))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
-def instance_metadata(study: str, series: str, instance: str, ctx: Ctx, _: Reader) -> Response:
     found = retrieve.entries(ctx, study, series, instance)
-    return _json(retrieve.metadata(ctx, found, _base(ctx)))
+    return _instances_response(request, ctx, found, "instance")
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{numbers}")
+@_read("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    found = retrieve.entries(ctx, study)
+    location = _location(request, ctx, found, "study", "/metadata")
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+
+
+@_read("/studies/{study}/series/{series}/metadata")
+def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    found = retrieve.entries(ctx, study, series)
+    location = _location(request, ctx, found, "series", "/metadata")
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+
+
+@_read("/studies/{study}/series/{series}/instances/{instance}/metadata")
+def instance_metadata(
+    study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
+) -> Response:
+    found = retrieve.entries(ctx, study, series, instance)
+    location = _location(request, ctx, found, "instance", "/metadata")
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+
+
+def _binary_response(
+    request: Request, ctx: Ctx, found: list[dict], binaries: list[bulkdata.Binary], suffix: str
+) -> Response:
+    """Frames or bulk data as multipart/related, or as one single-part body when Accept names
+    only the bare media type (PS3.18 8.7.3); 406 when Accept admits no stored representation."""
+    video = bool(binaries) and bulkdata.is_video(binaries[0].syntax or "")
+    types, as_multipart = media.negotiate(
+        request.headers.get("accept"), [b.syntax for b in binaries], video=video
+    )
+    location = _location(request, ctx, found, "instance", suffix)
+    if not as_multipart:
+        return Response(
+            binaries[0].data, media_type=types[0], headers={"Content-Location": location}
+        )
+    instance_url = _base(ctx) + retrieve.resource_path(found, "instance")
+    parts = [
+        (t, b.data, f"{instance_url}/{b.location}") for t, b in zip(types, binaries, strict=True)
+    ]
+    body, boundary = retrieve.multipart(parts)
+    root = types[0].split(";")[0]
+    return Response(
+        body,
+        media_type=f'multipart/related; type="{root}"; boundary={boundary}',
+        headers={"Content-Location": location},
+    )
+
+
+@_read("/studies/{study}/series/{series}/instances/{instance}/frames/{numbers}")
 def instance_frames(
     study: str, series: str, instance: str, numbers: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
@@ -135,24 +195,30 @@ def instance_frames(
         wanted = [int(n) for n in numbers.split(",")]
     except ValueError:
         raise BadRequest(f"frame numbers must be integers from 1, got {numbers!r}") from None
-    entry = retrieve.entries(ctx, study, series, instance)[0]
-    accept = request.headers.get("accept", "*/*")
-    if not any(t in accept for t in ("application/octet-stream", "*/*", "multipart/related")):
-        raise NotAcceptable("frames are served as multipart/related; type=application/octet-stream")
-    syntax = entry["transfer_syntax"]
-    parts = [
-        (f"application/octet-stream; transfer-syntax={syntax}", frame)
-        for frame in retrieve.frames(ctx, entry, wanted)
-    ]
-    body, boundary = retrieve.multipart(parts)
-    return Response(
-        body,
-        media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
-    )
+    found = retrieve.entries(ctx, study, series, instance)
+    binaries = bulkdata.frames(retrieve.read_dataset(ctx, found[0]), wanted)
+    return _binary_response(request, ctx, found, binaries, f"/frames/{numbers}")
+
+
+@_read("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:path}")
+def instance_bulkdata(
+    study: str, series: str, instance: str, path: str, request: Request, ctx: Ctx, _: Reader
+) -> Response:
+    """A BulkDataURI from the metadata (PS3.18 10.4.1.1.5): the element's value bytes."""
+    found = retrieve.entries(ctx, study, series, instance)
+    binaries = bulkdata.bulk_value(retrieve.read_dataset(ctx, found[0]), path)
+    return _binary_response(request, ctx, found, binaries, f"/bulkdata/{path}")
 
 
 def _render(
-    request: Request, ctx: Ctx, study: str, series: str, instance: str, frame: int
+    request: Request,
+    ctx: Ctx,
+    study: str,
+    series: str,
+    instance: str,
+    frame: int,
+    *,
+    from_frames: bool = False,
 ) -> Response:
     accept = request.headers.get("accept", "image/jpeg")
     media = "image/png" if "image/png" in accept and "image/jpeg" not in accept else "image/jpeg"
@@ -168,28 +234,30 @@ def _render(
     quality_raw = request.query_params.get("quality", "90")
     if not quality_raw.isdigit() or not 1 <= int(quality_raw) <= 100:
         raise BadRequest("quality is an integer from 1 to 100")
-    entry = retrieve.entries(ctx, study, series, instance)[0]
+    found = retrieve.entries(ctx, study, series, instance)
     data = retrieve.render(
-        ctx, entry, frame=frame, media_type=media, window=window, quality=int(quality_raw)
+        ctx, found[0], frame=frame, media_type=media, window=window, quality=int(quality_raw)
     )
-    return Response(data, media_type=media)
+    suffix = f"/frames/{frame}/rendered" if from_frames else "/rendered"
+    location = _location(request, ctx, found, "instance", suffix)
+    return Response(data, media_type=media, headers={"Content-Location": location})
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+@_read("/studies/{study}/series/{series}/instances/{instance}/rendered")
 def instance_rendered(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     return _render(request, ctx, study, series, instance, 1)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
+@_read("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
 def frame_rendered(
     study: str, series: str, instance: str, frame: int, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    return _render(request, ctx, study, series, instance, frame)
+    return _render(request, ctx, study, series, instance, frame, from_frames=True)
 
 
-def _thumbnail(request: Request, ctx: Ctx, found: list[dict]) -> Response:
+def _thumbnail(request: Request, ctx: Ctx, found: list[dict], level: str) -> Response:
     """PS3.18 10.7 thumbnail: the middle instance of the scope, rendered and shrunk."""
     accept = request.headers.get("accept", "image/jpeg")
     if not any(t in accept for t in ("image/jpeg", "image/*", "*/*")):
@@ -207,21 +275,23 @@ def _thumbnail(request: Request, ctx: Ctx, found: list[dict]) -> Response:
         quality=80,
         viewport=(int(size[0]), int(size[1])),
     )
-    return Response(data, media_type="image/jpeg")
+    location = _location(request, ctx, found, level, "/thumbnail")
+    return Response(data, media_type="image/jpeg", headers={"Content-Location": location})
 
 
-@router.get("/studies/{study}/thumbnail")
+@_read("/studies/{study}/thumbnail")
 def study_thumbnail(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _thumbnail(request, ctx, retrieve.entries(ctx, study))
+    return _thumbnail(request, ctx, retrieve.entries(ctx, study), "study")
 
 
-@router.get("/studies/{study}/series/{series}/thumbnail")
+@_read("/studies/{study}/series/{series}/thumbnail")
 def series_thumbnail(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series))
+    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series), "series")
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+@_read("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 def instance_thumbnail(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series, instance))
+    found = retrieve.entries(ctx, study, series, instance)
+    return _thumbnail(request, ctx, found, "instance")

@@ -1,22 +1,24 @@
-"""WADO-RS retrieval from the de-identified store (PS3.18 10.4): instances, metadata,
-frames and rendered images. No FastAPI here."""
+"""WADO-RS retrieval from the de-identified store (PS3.18 10.4): instances, metadata and
+rendered images (frames and bulk data are cut in ``bulkdata``). No FastAPI here."""
 
 from __future__ import annotations
 
 import io
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.encaps import generate_frames
 
 from services.common.context import Context
 from services.common.dicomindex import INDEX
 from services.common.dicomio import read_part10
 from services.common.errors import BadRequest, NotAcceptable, NotFound
 from services.common.identity import pseudonymous_uid
+
+from .bulkdata import PIXEL_DATA
 
 
 def entries(
@@ -62,52 +64,70 @@ def read_bytes(ctx: Context, entry: dict[str, Any]) -> bytes:
     return ctx.objects.get(entry["bucket"], entry["key"])
 
 
-def multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    """(body, boundary) of a multipart/related message."""
+def read_dataset(ctx: Context, entry: dict[str, Any]) -> pydicom.Dataset:
+    return read_part10(io.BytesIO(read_bytes(ctx, entry)))
+
+
+def resource_path(found: list[dict[str, Any]], level: str) -> str:
+    """The path (under the DICOMweb base) of the study, series or instance ``found`` belongs
+    to, with its de-identified UIDs, whatever UIDs the request named (PS3.18 10.4.1)."""
+    a = found[0]["attributes"]
+    path = f"/studies/{a['StudyInstanceUID']}"
+    if level in ("series", "instance"):
+        path += f"/series/{a['SeriesInstanceUID']}"
+    if level == "instance":
+        path += f"/instances/{a['SOPInstanceUID']}"
+    return path
+
+
+def multipart(parts: Sequence[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
+    """(body, boundary) of a multipart/related message; each part is (Content-Type, data,
+    Content-Location or None)."""
     boundary = secrets.token_hex(16)
     body = bytearray()
-    for content_type, data in parts:
-        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-        body += data + b"\r\n"
+    for content_type, data, location in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n".encode()
+        if location:
+            body += f"Content-Location: {location}\r\n".encode()
+        body += b"\r\n" + data + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return bytes(body), boundary
 
 
-def metadata(ctx: Context, found: list[dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
-    """DICOM JSON per instance; bulk data (pixels) as BulkDataURI, never inline."""
-    out = []
-    for entry in found:
-        ds = read_part10(io.BytesIO(read_bytes(ctx, entry)))
-        a = entry["attributes"]
-        instance_url = (
-            f"{base_url}/studies/{a['StudyInstanceUID']}/series/{a['SeriesInstanceUID']}"
-            f"/instances/{a['SOPInstanceUID']}"
+def _uri(url: str) -> Callable[[pydicom.DataElement], str]:
+    return lambda _element: url
+
+
+def _to_json(ds: pydicom.Dataset, instance_url: str, path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) whose BulkDataURIs encode each element's position: the tag,
+    or sequence tag / item number (from 1) / tag, at any nesting depth."""
+    out: dict[str, Any] = {}
+    for element in ds:
+        key = f"{element.tag:08X}"
+        here = (*path, key)
+        if element.VR == "SQ":
+            items = [
+                _to_json(item, instance_url, (*here, str(number)))
+                for number, item in enumerate(element.value or [], 1)
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        # Pixel data is always a BulkDataURI (never InlineBinary, however small).
+        threshold = 0 if element.tag == PIXEL_DATA and not path else 1024
+        out[key] = element.to_json_dict(
+            _uri(f"{instance_url}/bulkdata/{'/'.join(here)}"), threshold
         )
-
-        def bulk(element: pydicom.DataElement, url: str = instance_url) -> str:
-            if element.tag == 0x7FE00010:
-                return f"{url}/frames/1"
-            return f"{url}/bulkdata/{element.tag:08X}"
-
-        out.append(ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk))
     return out
 
 
-def frames(ctx: Context, entry: dict[str, Any], numbers: list[int]) -> list[bytes]:
-    """Raw frame bytes (numbered from 1) in the stored transfer syntax."""
-    ds = read_part10(io.BytesIO(read_bytes(ctx, entry)))
-    if "PixelData" not in ds:
-        raise BadRequest("the instance has no pixel data")
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    for number in numbers:
-        if not 1 <= number <= count:
-            raise NotFound(f"frame {number} does not exist: the instance has {count} frame(s)")
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        all_frames = list(generate_frames(ds.PixelData, number_of_frames=count))
-        return [all_frames[n - 1] for n in numbers]
-    size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
-    data = bytes(ds.PixelData)
-    return [data[(n - 1) * size : n * size] for n in numbers]
+def metadata(ctx: Context, found: list[dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
+    """DICOM JSON per instance; binary values above 768 bytes, and pixel data always, as
+    BulkDataURI (PS3.18 8.7.2) answered by :func:`bulkdata`."""
+    out = []
+    for entry in found:
+        ds = read_dataset(ctx, entry)
+        out.append(_to_json(ds, base_url + resource_path([entry], "instance")))
+    return out
 
 
 def render(

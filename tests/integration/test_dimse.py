@@ -65,29 +65,68 @@ def test_storescu_stores_a_series_through_the_same_path(
     assert ("stable", study_id, ctx.settings.study_stable_seconds) in ctx.tasks.sent  # type: ignore[attr-defined]
     audit = ctx.documents.collection("audit").find_one({"action": "c-store"})
     assert audit["actor"] == "dimse:CT_SCANNER"
+    # The calling AE title is the source that picks the de-identification profile.
+    assert {i["source"] for i in ctx.studies.instances_of(study_id)} == {"CT_SCANNER"}
 
 
-def test_unknown_calling_ae_is_refused_and_nothing_stored(
+def run_dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [dcmtk(args[0]), *args[1:]], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_unknown_calling_ae_is_rejected_at_association_and_nothing_stored(
     scp: int, ctx: Context, tmp_path: Path
 ) -> None:
     path = tmp_path / "one.dcm"
     path.write_bytes(ct_series(seed=32)[0])
-    store = subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            "INTRUDER",
-            "-aec",
-            "RADPIPE",
-            "127.0.0.1",
-            str(scp),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    store = run_dcmtk(
+        "storescu", "-aet", "INTRUDER", "-aec", "RADPIPE", "127.0.0.1", str(scp), str(path)
     )
-    assert "0124" in (store.stdout + store.stderr) or store.returncode != 0
+    assert store.returncode != 0
+    # A-ASSOCIATE-RJ: rejected-permanent, service-user, reason 3 (PS3.8 Table 9-21).
+    assert "Association Rejected" in store.stderr, store.stderr
+    assert "Rejected Permanent, Source: Service User" in store.stderr
+    assert "Calling AE Title Not Recognized" in store.stderr
+    echo = run_dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "RADPIPE", "127.0.0.1", str(scp))
+    assert echo.returncode != 0 and "Calling AE Title Not Recognized" in echo.stderr
     assert list(ctx.objects.list(ctx.buckets["raw"])) == []
     assert ctx.studies.studies.count_documents({}) == 0
+
+
+def test_wrong_called_ae_title_is_rejected_at_association(
+    scp: int, ctx: Context, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.dcm"
+    path.write_bytes(ct_series(seed=33)[0])
+    store = run_dcmtk(
+        "storescu", "-aet", "CT_SCANNER", "-aec", "PACS", "127.0.0.1", str(scp), str(path)
+    )
+    assert store.returncode != 0
+    assert "Rejected Permanent, Source: Service User" in store.stderr, store.stderr
+    assert "Called AE Title Not Recognized" in store.stderr
+    assert ctx.studies.studies.count_documents({}) == 0
+
+
+def test_open_scp_accepts_any_calling_and_called_ae_when_configured(
+    ctx: Context, tmp_path: Path
+) -> None:
+    from services.ingest.dimse import start_scp
+
+    ctx.settings.dimse_port = free_port()
+    ctx.settings.dimse_calling_aets = []  # the default: any calling AE
+    ctx.settings.dimse_require_called_aet = False
+    server = start_scp(ctx, "127.0.0.1")
+    try:
+        path = tmp_path / "one.dcm"
+        series = ct_series(seed=34)[:1]
+        path.write_bytes(series[0])
+        port = str(ctx.settings.dimse_port)
+        store = run_dcmtk(
+            "storescu", "-aet", "ANYONE", "-aec", "ANYTHING", "127.0.0.1", port, str(path)
+        )
+        assert store.returncode == 0, store.stderr
+    finally:
+        server.shutdown()
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    assert ctx.studies.get(study_id)["instance_count"] == 1

@@ -127,6 +127,11 @@ def test_results_go_back_to_the_pacs_reidentified_once(
     assert tags["PatientID"] == PHI["patient_id"]  # re-identified at the boundary
     assert tags["StudyInstanceUID"] == original.StudyInstanceUID
     assert tags["AccessionNumber"] == PHI["accession"]
+    # Dates go back to the originals: the de-identified copy had them shifted.
+    assert read(result).StudyDate != original.StudyDate
+    for keyword in ("StudyDate", "SeriesDate", "ContentDate"):
+        assert tags[keyword] == original.get(keyword), keyword
+    assert tags["StudyTime"] == original.StudyTime  # times were never shifted
     study = ctx.studies.get(study_id)
     assert study["exported"] == [f"{study_id}/result-1.dcm"]
     assert [e["type"] for e in study["events"]].count("exported") == 1

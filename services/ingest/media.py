@@ -1,0 +1,160 @@
+"""WADO-RS media types for frames and bulk data, and ``Accept`` negotiation (PS3.18 8.7).
+
+Pure functions, no I/O. Nothing is transcoded: a representation is offered only in the
+transfer syntax the object is stored in, labelled with its image or video media type
+(PS3.18 Table 8.7.3-2, Table 8.7.4-1) or as ``application/octet-stream``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from services.common.errors import NotAcceptable
+
+OCTET = "application/octet-stream"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: Pixel data stored in these is native (not encapsulated): frames are plain bytes.
+NATIVE = frozenset({"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.1.99", BIG_ENDIAN})
+
+_JPEG = "1.2.840.10008.1.2.4."
+#: PS3.18 Table 8.7.3-2: the single-frame image media type of each compressed transfer syntax.
+IMAGE_TYPES: dict[str, str] = {
+    **{_JPEG + s: "image/jpeg" for s in ("50", "51", "57", "70")},
+    **{_JPEG + s: "image/jls" for s in ("80", "81")},
+    **{_JPEG + s: "image/jp2" for s in ("90", "91")},
+    **{_JPEG + s: "image/jpx" for s in ("92", "93")},
+    **{_JPEG + s: "image/jphc" for s in ("201", "202", "203")},
+    **{_JPEG + s: "image/jxl" for s in ("110", "111", "112")},
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+#: PS3.18 Table 8.7.4-1: video transfer syntaxes, whose pixel data is one stream, not frames.
+VIDEO_TYPES: dict[str, str] = {
+    **{_JPEG + s: "video/mpeg" for s in ("100", "100.1", "101", "101.1")},
+    **{
+        _JPEG + s: "video/mp4"
+        for s in ("102", "102.1", "103", "103.1", "104", "104.1", "105", "105.1", "106", "106.1")
+    },
+    **{_JPEG + s: "video/H265" for s in ("107", "108")},
+}
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One entry of an ``Accept`` header: ``type/subtype`` with lower-cased parameters."""
+
+    media_type: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+
+_ITEM = re.compile(r'(?:[^,"]|"[^"]*")+')
+_PARAM = re.compile(r'\s*([^=;\s]+)\s*=\s*("[^"]*"|[^;]*)')
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """The media ranges of an ``Accept`` header (RFC 9110 12.5.1); none or empty is ``*/*``."""
+    ranges = []
+    for item in _ITEM.findall(header or ""):
+        media_type, *params = item.split(";")
+        if not media_type.strip():
+            continue
+        values = {}
+        for param in params:
+            if match := _PARAM.match(param):
+                values[match.group(1).lower()] = match.group(2).strip().strip('"')
+        try:
+            q = float(values.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        ranges.append(MediaRange(media_type.strip().lower(), values, q))
+    return ranges or [MediaRange("*/*")]
+
+
+def syntax_label(syntax: str) -> str:
+    """The transfer syntax a part is labelled with: native little-endian frames are the same
+    bytes in every little-endian syntax, so they are labelled Explicit VR Little Endian."""
+    if syntax in NATIVE and syntax != BIG_ENDIAN:
+        return EXPLICIT_LE
+    return syntax
+
+
+def _type_matches(wanted: str, offered: str) -> bool:
+    if wanted in ("*/*", offered.lower()):
+        return True
+    return wanted.endswith("/*") and offered.lower().startswith(wanted[:-1])
+
+
+def _allows(accepted: MediaRange, offered: str, label: str | None, *, multipart: bool) -> bool:
+    """Whether one Accept entry admits a part of type ``offered`` in transfer syntax ``label``.
+
+    ``multipart/related`` without ``type`` admits any part type. A missing ``transfer-syntax``
+    means the media type's default: Explicit VR Little Endian for ``application/octet-stream``,
+    any syntax of the type for image and video types (as dicomweb-client and OHIF expect).
+    """
+    if accepted.q <= 0:
+        return False
+    if accepted.media_type == "multipart/related":
+        if not multipart:
+            return False
+        wanted = accepted.params.get("type", "*/*").lower()
+    elif accepted.media_type == "*/*" or not multipart:
+        wanted = accepted.media_type
+    else:
+        return False
+    if not _type_matches(wanted, offered):
+        return False
+    syntax = accepted.params.get("transfer-syntax")
+    if syntax == "*":
+        return True
+    if label is None:  # bulk data other than pixel data: its value bytes, little endian
+        return syntax in (None, EXPLICIT_LE)
+    if syntax is None:
+        return wanted != OCTET or label == EXPLICIT_LE
+    return syntax == label
+
+
+def part_type(
+    ranges: list[MediaRange], syntax: str | None, *, multipart: bool, video: bool = False
+) -> str | None:
+    """The Content-Type of a part holding frames or bulk data stored in ``syntax`` (``None``
+    for bulk data other than pixel data), or ``None`` when ``ranges`` admit no representation.
+
+    A compressed frame is offered first with its image media type and then as
+    ``application/octet-stream``; both carry a ``transfer-syntax`` parameter.
+    """
+    if syntax is None:
+        return OCTET if any(_allows(r, OCTET, None, multipart=multipart) for r in ranges) else None
+    label = syntax_label(syntax)
+    offered = [OCTET]
+    if syntax not in NATIVE:
+        typed = (VIDEO_TYPES if video else IMAGE_TYPES).get(syntax)
+        offered = [typed, OCTET] if typed else offered
+    for media_type in offered:
+        if any(_allows(r, media_type, label, multipart=multipart) for r in ranges):
+            return f"{media_type}; transfer-syntax={label}"
+    return None
+
+
+def negotiate(
+    accept: str | None, syntaxes: list[str | None], *, video: bool = False
+) -> tuple[list[str], bool]:
+    """Part Content-Types for parts stored in ``syntaxes``, and whether to send them as
+    ``multipart/related`` (PS3.18 8.7.3). A single part may go as a single-part body when
+    ``Accept`` names only its bare media type. Raises NotAcceptable (406) otherwise."""
+    ranges = parse_accept(accept)
+    for multipart in (True, False):
+        if not multipart and len(syntaxes) != 1:
+            break
+        types = [part_type(ranges, s, multipart=multipart, video=video) for s in syntaxes]
+        if all(t is not None for t in types):
+            return [t for t in types if t is not None], multipart
+    stored = ", ".join(sorted({s for s in syntaxes if s}) or ["(none)"])
+    typed = sorted({IMAGE_TYPES[s] for s in syntaxes if s in IMAGE_TYPES and not video})
+    suggestion = f'type="{typed[0]}" or ' if typed else ""
+    raise NotAcceptable(
+        f"no acceptable representation: the data is stored in transfer syntax {stored} and is "
+        f'not transcoded; accept multipart/related with {suggestion}type="*/*", or '
+        'type="application/octet-stream"; transfer-syntax=*'
+    )
