@@ -8,10 +8,15 @@ content is still a complete Part 10 stream, so it is read as such rather than re
 from __future__ import annotations
 
 import io
+import struct
 from typing import BinaryIO
 
 import pydicom
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_data_element, write_file_meta_info
 
 #: Group 0002 (File Meta Information) as the first little-endian tag of a stream.
 _META_GROUP = b"\x02\x00"
@@ -42,5 +47,63 @@ def read_part10(file: BinaryIO, *, stop_before_pixels: bool = False) -> pydicom.
 def write_part10(ds: pydicom.Dataset) -> bytes:
     """A dataset as a Part 10 file (preamble, ``DICM``, file meta) in its transfer syntax."""
     buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    write_part10_to(buffer, ds)
     return buffer.getvalue()
+
+
+#: Explicit VR Little Endian VRs with a 4-byte length field (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def write_part10_to(handle: BinaryIO, ds: pydicom.Dataset) -> None:
+    """Write ``ds`` as a Part 10 file: the same bytes as ``pydicom.dcmwrite(handle, ds,
+    enforce_file_format=True)``, faster when most elements are unchanged.
+
+    Elements still in their raw, as-read encoding are copied with their header built here;
+    everything else (changed values, sequences, undefined lengths) goes through pydicom's own
+    element writer. Transfer syntaxes or datasets that need re-encoding (deflate, big endian,
+    another VR encoding or character set than the one read) are left to ``dcmwrite`` whole.
+    """
+    meta = ds.file_meta
+    syntax = meta.TransferSyntaxUID
+    encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
+    if (
+        syntax.is_deflated
+        or not syntax.is_little_endian
+        or ds.original_encoding != encoding
+        or ds.original_character_set != ds._character_set
+    ):
+        pydicom.dcmwrite(handle, ds, enforce_file_format=True)
+        return
+    fp = DicomFileLike(handle)
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    fp.is_implicit_VR, fp.is_little_endian = encoding
+    charset = ds.get("SpecificCharacterSet", default_encoding)
+    implicit = syntax.is_implicit_VR
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2)
+        element = ds.get_item(tag)
+        if (
+            isinstance(element, RawDataElement)
+            and isinstance(element.value, bytes)
+            and element.length != 0xFFFFFFFF
+        ):
+            value, vr = element.value, element.VR
+            if implicit:
+                handle.write(struct.pack("<HHI", tag.group, tag.element, len(value)))
+            elif vr in _LONG_VRS:
+                handle.write(
+                    struct.pack("<HH2sHI", tag.group, tag.element, vr.encode(), 0, len(value))
+                )
+            elif vr and len(value) <= 0xFFFF:
+                handle.write(struct.pack("<HH2sH", tag.group, tag.element, vr.encode(), len(value)))
+            else:
+                write_data_element(fp, ds[tag], charset)
+                continue
+            handle.write(value)
+        else:
+            write_data_element(fp, ds[tag], charset)

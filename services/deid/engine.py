@@ -23,9 +23,12 @@ from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
+from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_sequence
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -44,6 +47,7 @@ IMPLEMENTATION_VERSION = "RADPIPE_020"
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _VALUE_TYPE = BaseTag(0x0040A040)
+_METHOD_CODES = BaseTag(0x00120064)
 _LOOK_VRS = TEXT_VRS | {"SQ", "UI", "PN", "DA", "DT", "TM", "AS", "UN"}
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "AT"})
 
@@ -311,6 +315,7 @@ class Deidentifier:
         self._uids: dict[str, str] = {}
         self._info: dict[int, tuple[str, str, str, bool]] = {}
         self._codes: dict[bool, list[Dataset]] = {}
+        self._encoded: dict[tuple[bool, bool], RawDataElement] = {}
 
     def _pick(self, basic: str, by_option: tuple[str, ...]) -> str:
         chosen = basic
@@ -524,6 +529,8 @@ class Deidentifier:
         meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
+        if getattr(ds, "preamble", None):
+            ds.preamble = b"\x00" * 128  # 128 free bytes (PS3.10 7.1) could carry anything
 
     def _code_items(self, pixels_cleaned: bool) -> list[Dataset]:
         """The method code items of this profile, built once (shared by every output)."""
@@ -539,6 +546,22 @@ class Deidentifier:
             self._codes[pixels_cleaned] = cached
         return cached
 
+    def _encoded_codes(self, pixels_cleaned: bool, implicit: bool) -> RawDataElement:
+        """The method code sequence as an already-encoded element (copied as is on write)."""
+        key = (pixels_cleaned, implicit)
+        raw = self._encoded.get(key)
+        if raw is None:
+            element = DataElement(_METHOD_CODES, "SQ", Sequence(self._code_items(pixels_cleaned)))
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+            write_sequence(buffer, element, [default_encoding])
+            value = buffer.getvalue()
+            raw = RawDataElement(
+                _METHOD_CODES, None if implicit else "SQ", len(value), value, 0, implicit, True
+            )
+            self._encoded[key] = raw
+        return raw
+
     def _markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
         """PS3.15 E.1.1: Patient Identity Removed, the method and its codes, and
         Longitudinal Temporal Information Modified; earlier methods and codes are kept."""
@@ -551,16 +574,23 @@ class Deidentifier:
         else:
             methods = [ours]
         ds.add_new(0x00120063, "LO", methods if len(methods) > 1 else ours)
-        items = list(ds.get("DeidentificationMethodCodeSequence", []) or [])
+        syntax = ds.file_meta.TransferSyntaxUID
+        if _METHOD_CODES not in ds and syntax.is_little_endian and not syntax.is_deflated:
+            # The usual case: our items only, already encoded once for this profile.
+            ds[_METHOD_CODES] = self._encoded_codes(pixels_cleaned, syntax.is_implicit_VR)
+            items = []
+        else:
+            items = list(ds.get("DeidentificationMethodCodeSequence", []) or [])
         present = {
             (str(i.get("CodeValue", "")), str(i.get("CodingSchemeDesignator", ""))) for i in items
         }
-        items += [
-            item
-            for item in self._code_items(pixels_cleaned)
-            if (item[0x00080100].value, "DCM") not in present
-        ]
-        ds.add_new(0x00120064, "SQ", Sequence(items))
+        if _METHOD_CODES not in ds or items:
+            items += [
+                item
+                for item in self._code_items(pixels_cleaned)
+                if (item[0x00080100].value, "DCM") not in present
+            ]
+            ds.add_new(_METHOD_CODES, "SQ", Sequence(items))
         if "rtn_long_modif_dates" in self.options:
             marker = "MODIFIED"
         elif "rtn_long_full_dates" in self.options:
