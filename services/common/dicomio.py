@@ -17,6 +17,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 #: Group 0002 (File Meta Information) as the first little-endian tag of a stream.
 _META_GROUP = b"\x02\x00"
@@ -55,6 +57,29 @@ def write_part10(ds: pydicom.Dataset) -> bytes:
 _LONG_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
+
+
+#: Short-length VRs whose values are plain ASCII: encoded here as pydicom would (PS3.5 6.2).
+_ASCII_VRS = frozenset({"UI", "DA", "DT", "TM", "CS", "AS"})
+
+
+def _ascii_value(element: pydicom.DataElement) -> bytes | None:
+    """The encoded value of a simple ASCII element, or ``None`` to let pydicom encode it."""
+    if element.VR not in _ASCII_VRS:
+        return None
+    value = element.value
+    if value is None or value == "":
+        return b""
+    values = list(value) if isinstance(value, list | MultiValue) else [value]
+    if not all(type(v) is str or isinstance(v, UID) for v in values):
+        return None
+    try:
+        data = "\\".join(values).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(data) % 2:
+        data += b"\x00" if element.VR == "UI" else b" "
+    return data if len(data) <= 0xFFFF else None
 
 
 def write_part10_to(handle: BinaryIO, ds: pydicom.Dataset) -> None:
@@ -106,4 +131,12 @@ def write_part10_to(handle: BinaryIO, ds: pydicom.Dataset) -> None:
                 continue
             handle.write(value)
         else:
-            write_data_element(fp, ds[tag], charset)
+            element = ds[tag]
+            encoded = _ascii_value(element)
+            if encoded is None or implicit:
+                write_data_element(fp, element, charset)
+            else:
+                header = struct.pack(
+                    "<HH2sH", tag.group, tag.element, element.VR.encode(), len(encoded)
+                )
+                handle.write(header + encoded)

@@ -447,6 +447,8 @@ class Deidentifier:
         run: _Run,
         content_item: bool,
     ) -> None:
+        if vr == "TM" and action in ("C", "") and _raw_times_valid(ds, tag):
+            return  # valid times stay as read, raw (whole-day shifts leave TM unchanged)
         element = ds[tag]
         if vr == "SQ":
             # Present sequences are kept with every item cleaned rather than emptied: an
@@ -600,6 +602,17 @@ class Deidentifier:
         ds.add_new(0x00280303, "CS", marker)
         if pixels_cleaned:
             ds.add_new(0x00280301, "CS", "NO")
+
+
+def _raw_times_valid(ds: Dataset, tag: BaseTag) -> bool:
+    raw = ds.get_item(tag)
+    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        return False
+    try:
+        text = raw.value.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return all(valid_tm(v) is not None for v in text.rstrip(" \x00").split("\\"))
 
 
 def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
