@@ -29,13 +29,19 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def run_pipeline(ctx: Context, client: TestClient, token: str, datasets: list) -> str:
+def deidentified(ctx: Context, client: TestClient, token: str, datasets: list) -> str:
+    """Push the series over STOW-RS and run it through stability and de-identification."""
     response = stow(client, token, [to_bytes(ds) for ds in datasets])
     assert response.status_code == 200
     study_id = study_id_for(ctx.settings.secret, str(datasets[0].StudyInstanceUID))
     ctx.settings.study_stable_seconds = 0
     check_stable(ctx, study_id)
     deidentify_study(ctx, study_id)
+    return study_id
+
+
+def run_pipeline(ctx: Context, client: TestClient, token: str, datasets: list) -> str:
+    study_id = deidentified(ctx, client, token, datasets)
     analyze_study(ctx, study_id)
     return study_id
 
@@ -131,12 +137,7 @@ def test_a_study_no_rule_matches_fails_with_the_reason_and_no_result(
     datasets = phantom_to_datasets(phantom)
     for ds in datasets:
         ds.BodyPartExamined = "HEAD"
-    response = stow(client, tokens["modality"], [to_bytes(ds) for ds in datasets])
-    assert response.status_code == 200
-    study_id = study_id_for(ctx.settings.secret, str(datasets[0].StudyInstanceUID))
-    ctx.settings.study_stable_seconds = 0
-    check_stable(ctx, study_id)
-    deidentify_study(ctx, study_id)
+    study_id = deidentified(ctx, client, tokens["modality"], datasets)
     with pytest.raises(PipelineError, match=r"no bundle's routing rules match.*CT HEAD"):
         analyze_study(ctx, study_id)
     assert list(ctx.objects.list(ctx.buckets["results"])) == []
@@ -148,12 +149,7 @@ def test_a_series_with_a_missing_slice_fails_with_the_reason(
     phantom = make_phantom(8, nodules=[], shape=(12, 64, 64), spacing=(2.5, 1.0, 1.0))
     datasets = phantom_to_datasets(phantom)
     del datasets[5]
-    response = stow(client, tokens["modality"], [to_bytes(ds) for ds in datasets])
-    assert response.status_code == 200
-    study_id = study_id_for(ctx.settings.secret, str(datasets[0].StudyInstanceUID))
-    ctx.settings.study_stable_seconds = 0
-    check_stable(ctx, study_id)
-    deidentify_study(ctx, study_id)
+    study_id = deidentified(ctx, client, tokens["modality"], datasets)
     with pytest.raises(PipelineError, match="cannot form a volume: uneven slice spacing"):
         analyze_study(ctx, study_id)
     assert list(ctx.objects.list(ctx.buckets["results"])) == []
