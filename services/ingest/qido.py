@@ -158,7 +158,7 @@ def _render(row: dict[str, Any], query: Query, base_url: str) -> dict[str, Any]:
         value = row.get(keyword)
         if keyword in COMPUTED and value is None:
             continue
-        setattr(ds, keyword, value if value is not None else "")
+        setattr(ds, keyword, value)  # None: present and empty, whatever the VR
     ds.RetrieveURL = _retrieve_url(row, query.level, base_url)
     return ds.to_json_dict()
 
