@@ -153,3 +153,22 @@ def test_a_series_with_a_missing_slice_fails_with_the_reason(
     with pytest.raises(PipelineError, match="cannot form a volume: uneven slice spacing"):
         analyze_study(ctx, study_id)
     assert list(ctx.objects.list(ctx.buckets["results"])) == []
+
+
+def test_a_model_that_raises_fails_the_study_not_the_worker(
+    ctx: Context, client: TestClient, tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.inference import stage
+
+    def broken(*args: object, **kwargs: object) -> None:  # a bundle bug we cannot cause
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(stage, "analyze", broken)
+    phantom = make_phantom(9, nodules=[], shape=(8, 64, 64), spacing=(2.5, 1.0, 1.0))
+    study_id = deidentified(ctx, client, tokens["modality"], phantom_to_datasets(phantom))
+    with pytest.raises(
+        PipelineError, match=r"bundle lung_nodule_demo 0\.1\.0 failed \(RuntimeError\)"
+    ):
+        analyze_study(ctx, study_id)
+    assert ctx.studies.get(study_id)["state"] == "deidentified"
+    assert list(ctx.objects.list(ctx.buckets["results"])) == []
