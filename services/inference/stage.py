@@ -116,6 +116,11 @@ def _store_results(
     UIDs are keyed on the study and its version, so a redelivered task rewrites the same
     objects instead of adding copies; a re-opened study (version + 1) gets new ones.
     """
+    if any("#" in reference for reference in analysis.input_sop_uids):
+        # Frames of a multi-frame source: the findings stand, DICOM results need per-frame
+        # references the writers do not make yet.
+        log.warning("inference.no_result_objects", study_id=study_id, reason="multi-frame source")
+        return []
     secret = ctx.settings.secret
 
     def uid(purpose: str) -> str:
