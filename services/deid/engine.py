@@ -243,16 +243,21 @@ def _resolve(code: str, keyword: str) -> str:
 _RANK = {"K": 3, "C": 2}
 
 
+def _most_retaining(basic: str, by_option: tuple[str, ...], options: frozenset[str]) -> str:
+    """The Basic Profile action, overridden by the most retaining action of an option in use."""
+    chosen = basic
+    for option, action in zip(OPTIONS, by_option, strict=True):
+        if action and option in options and _RANK.get(action, 0) > _RANK.get(chosen, 0):
+            chosen = action
+    return chosen
+
+
 def effective_actions(options: frozenset[str]) -> dict[int, str]:
     """Tag -> the action Table E.1-1 prescribes with ``options`` (the most retaining one)."""
-    actions: dict[int, str] = {}
-    for tag, (_, basic, by_option) in TABLE.items():
-        chosen = basic
-        for option, action in zip(OPTIONS, by_option, strict=True):
-            if action and option in options and _RANK.get(action, 0) > _RANK.get(chosen, 0):
-                chosen = action
-        actions[tag] = _resolve(chosen, keyword_for_tag(tag) or "")
-    return actions
+    return {
+        tag: _resolve(_most_retaining(basic, by_option, options), keyword_for_tag(tag) or "")
+        for tag, (_, basic, by_option) in TABLE.items()
+    }
 
 
 def burned_in_risk(ds: Dataset) -> str | None:
@@ -309,20 +314,13 @@ class Deidentifier:
         self.options = profile.options
         self._actions = effective_actions(profile.options)
         self._patterns = [
-            (mask, value, _resolve(self._pick(basic, by_option), ""))
+            (mask, value, _resolve(_most_retaining(basic, by_option, self.options), ""))
             for mask, value, _, basic, by_option in PATTERNS
         ]
         self._uids: dict[str, str] = {}
         self._info: dict[int, tuple[str, str, str, bool]] = {}
         self._codes: dict[bool, list[Dataset]] = {}
         self._encoded: dict[tuple[bool, bool], RawDataElement] = {}
-
-    def _pick(self, basic: str, by_option: tuple[str, ...]) -> str:
-        chosen = basic
-        for option, action in zip(OPTIONS, by_option, strict=True):
-            if action and option in self.options and _RANK.get(action, 0) > _RANK.get(chosen, 0):
-                chosen = action
-        return chosen
 
     # -- identifiers ---------------------------------------------------------------------
 
@@ -613,10 +611,6 @@ def _raw_times_valid(ds: Dataset, tag: BaseTag) -> bool:
     except UnicodeDecodeError:
         return False
     return all(valid_tm(v) is not None for v in text.rstrip(" \x00").split("\\"))
-
-
-def _is_sequence(ds: Dataset, tag: BaseTag) -> bool:
-    return _vr_of(ds, tag) == "SQ"
 
 
 def _class_like(keyword: str) -> bool:

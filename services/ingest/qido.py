@@ -18,6 +18,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from services.common.dicomindex import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 from services.common.errors import BadRequest
 
+from .retrieve import uid_path
+
 LEVEL_KEYWORDS = {
     "study": STUDY_KEYWORDS,
     "series": ("StudyInstanceUID", *SERIES_KEYWORDS),
@@ -159,14 +161,5 @@ def _render(row: dict[str, Any], query: Query, base_url: str) -> dict[str, Any]:
         if keyword in COMPUTED and value is None:
             continue
         setattr(ds, keyword, value)  # None: present and empty, whatever the VR
-    ds.RetrieveURL = _retrieve_url(row, query.level, base_url)
+    ds.RetrieveURL = base_url + uid_path(row, query.level)
     return ds.to_json_dict()
-
-
-def _retrieve_url(row: dict[str, Any], level: str, base_url: str) -> str:
-    url = f"{base_url}/studies/{row.get('StudyInstanceUID')}"
-    if level in ("series", "instance"):
-        url += f"/series/{row.get('SeriesInstanceUID')}"
-    if level == "instance":
-        url += f"/instances/{row.get('SOPInstanceUID')}"
-    return url

@@ -71,12 +71,16 @@ def read_dataset(ctx: Context, entry: dict[str, Any]) -> pydicom.Dataset:
 def resource_path(found: list[dict[str, Any]], level: str) -> str:
     """The path (under the DICOMweb base) of the study, series or instance ``found`` belongs
     to, with its de-identified UIDs, whatever UIDs the request named (PS3.18 10.4.1)."""
-    a = found[0]["attributes"]
-    path = f"/studies/{a['StudyInstanceUID']}"
+    return uid_path(found[0]["attributes"], level)
+
+
+def uid_path(attributes: dict[str, Any], level: str) -> str:
+    """``/studies/{study}[/series/{series}[/instances/{instance}]]`` down to ``level``."""
+    path = f"/studies/{attributes.get('StudyInstanceUID')}"
     if level in ("series", "instance"):
-        path += f"/series/{a['SeriesInstanceUID']}"
+        path += f"/series/{attributes.get('SeriesInstanceUID')}"
     if level == "instance":
-        path += f"/instances/{a['SOPInstanceUID']}"
+        path += f"/instances/{attributes.get('SOPInstanceUID')}"
     return path
 
 
