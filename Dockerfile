@@ -86,7 +86,7 @@ RUN groupadd --system --gid 10001 radpipe \
 COPY --from=builder /wheels/ /tmp/wheels/
 RUN pip install --no-cache-dir /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
-    && python -c "import torch, services; print('torch', torch.__version__)"
+    && python -c "import torch, radpipe; print('torch', torch.__version__)"
 
 USER 10001:10001
 WORKDIR /data

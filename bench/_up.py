@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.stack import free_port, wait_for_port
+from radpipe.stack import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def start_up(
     """(process, base URL, token) of a `radpipe up` keeping its data in ``data``."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--port", str(port), "--data-dir", str(data)],
+        [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port), "--data-dir", str(data)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb") if log else subprocess.DEVNULL,
@@ -30,7 +30,7 @@ def start_up(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "radpipe.cli",
             "token",
             "create",
             "--role",

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 
 SECRET = "bench-deid-secret-key-0123456789"  # any 16+ characters; the output is thrown away
 
@@ -35,7 +35,7 @@ def command(tool: str, folder: Path, out: Path) -> list[str]:
     if tool == "dicognito":  # --quiet: no summary table of studies, just the files
         args = ["dicognito", "--quiet", "--output-directory", str(out), str(folder)]
     else:
-        args = ["services.cli", "deid", str(folder), "--out", str(out)]
+        args = ["radpipe.cli", "deid", str(folder), "--out", str(out)]
     return [sys.executable, "-m", *args]
 
 

@@ -42,12 +42,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.common.dicomio import write_part10  # noqa: E402
-from services.common.identity import pseudonymous_uid  # noqa: E402
-from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
-from services.inference.bundle import Bundle, default_bundle_path, load_bundle  # noqa: E402
-from services.inference.outputs import build_results  # noqa: E402
-from services.inference.service import (  # noqa: E402
+from radpipe.common.dicomio import write_part10  # noqa: E402
+from radpipe.common.identity import pseudonymous_uid  # noqa: E402
+from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle  # noqa: E402
+from radpipe.inference.outputs import build_results  # noqa: E402
+from radpipe.inference.service import (  # noqa: E402
     Analysis,
     Volume,
     assess_risk,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from _up import start_up, wait_until_idle  # noqa: E402
 
-from services.client import push  # noqa: E402
-from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
-from services.stack import free_port, wait_for_port  # noqa: E402
+from radpipe.client import push  # noqa: E402
+from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.stack import free_port, wait_for_port  # noqa: E402
 
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
@@ -75,7 +75,7 @@ def peak_rss_mb(pid: int) -> float:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         parent = int(fields.get("PPid", "0").strip() or 0)
-        if int(entry.name) != pid and (parent != pid or "services.cli worker" in cmdline):
+        if int(entry.name) != pid and (parent != pid or "radpipe.cli worker" in cmdline):
             continue
         if "valkey" in cmdline:
             continue

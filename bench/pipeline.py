@@ -1,7 +1,7 @@
 """Upload-to-alert latency of a 100-slice 512x512 CT on `radpipe up`, against the bare model.
 
 The anchor is the same MONAI bundle called directly in-process on the same slices
-(``services.inference.service.analyze``): the ratio says what the pipeline (stability wait,
+(``radpipe.inference.service.analyze``): the ratio says what the pipeline (stability wait,
 de-identification, queues, stores, notification) adds on top of the model itself.
 Rounds alternate and each pushes a fresh study. Prints medians and the ratio.
 
@@ -25,15 +25,15 @@ sys.path.insert(0, str(ROOT))
 
 from _up import start_up, wait_until_idle  # noqa: E402
 
-from services.client import iter_files, push  # noqa: E402
-from services.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.client import iter_files, push  # noqa: E402
+from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 
 
 def direct_seconds(folder: Path, threads: int) -> float:
     import pydicom
 
-    from services.inference.bundle import default_bundle_path, load_bundle
-    from services.inference.service import analyze
+    from radpipe.inference.bundle import default_bundle_path, load_bundle
+    from radpipe.inference.service import analyze
 
     bundle = load_bundle(default_bundle_path())
     datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]

@@ -30,9 +30,9 @@ from monai.utils import set_determinism
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.phantom import Phantom, make_phantom
-from services.inference.bundle import Bundle, default_bundle_path
-from services.inference.service import (
+from radpipe.common.phantom import Phantom, make_phantom
+from radpipe.inference.bundle import Bundle, default_bundle_path
+from radpipe.inference.service import (
     Volume,
     pre_process,
     predict,

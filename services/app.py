@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from services.common.api import create_app
-from services.common.context import Context
-from services.common.logging import configure_logging
-from services.ingest.api import router as ingest_router
-from services.ingest.read_api import router as dicomweb_read_router
-from services.notify.api import router as notify_router
-from services.portal.api import router as portal_router
+from radpipe.common.api import create_app
+from radpipe.common.context import Context
+from radpipe.common.logging import configure_logging
+from radpipe.ingest.api import router as ingest_router
+from radpipe.ingest.read_api import router as dicomweb_read_router
+from radpipe.notify.api import router as notify_router
+from radpipe.portal.api import router as portal_router
 
 ROUTERS: dict[str, list[APIRouter]] = {
     "ingest": [ingest_router, dicomweb_read_router],
@@ -28,7 +28,7 @@ def build_app(context: Context, services: list[str]) -> FastAPI:
 
 def up_app() -> FastAPI:
     """Factory for each HTTP worker process of ``radpipe up`` (settings come from the env)."""
-    from services.common.context import build_context
-    from services.common.settings import get_settings
+    from radpipe.common.context import build_context
+    from radpipe.common.settings import get_settings
 
     return build_app(build_context(get_settings()), ["ingest", "portal", "notify"])

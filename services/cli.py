@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from services.common.roles import ROLES
-from services.common.secret import DEFAULT_SECRET_KEY
+from radpipe.common.roles import ROLES
+from radpipe.common.secret import DEFAULT_SECRET_KEY
 
 if TYPE_CHECKING:
-    from services.common.auth import AuthService
-    from services.common.settings import Settings
+    from radpipe.common.auth import AuthService
+    from radpipe.common.settings import Settings
 
 SERVICES = ("ingest", "portal", "notify")
 
 
 def _settings(**overrides: object) -> Settings:
-    from services.common.settings import Settings, get_settings
+    from radpipe.common.settings import Settings, get_settings
 
     get_settings.cache_clear()
     return Settings(**overrides)  # type: ignore[arg-type]
@@ -49,10 +49,10 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     """Run the whole pipeline on this machine: API, portal, workers, broker, stores."""
     import uvicorn
 
-    from services.app import build_app
-    from services.common.auth import AuthService
-    from services.common.context import build_context
-    from services.stack import Supervisor, local_secret, start_broker
+    from radpipe.app import build_app
+    from radpipe.common.auth import AuthService
+    from radpipe.common.context import build_context
+    from radpipe.stack import Supervisor, local_secret, start_broker
 
     base = _settings(all_in_one=True)
     data = (data_dir or base.data_dir).resolve()
@@ -74,7 +74,7 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     if password:
         click.echo(f"  portal login: admin / {password}  (shown once)")
     if settings.dimse_port:
-        from services.ingest.dimse import start_scp
+        from radpipe.ingest.dimse import start_scp
 
         start_scp(context, host)
         click.echo(f"  DIMSE C-STORE SCP: {settings.dimse_ae_title}@{host}:{settings.dimse_port}")
@@ -82,7 +82,7 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     try:
         if http_workers > 1:
             uvicorn.run(
-                "services.app:up_app",
+                "radpipe.app:up_app",
                 factory=True,
                 host=host,
                 port=port,
@@ -115,12 +115,12 @@ def serve(service: str, host: str, port: int) -> None:
     """Run one HTTP service (ingest, portal or notify)."""
     import uvicorn
 
-    from services.app import build_app
-    from services.common.context import build_context
+    from radpipe.app import build_app
+    from radpipe.common.context import build_context
 
     context = build_context(_settings())
     if service == "ingest" and context.settings.dimse_port:
-        from services.ingest.dimse import start_scp
+        from radpipe.ingest.dimse import start_scp
 
         start_scp(context, host)
     app = build_app(context, [service])
@@ -136,19 +136,17 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     """Run one Celery worker consuming a stage's queue."""
     from importlib import import_module
 
-    from services.common.bus import worker_argv
-    from services.common.logging import configure_logging
+    from radpipe.common.bus import worker_argv
+    from radpipe.common.logging import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_level)
     # The exporter belongs to ingest (DICOMweb and DIMSE out); its worker has a queue of its own.
-    tasks = import_module(
-        "services.ingest.tasks" if stage == "export" else f"services.{stage}.tasks"
-    )
+    tasks = import_module("radpipe.ingest.tasks" if stage == "export" else f"radpipe.{stage}.tasks")
     default_queue = stage
     if stage == "inference":
         # A worker consumes the queue of its own device: GPU hosts take inference-gpu.
-        from services.inference.bundle import select_device
+        from radpipe.inference.bundle import select_device
 
         device = select_device(settings.inference_device)
         default_queue = "inference-gpu" if device.type == "cuda" else "inference-cpu"
@@ -165,8 +163,8 @@ def token() -> None:
 @click.option("--name", required=True)
 def token_create(role: str, name: str) -> None:
     """Create a token; it is printed once, as the last line."""
-    from services.common.auth import AuthService
-    from services.common.docstore import make_document_store
+    from radpipe.common.auth import AuthService
+    from radpipe.common.docstore import make_document_store
 
     documents = make_document_store(_settings(all_in_one=True))
     value = AuthService(documents).create_token(name, role)
@@ -184,8 +182,8 @@ def user() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES))
 def user_add(name: str, role: str) -> None:
     """Add a portal user; the password is read from standard input."""
-    from services.common.auth import AuthService
-    from services.common.docstore import make_document_store
+    from radpipe.common.auth import AuthService
+    from radpipe.common.docstore import make_document_store
 
     if sys.stdin.isatty():
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
@@ -202,8 +200,8 @@ def user_add(name: str, role: str) -> None:
 @click.option("--token", required=True, envvar="RADPIPE_TOKEN")
 def push(paths: tuple[Path, ...], url: str, token: str) -> None:
     """Push DICOM files and folders with STOW-RS."""
-    from services.client import iter_files
-    from services.client import push as stow
+    from radpipe.client import iter_files
+    from radpipe.client import push as stow
 
     files = list(iter_files(paths))
     report = stow(files, url, token)
@@ -238,10 +236,10 @@ def deid(
     The key is RADPIPE_SECRET_KEY: the same key gives the same pseudonyms and UIDs as the
     service; quarantined and failed inputs are listed in OUT.report.json beside OUT.
     """
-    from services.common.errors import RadpipeError
-    from services.common.secret import secret_key_from_environment
-    from services.deid import offline
-    from services.deid.profile import load_profiles
+    from radpipe.common.errors import RadpipeError
+    from radpipe.common.secret import secret_key_from_environment
+    from radpipe.deid import offline
+    from radpipe.deid.profile import load_profiles
 
     try:
         secret = secret_key_from_environment()
@@ -269,13 +267,13 @@ def demo(url: str, token: str | None, wait: float) -> None:
 
     import httpx
 
-    from services.client import iter_files
-    from services.client import push as stow
-    from services.common.phantom import make_phantom, phantom_to_datasets, write_series
+    from radpipe.client import iter_files
+    from radpipe.client import push as stow
+    from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series
 
     if token is None:
-        from services.common.auth import AuthService
-        from services.common.docstore import make_document_store
+        from radpipe.common.auth import AuthService
+        from radpipe.common.docstore import make_document_store
 
         documents = make_document_store(_settings(all_in_one=True))
         token = AuthService(documents).create_token(f"demo-{int(time.time())}", "admin")
@@ -318,7 +316,7 @@ def demo(url: str, token: str | None, wait: float) -> None:
 
 def run() -> None:
     """Console entry point: Radpipe's own errors end with their message, not a traceback."""
-    from services.common.errors import RadpipeError
+    from radpipe.common.errors import RadpipeError
 
     try:
         main()

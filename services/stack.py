@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.logging import get_logger
+from radpipe.common.logging import get_logger
 
 log = get_logger("radpipe.up")
 WORKERS = ("deid", "inference", "notify", "export")
@@ -100,7 +100,7 @@ class Supervisor:
 
     def start(self, name: str) -> None:
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", name, "--pool", "solo"],
+            [sys.executable, "-m", "radpipe.cli", "worker", name, "--pool", "solo"],
             env=self.env,
             preexec_fn=_die_with_parent,
         )

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import AnyHttpUrl
 
-from services.common.context import Context, build_context
-from services.common.settings import Settings, get_settings
+from radpipe.common.context import Context, build_context
+from radpipe.common.settings import Settings, get_settings
 
 from .servers import S3Server, redis_server, s3_server
 
@@ -76,7 +76,7 @@ def _no_env_leak(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def client(ctx: Context) -> Iterator[TestClient]:
     """The all-in-one app over the embedded stores, with the recording dispatcher."""
-    from services.app import build_app
+    from radpipe.app import build_app
 
     with TestClient(build_app(ctx, ["ingest", "portal", "notify"])) as test_client:
         yield test_client
@@ -85,8 +85,8 @@ def client(ctx: Context) -> Iterator[TestClient]:
 @pytest.fixture
 def tokens(ctx: Context) -> dict[str, str]:
     """One API token per role."""
-    from services.common.auth import AuthService
-    from services.common.settings import ROLES
+    from radpipe.common.auth import AuthService
+    from radpipe.common.settings import ROLES
 
     auth = AuthService(ctx.documents)
     return {role: auth.create_token(f"test-{role}", role) for role in ROLES}
@@ -99,7 +99,7 @@ def live_url(ctx: Context) -> Iterator[str]:
 
     import uvicorn
 
-    from services.app import build_app
+    from radpipe.app import build_app
 
     from .servers import free_port, wait_for_port
 

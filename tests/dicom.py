@@ -7,8 +7,8 @@ from functools import cache
 
 import pydicom
 
-from services.common.dicomio import read_part10
-from services.common.phantom import Phantom, make_phantom, phantom_to_datasets
+from radpipe.common.dicomio import read_part10
+from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets
 
 PHI = {
     "patient_name": "Doe^Jane",

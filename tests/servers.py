@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.stack import free_port, wait_for_port
+from radpipe.stack import free_port, wait_for_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

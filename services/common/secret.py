@@ -1,4 +1,4 @@
-"""``RADPIPE_SECRET_KEY`` rules, shared by :class:`~services.common.settings.Settings` and the
+"""``RADPIPE_SECRET_KEY`` rules, shared by :class:`~radpipe.common.settings.Settings` and the
 offline ``radpipe deid`` tool.
 
 The offline tool reads only this one variable and must start fast (it is benchmarked as a

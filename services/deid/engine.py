@@ -34,8 +34,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from services.common.errors import RadpipeError
-from services.common.identity import PatientKeys, pseudonym, pseudonymous_uid
+from radpipe.common.errors import RadpipeError
+from radpipe.common.identity import PatientKeys, pseudonym, pseudonymous_uid
 
 from .profile import STANDARD_UID_ROOT, Profile
 from .table import OPTIONS, PATTERNS, SAFE_PRIVATE, TABLE

@@ -1,6 +1,6 @@
 """``radpipe deid INPUT... --out DIR``: the service's de-identifier on files and folders.
 
-Same code as the pipeline stage (:mod:`services.deid.engine`), no torch or MONAI import. Output
+Same code as the pipeline stage (:mod:`radpipe.deid.engine`), no torch or MONAI import. Output
 goes to ``DIR/<study>/<series>/<instance>.dcm`` named by the *new* UIDs, so no name or folder
 carries an identifier from the input. Quarantined and failed inputs never reach ``DIR``; they
 are listed, with their reasons, in ``DIR.report.json`` beside it (not inside: users copy the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 
-from services.common.dicomio import read_part10, write_part10_to
-from services.common.errors import RadpipeError
+from radpipe.common.dicomio import read_part10, write_part10_to
+from radpipe.common.errors import RadpipeError
 
 from .engine import Deidentifier, Quarantined
 from .profile import Profile

@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.errors import BadRequest
+from radpipe.common.errors import BadRequest
 
 from .table import OPTIONS
 

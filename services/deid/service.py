@@ -1,6 +1,6 @@
 """De-identification of a whole stored study: the ``deid`` pipeline stage.
 
-Each raw instance goes through :class:`~services.deid.engine.Deidentifier` with the profile of
+Each raw instance goes through :class:`~radpipe.deid.engine.Deidentifier` with the profile of
 its source. An instance that cannot be read is *failed*, one whose pixels may show identity is
 *quarantined*; both stay only in the raw store with their reason on the instance record, and
 the rest of the study goes on. A study with no clean instance fails with the reasons.
@@ -17,13 +17,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from services.common.context import Context
-from services.common.dicomindex import add_to_index, index_document
-from services.common.dicomio import read_part10, write_part10
-from services.common.errors import InvalidDicom, PipelineError
-from services.common.identity import PatientKeys
-from services.common.logging import get_logger
-from services.common.studies import StudyState
+from radpipe.common.context import Context
+from radpipe.common.dicomindex import add_to_index, index_document
+from radpipe.common.dicomio import read_part10, write_part10
+from radpipe.common.errors import InvalidDicom, PipelineError
+from radpipe.common.identity import PatientKeys
+from radpipe.common.logging import get_logger
+from radpipe.common.studies import StudyState
 
 from .engine import Deidentifier, Quarantined
 from .profile import Profile, ProfileSet, load_profiles

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.common.context import Context
-from services.common.logging import get_logger
-from services.common.studies import StudyState, now
+from radpipe.common.context import Context
+from radpipe.common.logging import get_logger
+from radpipe.common.studies import StudyState, now
 
 log = get_logger("radpipe.deid")
 

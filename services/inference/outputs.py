@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, TM
 
-from services.inference.service import Analysis, Finding, Volume
+from radpipe.inference.service import Analysis, Finding, Volume
 
 __all__ = [
     "AI_LABEL",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import PipelineError
+from radpipe.common.errors import PipelineError
 
 BUILTIN = Path(__file__).resolve().parent / "bundles"
 

@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, Resize, ScaleIntensityRange
 
-from services.inference.bundle import Bundle
+from radpipe.inference.bundle import Bundle
 
 __all__ = [
     "Analysis",

@@ -17,14 +17,14 @@ from typing import Any
 
 import pydicom
 
-from services.common.context import Context
-from services.common.dicomindex import add_to_index, index_document
-from services.common.dicomio import write_part10
-from services.common.errors import PipelineError
-from services.common.identity import pseudonymous_uid
-from services.common.logging import get_logger
-from services.common.metrics import STAGE_SECONDS
-from services.common.studies import StudyState
+from radpipe.common.context import Context
+from radpipe.common.dicomindex import add_to_index, index_document
+from radpipe.common.dicomio import write_part10
+from radpipe.common.errors import PipelineError
+from radpipe.common.identity import pseudonymous_uid
+from radpipe.common.logging import get_logger
+from radpipe.common.metrics import STAGE_SECONDS
+from radpipe.common.studies import StudyState
 
 from .bundle import Bundle, load_bundle, select_device
 from .outputs import build_results

@@ -10,10 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
-from services.common.api import Ctx, require
-from services.common.auth import AuthService, Principal
-from services.common.errors import PayloadTooLarge, RadpipeError
-from services.common.identity import study_id_for
+from radpipe.common.api import Ctx, require
+from radpipe.common.auth import AuthService, Principal
+from radpipe.common.errors import PayloadTooLarge, RadpipeError
+from radpipe.common.identity import study_id_for
 
 from . import service
 from .multipart import MultipartReader, stow_boundary

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 
-from services.common.errors import BadRequest, NotFound
+from radpipe.common.errors import BadRequest, NotFound
 
 from .media import NATIVE, VIDEO_TYPES
 

@@ -18,9 +18,9 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from services.common.auth import AuthService, Principal
-from services.common.context import Context
-from services.common.logging import get_logger
+from radpipe.common.auth import AuthService, Principal
+from radpipe.common.context import Context
+from radpipe.common.logging import get_logger
 
 from .multipart import Part
 from .service import StowSession

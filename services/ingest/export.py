@@ -18,12 +18,12 @@ import httpx
 import pydicom
 from pynetdicom import AE
 
-from services.client import encode_multipart
-from services.common.context import Context
-from services.common.dicomio import read_part10, write_part10
-from services.common.errors import TransientError
-from services.common.identity import PatientKeys
-from services.common.logging import get_logger
+from radpipe.client import encode_multipart
+from radpipe.common.context import Context
+from radpipe.common.dicomio import read_part10, write_part10
+from radpipe.common.errors import TransientError
+from radpipe.common.identity import PatientKeys
+from radpipe.common.logging import get_logger
 
 log = get_logger("radpipe.export")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from services.common.errors import NotAcceptable
+from radpipe.common.errors import NotAcceptable
 
 OCTET = "application/octet-stream"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import BinaryIO
 
-from services.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from radpipe.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 #: Parts up to this size stay in memory; larger ones spill to a temporary file.
 SPOOL_BYTES = 8 * 1024 * 1024

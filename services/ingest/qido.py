@@ -15,8 +15,8 @@ from typing import Any
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from services.common.dicomindex import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
-from services.common.errors import BadRequest
+from radpipe.common.dicomindex import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
+from radpipe.common.errors import BadRequest
 
 from .retrieve import uid_path
 

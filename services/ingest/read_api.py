@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from services.common.api import Ctx, require
-from services.common.auth import AuthService, Principal
-from services.common.errors import BadRequest, NotAcceptable
+from radpipe.common.api import Ctx, require
+from radpipe.common.auth import AuthService, Principal
+from radpipe.common.errors import BadRequest, NotAcceptable
 
 from . import bulkdata, media, qido, retrieve
 

@@ -12,11 +12,11 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from services.common.context import Context
-from services.common.dicomindex import INDEX
-from services.common.dicomio import read_part10
-from services.common.errors import BadRequest, NotAcceptable, NotFound
-from services.common.identity import pseudonymous_uid
+from radpipe.common.context import Context
+from radpipe.common.dicomindex import INDEX
+from radpipe.common.dicomio import read_part10
+from radpipe.common.errors import BadRequest, NotAcceptable, NotFound
+from radpipe.common.identity import pseudonymous_uid
 
 from .bulkdata import PIXEL_DATA
 

@@ -12,13 +12,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID_dictionary
 
-from services.common.context import Context
-from services.common.dicomio import read_part10
-from services.common.errors import InvalidDicom
-from services.common.identity import instance_key_for, study_id_for
-from services.common.logging import get_logger
-from services.common.metrics import INSTANCES_RECEIVED
-from services.common.studies import UID_PATTERN
+from radpipe.common.context import Context
+from radpipe.common.dicomio import read_part10
+from radpipe.common.errors import InvalidDicom
+from radpipe.common.identity import instance_key_for, study_id_for
+from radpipe.common.logging import get_logger
+from radpipe.common.metrics import INSTANCES_RECEIVED
+from radpipe.common.studies import UID_PATTERN
 
 from .multipart import Part, parse_media_type
 

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 
-from services.common.api import Ctx, require
-from services.common.auth import AuthService, Principal
+from radpipe.common.api import Ctx, require
+from radpipe.common.auth import AuthService, Principal
 
 from . import service
 

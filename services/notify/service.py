@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 from pymongo import ReturnDocument
 
-from services.common.context import Context
-from services.common.errors import NotFound, TransientError
-from services.common.logging import get_logger
-from services.common.studies import ALERTS, StudyState, now
+from radpipe.common.context import Context
+from radpipe.common.errors import NotFound, TransientError
+from radpipe.common.logging import get_logger
+from radpipe.common.studies import ALERTS, StudyState, now
 
 log = get_logger("radpipe.notify")
 DISCLAIMER = "AI triage notification for prioritisation only; not for diagnosis."

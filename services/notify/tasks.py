@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.bus import app, stage_task
+from radpipe.common.bus import app, stage_task
 
 from . import service
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from services.common.api import SESSION_COOKIE, Ctx, require
-from services.common.auth import AuthService, Principal
-from services.common.errors import Unauthorized
-from services.common.studies import StudyPublic, StudyState
+from radpipe.common.api import SESSION_COOKIE, Ctx, require
+from radpipe.common.auth import AuthService, Principal
+from radpipe.common.errors import Unauthorized
+from radpipe.common.studies import StudyPublic, StudyState
 
 from . import service
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.auth import AuthService, Principal
-from services.common.context import Context
-from services.common.errors import Forbidden, NotFound
-from services.common.identity import study_id_for
-from services.common.settings import CLINICAL_ROLES
-from services.common.studies import ALERTS, StudyPublic
+from radpipe.common.auth import AuthService, Principal
+from radpipe.common.context import Context
+from radpipe.common.errors import Forbidden, NotFound
+from radpipe.common.identity import study_id_for
+from radpipe.common.settings import CLINICAL_ROLES
+from radpipe.common.studies import ALERTS, StudyPublic
 
 
 def public_study(ctx: Context, doc: dict[str, Any]) -> StudyPublic:

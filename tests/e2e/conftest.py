@@ -31,7 +31,7 @@ class Stack:
 
     def radpipe(self, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "radpipe.cli", *args],
             env=self.env,
             input=stdin,
             capture_output=True,
@@ -57,7 +57,7 @@ class Stack:
 def _spawn(stack: Stack, name: str, *args: str) -> None:
     log = open(stack.logs / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
     stack.processes[name] = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "radpipe.cli", *args],
         env=stack.env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.context import Context
+from radpipe.common.context import Context
 
 from ..servers import IN_CI, require_tool
 from ..unit.test_stages import stable_study
@@ -82,7 +82,7 @@ def test_ohif_lists_the_study_and_renders_an_image(
 ) -> None:
     chromium = require_tool("chromium", "apt-get install chromium")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    from services.deid.service import deidentify_study
+    from radpipe.deid.service import deidentify_study
 
     from ..dicom import ct_series
 

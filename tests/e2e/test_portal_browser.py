@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.common.auth import AuthService
-from services.common.context import Context
-from services.notify.service import notify_study
+from radpipe.common.auth import AuthService
+from radpipe.common.context import Context
+from radpipe.notify.service import notify_study
 
 from ..servers import require_tool
 from ..unit.test_stages import analyzed

@@ -48,7 +48,7 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
     env.update(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="2")
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -66,7 +66,7 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "services.cli",
+                "radpipe.cli",
                 "demo",
                 "--url",
                 f"http://127.0.0.1:{port}",

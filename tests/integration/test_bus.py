@@ -6,8 +6,8 @@ import secrets
 
 import pytest
 
-from services.common.bus import STAGES, CeleryDispatcher, make_celery
-from services.common.settings import Settings
+from radpipe.common.bus import STAGES, CeleryDispatcher, make_celery
+from radpipe.common.settings import Settings
 
 from ..servers import free_port
 

@@ -20,9 +20,9 @@ import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
 
-from services.common.identity import PatientKeys, pseudonymous_uid
-from services.deid import offline
-from services.deid.profile import Profile
+from radpipe.common.identity import PatientKeys, pseudonymous_uid
+from radpipe.deid import offline
+from radpipe.deid.profile import Profile
 
 from ..phi import ODD_PLANTED, Corpus, generate_corpus, generate_odd_files, scan_bytes, scan_tree
 from ..servers import require_tool
@@ -45,7 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     corpus = generate_corpus(base / "in", patients=3, studies_per_patient=2)
     out = base / "out"
     check = (
-        "import sys; from services.cli import main; "
+        "import sys; from radpipe.cli import main; "
         f"main(['deid', {str(corpus.root)!r}, '--out', {str(out)!r}], standalone_mode=False); "
         "heavy = sorted(m for m in ('torch', 'monai') if m in sys.modules); "
         "print('heavy modules:', heavy)"
@@ -298,8 +298,8 @@ def test_fast_writer_gives_pydicoms_bytes(tmp_path: Path) -> None:
     """write_part10_to copies unchanged elements itself; the bytes must be dcmwrite's."""
     import io
 
-    from services.common.dicomio import read_part10, write_part10_to
-    from services.deid.engine import Deidentifier
+    from radpipe.common.dicomio import read_part10, write_part10_to
+    from radpipe.deid.engine import Deidentifier
 
     corpus = generate_corpus(tmp_path / "in", patients=1)
     bundled = Path(pydicom.data.__file__).parent / "test_files"

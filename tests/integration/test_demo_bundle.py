@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from services.common.phantom import make_phantom, phantom_to_datasets
-from services.inference.bundle import Bundle, default_bundle_path, load_bundle
-from services.inference.service import (
+from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
+from radpipe.inference.service import (
     Volume,
     analyze,
     pre_process,

@@ -12,9 +12,9 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from services.common.context import Context
-from services.deid.service import deidentify_study
-from services.deid.stability import check_stable
+from radpipe.common.context import Context
+from radpipe.deid.service import deidentify_study
+from radpipe.deid.stability import check_stable
 
 from ..dicom import ct_series, read
 from ..unit.test_stages import ingest
@@ -144,7 +144,7 @@ def test_cors_preflight_and_405_with_allow(live_url: str) -> None:
 def test_stow_retrieve_url_answers_after_deidentification(
     live_url: str, ctx: Context, tokens: dict[str, str]
 ) -> None:
-    from services.client import encode_multipart
+    from radpipe.client import encode_multipart
 
     series = ct_series(seed=71)[:2]
     body, content_type = encode_multipart(series)

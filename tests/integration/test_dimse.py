@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.context import Context
-from services.common.identity import study_id_for
+from radpipe.common.context import Context
+from radpipe.common.identity import study_id_for
 
 from ..dicom import ct_series, read
 from ..servers import free_port, require_tool
@@ -17,7 +17,7 @@ from ..servers import free_port, require_tool
 
 @pytest.fixture
 def scp(ctx: Context) -> Iterator[int]:
-    from services.ingest.dimse import start_scp
+    from radpipe.ingest.dimse import start_scp
 
     ctx.settings.dimse_port = free_port()
     ctx.settings.dimse_calling_aets = ["CT_SCANNER"]
@@ -111,7 +111,7 @@ def test_wrong_called_ae_title_is_rejected_at_association(
 def test_open_scp_accepts_any_calling_and_called_ae_when_configured(
     ctx: Context, tmp_path: Path
 ) -> None:
-    from services.ingest.dimse import start_scp
+    from radpipe.ingest.dimse import start_scp
 
     ctx.settings.dimse_port = free_port()
     ctx.settings.dimse_calling_aets = []  # the default: any calling AE

@@ -5,8 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from services.common.docstore import EmbeddedDocumentStore
-from services.common.studies import StudyRepository, StudyState
+from radpipe.common.docstore import EmbeddedDocumentStore
+from radpipe.common.studies import StudyRepository, StudyState
 
 WRITERS, ROUNDS = 4, 60
 

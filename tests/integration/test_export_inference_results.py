@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import AnyHttpUrl
 
-from services.common.context import Context
-from services.common.phantom import make_phantom, phantom_to_datasets
-from services.ingest.export import export_study
+from radpipe.common.context import Context
+from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.ingest.export import export_study
 
 from ..dicom import PHI
 from .test_inference_results import run_pipeline

@@ -24,11 +24,11 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from services.common.context import Context
-from services.common.dicomio import write_part10
-from services.common.errors import TransientError
-from services.common.identity import PatientKeys
-from services.ingest.export import export_study, reidentify
+from radpipe.common.context import Context
+from radpipe.common.dicomio import write_part10
+from radpipe.common.errors import TransientError
+from radpipe.common.identity import PatientKeys
+from radpipe.ingest.export import export_study, reidentify
 
 from ..dicom import PHI, ct_series, read
 from ..servers import free_port

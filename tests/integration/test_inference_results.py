@@ -12,13 +12,13 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from services.common.context import Context
-from services.common.errors import PipelineError
-from services.common.identity import study_id_for
-from services.common.phantom import Phantom, make_phantom, phantom_to_datasets
-from services.deid.service import deidentify_study
-from services.deid.stability import check_stable
-from services.inference.stage import analyze_study
+from radpipe.common.context import Context
+from radpipe.common.errors import PipelineError
+from radpipe.common.identity import study_id_for
+from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets
+from radpipe.deid.service import deidentify_study
+from radpipe.deid.stability import check_stable
+from radpipe.inference.stage import analyze_study
 
 from ..dicom import to_bytes
 from ..servers import require_tool
@@ -158,7 +158,7 @@ def test_a_series_with_a_missing_slice_fails_with_the_reason(
 def test_a_model_that_raises_fails_the_study_not_the_worker(
     ctx: Context, client: TestClient, tokens, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.inference import stage
+    from radpipe.inference import stage
 
     def broken(*args: object, **kwargs: object) -> None:  # a bundle bug we cannot cause
         raise RuntimeError("CUDA error: device-side assert triggered")

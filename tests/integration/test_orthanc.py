@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.context import Context
-from services.deid.service import deidentify_study
+from radpipe.common.context import Context
+from radpipe.deid.service import deidentify_study
 
 from ..dicom import PHI, ct_series, read
 from ..servers import free_port, require_tool, stop, wait_for_port
@@ -103,7 +103,7 @@ def test_results_go_back_to_the_pacs_reidentified_once(
 ) -> None:
     from pydantic import AnyHttpUrl
 
-    from services.ingest.export import export_study
+    from radpipe.ingest.export import export_study
 
     from ..unit.test_stages import stable_study
 
@@ -140,8 +140,8 @@ def test_results_go_back_to_the_pacs_reidentified_once(
 def test_export_to_an_unreachable_pacs_is_transient(ctx: Context) -> None:
     from pydantic import AnyHttpUrl
 
-    from services.common.errors import TransientError
-    from services.ingest.export import export_study
+    from radpipe.common.errors import TransientError
+    from radpipe.ingest.export import export_study
 
     from ..unit.test_stages import stable_study
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pymongo import ReturnDocument
 
-from services.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
-from services.common.errors import NotFound
-from services.common.objectstore import FolderObjectStore, S3ObjectStore
-from services.common.ports import DocumentStore, ObjectStore
+from radpipe.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
+from radpipe.common.errors import NotFound
+from radpipe.common.objectstore import FolderObjectStore, S3ObjectStore
+from radpipe.common.ports import DocumentStore, ObjectStore
 
 from ..servers import S3Server
 

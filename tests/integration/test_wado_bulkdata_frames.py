@@ -21,10 +21,10 @@ from pydicom.encaps import generate_frames
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.common.context import Context
-from services.common.dicomindex import add_to_index, index_document
-from services.common.dicomio import write_part10
-from services.common.identity import pseudonymous_uid
+from radpipe.common.context import Context
+from radpipe.common.dicomindex import add_to_index, index_document
+from radpipe.common.dicomio import write_part10
+from radpipe.common.identity import pseudonymous_uid
 
 RNG = np.random.default_rng(1804)
 

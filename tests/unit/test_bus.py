@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from services.common import bus
-from services.common.context import Context
-from services.common.errors import PipelineError
+from radpipe.common import bus
+from radpipe.common.context import Context
+from radpipe.common.errors import PipelineError
 
 from ..dicom import ct_series
 from .test_stages import ingest

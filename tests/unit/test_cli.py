@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from services.cli import main
-from services.common.auth import AuthService
-from services.common.docstore import EmbeddedDocumentStore
+from radpipe.cli import main
+from radpipe.common.auth import AuthService
+from radpipe.common.docstore import EmbeddedDocumentStore
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_user_add_reads_the_password_from_stdin(runner: CliRunner, tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert auth(tmp_path).login("ana", "s3cret-pass")
     again = subprocess.run(
-        [sys.executable, "-m", "services.cli", "user", "add", "ana", "--role", "resident"],
+        [sys.executable, "-m", "radpipe.cli", "user", "add", "ana", "--role", "resident"],
         input="s3cret-pass\n",
         capture_output=True,
         text=True,

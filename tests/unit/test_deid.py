@@ -6,10 +6,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from services.common.dicomio import write_part10 as write_dataset
-from services.common.identity import pseudonymous_uid
-from services.deid.profile import Profile
-from services.deid.service import PatientKeys, deidentify
+from radpipe.common.dicomio import write_part10 as write_dataset
+from radpipe.common.identity import pseudonymous_uid
+from radpipe.deid.profile import Profile
+from radpipe.deid.service import PatientKeys, deidentify
 
 from ..dicom import PHI, ct_series, read
 from ..servers import require_tool
@@ -133,7 +133,7 @@ def test_output_passes_dciodvfy(tmp_path: Path) -> None:
 
 
 def test_descriptor_cleaning_keeps_the_clinical_rest() -> None:
-    from services.deid.text import TextCleaner
+    from radpipe.deid.text import TextCleaner
 
     cleaner = TextCleaner(["Doe^Jane", "Smith^John"], ["MRN7731904", "Saint Radpipe Hospital"])
     cases = {
@@ -151,7 +151,7 @@ def test_descriptor_cleaning_keeps_the_clinical_rest() -> None:
 def test_dates_shift_with_precision_and_timezone_and_bad_values_are_dropped() -> None:
     from datetime import timedelta
 
-    from services.deid.engine import cap_age, shift_da, shift_dt, valid_tm
+    from radpipe.deid.engine import cap_age, shift_da, shift_dt, valid_tm
 
     back = timedelta(days=-400)
     assert shift_da("20240229", back) == "20230125"
@@ -167,7 +167,7 @@ def test_dates_shift_with_precision_and_timezone_and_bad_values_are_dropped() ->
 def test_combined_actions_keep_output_conformant() -> None:
     from pydicom.datadict import tag_for_keyword
 
-    from services.deid.engine import effective_actions
+    from radpipe.deid.engine import effective_actions
 
     basic = effective_actions(frozenset())
     tcia = effective_actions(Profile().options)
@@ -186,8 +186,8 @@ def test_combined_actions_keep_output_conformant() -> None:
 
 
 def test_profiles_per_source_from_a_file(tmp_path: Path) -> None:
-    from services.common.errors import BadRequest
-    from services.deid.profile import load_profiles
+    from radpipe.common.errors import BadRequest
+    from radpipe.deid.profile import load_profiles
 
     path = tmp_path / "profiles.toml"
     path.write_text(
@@ -233,7 +233,7 @@ def test_existing_method_codes_are_kept() -> None:
 def test_burned_in_annotation_is_quarantined_unless_a_cleaner_is_configured() -> None:
     import numpy as np
 
-    from services.deid.engine import Quarantined
+    from radpipe.deid.engine import Quarantined
 
     original = read(ct_series()[0])
     original.BurnedInAnnotation = "YES"

@@ -17,17 +17,17 @@ import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from services.common.dicomio import write_part10
-from services.common.identity import pseudonymous_uid
-from services.deid.service import deidentify
-from services.inference.outputs import (
+from radpipe.common.dicomio import write_part10
+from radpipe.common.identity import pseudonymous_uid
+from radpipe.deid.service import deidentify
+from radpipe.inference.outputs import (
     AI_LABEL,
     LUNG_WINDOW,
     OUTLINE_RGB,
     Results,
     build_results,
 )
-from services.inference.service import (
+from radpipe.inference.service import (
     Analysis,
     Finding,
     Volume,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import PipelineError
-from services.inference.registry import BUILTIN, discover, route
+from radpipe.common.errors import PipelineError
+from radpipe.inference.registry import BUILTIN, discover, route
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -17,9 +17,9 @@ import pydicom
 import pytest
 import torch
 
-from services.common.phantom import make_phantom, phantom_to_datasets
-from services.inference.bundle import Bundle, load_bundle, select_device
-from services.inference.service import (
+from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.inference.bundle import Bundle, load_bundle, select_device
+from radpipe.inference.service import (
     Finding,
     Volume,
     VolumeError,
@@ -502,10 +502,10 @@ def test_gpu_prediction_with_mixed_precision_matches_cpu(series: Series) -> None
 def test_inference_worker_takes_the_queue_of_its_device(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from services import cli
+    from radpipe import cli
 
     monkeypatch.setenv("RADPIPE_SECRET_KEY", "queue-test-secret-0123456789")
-    from services.inference import tasks  # builds its Celery app from the settings
+    from radpipe.inference import tasks  # builds its Celery app from the settings
 
     seen: list[list[str]] = []
     monkeypatch.setattr(tasks.celery, "worker_main", lambda argv: seen.append(argv))

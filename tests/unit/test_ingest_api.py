@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from services.client import encode_multipart
-from services.common.context import Context
-from services.common.identity import study_id_for
+from radpipe.client import encode_multipart
+from radpipe.common.context import Context
+from radpipe.common.identity import study_id_for
 
 from ..dicom import ct_series, read
 
@@ -114,7 +114,7 @@ def test_wrong_media_type_and_missing_boundary(client, ctx, tokens) -> None:
 
 
 def test_oversize_request_is_413_and_nothing_stored(ctx, tokens) -> None:
-    from services.app import build_app
+    from radpipe.app import build_app
 
     ctx.settings.max_request_bytes = 1000
     with TestClient(build_app(ctx, ["ingest"])) as small:
@@ -140,7 +140,7 @@ def test_store_needs_a_modality_token(client, ctx, tokens) -> None:
 def test_streamed_request_over_the_instance_limit_is_413_and_nothing_half_stored(
     ctx: Context, tokens
 ) -> None:
-    from services.app import build_app
+    from radpipe.app import build_app
 
     series = ct_series()
     small, large = series[0], series[1] + b"\x00" * 4096
@@ -271,7 +271,7 @@ def test_object_store_failure_answers_a700_and_records_nothing(client, ctx, toke
 def test_unexpected_error_fails_one_part_0110_others_stored(
     client, ctx, tokens, monkeypatch
 ) -> None:
-    from services.ingest import service
+    from radpipe.ingest import service
 
     series = ct_series()[:2]
     broken = read(series[1]).SOPInstanceUID

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from services.ingest.multipart import (
+from radpipe.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from radpipe.ingest.multipart import (
     MultipartReader,
     parse_media_type,
     split_parts,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from services.common.phantom import Phantom, make_phantom, phantom_to_datasets, write_series
+from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets, write_series
 from tests.servers import require_tool
 
 SHAPE = (40, 192, 192)

@@ -4,9 +4,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from services.common.auth import AuthService
-from services.common.context import Context
-from services.common.settings import DEFAULT_SECRET_KEY, Settings
+from radpipe.common.auth import AuthService
+from radpipe.common.context import Context
+from radpipe.common.settings import DEFAULT_SECRET_KEY, Settings
 
 from ..dicom import ct_series, read
 from .test_ingest_api import stow
@@ -105,8 +105,8 @@ def test_default_secret_refused_outside_all_in_one() -> None:
 def test_identity_vault_is_clinical_only_and_every_read_is_audited(
     client: TestClient, ctx: Context, tokens
 ) -> None:
-    from services.deid.service import deidentify_study
-    from services.deid.stability import check_stable
+    from radpipe.deid.service import deidentify_study
+    from radpipe.deid.stability import check_stable
 
     series = ct_series()[:2]
     stow(client, tokens["modality"], series)

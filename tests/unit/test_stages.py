@@ -7,14 +7,14 @@ import time
 import pytest
 from pydantic import AnyHttpUrl
 
-from services.common.context import Context
-from services.common.errors import PipelineError
-from services.common.identity import study_id_for
-from services.deid.service import deidentify_study
-from services.deid.stability import check_stable
-from services.ingest.multipart import Part
-from services.ingest.service import store_parts
-from services.notify.service import notify_study
+from radpipe.common.context import Context
+from radpipe.common.errors import PipelineError
+from radpipe.common.identity import study_id_for
+from radpipe.deid.service import deidentify_study
+from radpipe.deid.stability import check_stable
+from radpipe.ingest.multipart import Part
+from radpipe.ingest.service import store_parts
+from radpipe.notify.service import notify_study
 
 from ..dicom import PHI, ct_series, read, to_bytes
 from ..webhook import webhook_receiver
@@ -200,7 +200,7 @@ def test_notify_below_threshold_sends_nothing(ctx: Context) -> None:
 
 
 def test_unreachable_webhook_is_transient_and_alert_not_marked_delivered(ctx: Context) -> None:
-    from services.common.errors import TransientError
+    from radpipe.common.errors import TransientError
 
     study_id = analyzed(ctx, 0.9)
     with webhook_receiver() as receiver:

@@ -9,8 +9,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian
 
-from services.common.errors import BadRequest, NotFound
-from services.ingest.bulkdata import bulk_value, frames
+from radpipe.common.errors import BadRequest, NotFound
+from radpipe.ingest.bulkdata import bulk_value, frames
 
 
 def image(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.errors import NotAcceptable
-from services.ingest.media import negotiate, parse_accept
+from radpipe.common.errors import NotAcceptable
+from radpipe.ingest.media import negotiate, parse_accept
 
 JPEG = "1.2.840.10008.1.2.4.50"
 JLS = "1.2.840.10008.1.2.4.80"
