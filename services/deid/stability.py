@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from radpipe.common.context import Context
 from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState, now
@@ -9,8 +12,11 @@ from radpipe.common.studies import StudyState, now
 log = get_logger("radpipe.deid")
 
 
-def check_stable(ctx: Context, study_id: str) -> None:
-    """Mark the study stable and hand it to deid, or re-arm the check for the remaining time."""
+def check_stable(ctx: Context, study_id: str, *, clock: Callable[[], datetime] = now) -> None:
+    """Mark the study stable and hand it to deid, or re-arm the check for the remaining time.
+
+    ``clock`` is injected by tests that step past the quiet time instead of sleeping through it.
+    """
     study = ctx.studies.get(study_id)
     if study["state"] == StudyState.STABLE:  # redelivered after the hand-off was lost
         ctx.tasks.send("deid", study_id)
@@ -18,7 +24,7 @@ def check_stable(ctx: Context, study_id: str) -> None:
     if study["state"] != StudyState.RECEIVED:
         return
     quiet = ctx.settings.study_stable_seconds
-    elapsed = (now() - study["last_instance_at"]).total_seconds()
+    elapsed = (clock() - study["last_instance_at"]).total_seconds()
     if elapsed < quiet:
         ctx.tasks.send("stable", study_id, countdown=quiet - elapsed)
         return

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import AnyHttpUrl
@@ -10,6 +11,7 @@ from pydantic import AnyHttpUrl
 from radpipe.common.context import Context
 from radpipe.common.errors import PipelineError
 from radpipe.common.identity import study_id_for
+from radpipe.common.studies import now
 from radpipe.deid.service import deidentify_study
 from radpipe.deid.stability import check_stable
 from radpipe.ingest.multipart import Part
@@ -29,22 +31,28 @@ def ingest(ctx: Context, series: list[bytes], source: str | None = None) -> str:
 
 def test_stability_waits_for_quiet_then_hands_on_once(ctx: Context) -> None:
     study_id = ingest(ctx, ct_series()[:3])
-    check_stable(ctx, study_id)  # too early: re-armed for the remaining time
+    arrived = ctx.studies.get(study_id)["last_instance_at"]
+    check_stable(ctx, study_id, clock=lambda: arrived)  # too early: re-armed for the quiet time
     stage, sid, countdown = ctx.tasks.sent[-1]  # type: ignore[attr-defined]
-    assert (stage, sid) == ("stable", study_id) and 0 < countdown <= 0.5
+    assert (stage, sid, countdown) == ("stable", study_id, 0.5)
     assert ctx.studies.get(study_id)["state"] == "received"
-    time.sleep(0.6)
-    check_stable(ctx, study_id)
-    check_stable(ctx, study_id)  # a duplicate delivery re-sends the hand-off, no second event
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
+    # A duplicate delivery re-sends the hand-off, with no second event.
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
     assert ctx.tasks.sent[-2:] == [("deid", study_id, None)] * 2  # type: ignore[attr-defined]
     events = [e["type"] for e in ctx.studies.get(study_id)["events"]]
     assert events == ["received", "stable"]
 
 
+def after_quiet_time(ctx: Context) -> Callable[[], datetime]:
+    """A clock just past the study's quiet time: stability is decided without sleeping."""
+    ahead = timedelta(seconds=ctx.settings.study_stable_seconds + 0.001)
+    return lambda: now() + ahead
+
+
 def stable_study(ctx: Context, series: list[bytes], source: str | None = None) -> str:
     study_id = ingest(ctx, series, source)
-    time.sleep(0.6)
-    check_stable(ctx, study_id)
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
     return study_id
 
 
@@ -247,8 +255,7 @@ def test_instances_without_preamble_are_stored_as_sent_and_deidentified(ctx: Con
         for i in ctx.studies.instances_of(study_id)
     }
     assert stored == set(series)  # byte for byte as received
-    time.sleep(0.6)
-    check_stable(ctx, study_id)
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
     deidentify_study(ctx, study_id)
     assert ctx.studies.get(study_id)["state"] == "deidentified"
 
@@ -256,8 +263,7 @@ def test_instances_without_preamble_are_stored_as_sent_and_deidentified(ctx: Con
 def test_late_instance_reopens_the_study_as_a_new_version(client, ctx: Context, tokens) -> None:  # type: ignore[no-untyped-def]
     series = ct_series(seed=41)
     study_id = ingest(ctx, series[:4])
-    time.sleep(0.6)
-    check_stable(ctx, study_id)
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
     deidentify_study(ctx, study_id)
     analysis = {"findings": [], "risk": {"score": 0.1, "category": "none", "rule": "v1"}}
     ctx.studies.transition(study_id, "analyzed", fields={"analysis": analysis})  # type: ignore[arg-type]
@@ -266,8 +272,9 @@ def test_late_instance_reopens_the_study_as_a_new_version(client, ctx: Context, 
     assert (study["state"], study["version"], study["instance_count"]) == ("received", 2, 6)
     assert study["history"][0]["version"] == 1
     assert study["history"][0]["analysis"]["risk"]["rule"] == "v1"
-    time.sleep(0.6)
-    check_stable(ctx, study_id)  # the pipeline fires again, once, for version 2
+    check_stable(
+        ctx, study_id, clock=after_quiet_time(ctx)
+    )  # the pipeline fires again, once, for version 2
     assert ctx.studies.get(study_id)["state"] == "stable"
     types = [(e["type"], e["version"]) for e in ctx.studies.get(study_id)["events"]]
     assert types[-2:] == [("received", 2), ("stable", 2)]
