@@ -45,21 +45,32 @@ def main() -> None:
     show_default=True,
     help="HTTP server processes (STOW-RS parsing is CPU-bound)",
 )
-def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
+@click.option(
+    "--dimse-port",
+    type=click.IntRange(1, 65535),
+    help="also start the DIMSE C-STORE SCP on this port (default: $RADPIPE_DIMSE_PORT, off)",
+)
+def up(
+    host: str, port: int, data_dir: Path | None, http_workers: int, dimse_port: int | None
+) -> None:
     """Run the whole pipeline on this machine: API, portal, workers, broker, stores."""
     import uvicorn
 
     from radpipe.app import build_app
     from radpipe.common.auth import AuthService
     from radpipe.common.context import build_context
+    from radpipe.common.logging import configure_logging, get_logger
     from radpipe.stack import Supervisor, local_secret, start_broker
 
     base = _settings(all_in_one=True)
+    configure_logging(base.log_level)  # this process's own lines (DIMSE, supervisor) as JSON
     data = (data_dir or base.data_dir).resolve()
     env = dict(os.environ, RADPIPE_ALL_IN_ONE="true", RADPIPE_DATA_DIR=str(data))
     if base.secret_key.get_secret_value() == DEFAULT_SECRET_KEY:
         env["RADPIPE_SECRET_KEY"] = local_secret(data)
     env.setdefault("RADPIPE_PUBLIC_URL", f"http://{host}:{port}")
+    if dimse_port is not None:
+        env["RADPIPE_DIMSE_PORT"] = str(dimse_port)
     broker = None
     if base.broker_url is None:
         broker, env["RADPIPE_BROKER_URL"] = start_broker(data / "broker")
@@ -67,6 +78,10 @@ def up(host: str, port: int, data_dir: Path | None, http_workers: int) -> None:
     settings = _settings()
     context = build_context(settings)
     password = _bootstrap_admin(AuthService(context.documents))
+    if os.geteuid() == 0:  # said once here; the workers of `radpipe up` do not repeat it
+        get_logger("radpipe.up").warning(
+            "up.root", advice="run radpipe as an unprivileged user; nothing in it needs root"
+        )
     supervisor = Supervisor(env)
     threading.Thread(target=supervisor.run, name="supervisor", daemon=True).start()
     click.echo(f"Radpipe is up: {settings.public_url}  (data in {data})")
@@ -136,8 +151,8 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     """Run one Celery worker consuming a stage's queue."""
     from importlib import import_module
 
-    from radpipe.common.bus import worker_argv
     from radpipe.common.logging import configure_logging
+    from radpipe.common.queues import run_worker
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -150,7 +165,13 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
 
         device = select_device(settings.inference_device)
         default_queue = "inference-gpu" if device.type == "cuda" else "inference-cpu"
-    tasks.celery.worker_main(worker_argv(queue or default_queue, concurrency, pool))
+    run_worker(
+        tasks.celery,
+        queue or default_queue,
+        concurrency,
+        pool,
+        warn_root=not settings.all_in_one,  # `radpipe up` says it once for all its workers
+    )
 
 
 @main.group()

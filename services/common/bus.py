@@ -1,10 +1,11 @@
-"""Task dispatch over Celery and Redis: one queue per stage, late acks, retries, dead letters.
+"""Celery tasks for the stages: late acks, retries with backoff, dead letters.
 
 Tasks carry study ids only. A stage is a plain function ``fn(ctx, study_id)``; :func:`stage_task`
 wraps it as a Celery task that retries transient failures with exponential backoff and, once
 retries are spent or the failure is permanent, records the study as ``failed`` with the stage and
-reason (the dead-letter state the portal shows). Services send work to each other by task
-*name* through :class:`CeleryDispatcher`, never by importing each other's modules.
+reason (the dead-letter state the portal shows). The queues, the Celery app and the sender live in
+``queues.py``; this module is the worker side, the one place that needs both the queues and the
+per-process context (``bus -> context -> queues``, never back).
 """
 
 from __future__ import annotations
@@ -12,46 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from celery import Celery, Task
-from kombu import Queue
 
 from .context import Context, get_context
 from .errors import PipelineError, RadpipeError, TransientError
 from .logging import get_logger
-from .settings import Settings, get_settings
+from .queues import QUEUES, STAGES, CeleryDispatcher, make_celery, run_worker, worker_argv
+from .settings import get_settings
+
+__all__ = [
+    "QUEUES",
+    "STAGES",
+    "CeleryDispatcher",
+    "app",
+    "make_celery",
+    "run_worker",
+    "stage_task",
+    "worker_argv",
+]
 
 log = get_logger("radpipe.bus")
-
-QUEUES = ("deid", "inference-cpu", "inference-gpu", "notify", "export")
-
-#: stage name -> (task name, queue). ``inference`` goes to ``settings.inference_queue``.
-STAGES: dict[str, tuple[str, str]] = {
-    "stable": ("radpipe.deid.check_stable", "deid"),
-    "deid": ("radpipe.deid.run", "deid"),
-    "inference": ("radpipe.inference.run", "inference-cpu"),
-    "notify": ("radpipe.notify.run", "notify"),
-    "export": ("radpipe.export.run", "export"),
-}
-
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("radpipe", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
-    app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue="deid",
-        task_acks_late=True,  # a task killed mid-run is redelivered, not lost
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        worker_prefetch_multiplier=1,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
-        # Redelivery of unacknowledged tasks after a broker restart or a killed worker.
-        broker_transport_options={"visibility_timeout": 900},
-        task_default_retry_delay=2,
-    )
-    return app
-
 
 celery_app: Celery | None = None
 
@@ -62,31 +42,6 @@ def app() -> Celery:
     if celery_app is None:
         celery_app = make_celery(get_settings())
     return celery_app
-
-
-class CeleryDispatcher:
-    def __init__(self, celery: Celery, settings: Settings) -> None:
-        self._celery = celery
-        self._settings = settings
-
-    def send(self, stage: str, study_id: str, *, countdown: float | None = None) -> None:
-        name, queue = STAGES[stage]
-        if stage == "inference":
-            queue = self._settings.inference_queue
-        self._celery.send_task(name, args=[study_id], queue=queue, countdown=countdown)
-
-    def ping(self) -> None:
-        with self._celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
-
-    def queue_lengths(self) -> dict[str, int]:
-        """Ready messages per queue (the Redis transport keeps each queue as a list)."""
-        with self._celery.connection_for_read() as connection:
-            channel = connection.default_channel
-            return {
-                queue: int(channel.client.llen(queue)) if hasattr(channel, "client") else 0
-                for queue in QUEUES
-            }
 
 
 def stage_task(
@@ -147,21 +102,3 @@ def stage_task(
         return run
 
     return decorate
-
-
-def worker_argv(queue: str, concurrency: int, pool: str) -> list[str]:
-    return [
-        "worker",
-        "--queues",
-        queue,
-        "--concurrency",
-        str(concurrency),
-        "--pool",
-        pool,
-        "--hostname",
-        f"{queue}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        "INFO",
-    ]

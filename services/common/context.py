@@ -13,6 +13,7 @@ from functools import cached_property
 from .docstore import make_document_store
 from .objectstore import bucket_names, make_object_store
 from .ports import DocumentStore, ObjectStore, TaskDispatcher
+from .queues import CeleryDispatcher, make_celery
 from .settings import Settings, get_settings
 from .studies import StudyRepository
 from .vault import Vault
@@ -36,8 +37,6 @@ class Context:
 
 
 def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Context:
-    from .bus import CeleryDispatcher, make_celery  # bus imports context: import late
-
     documents = make_document_store(settings)
     context = Context(
         settings=settings,

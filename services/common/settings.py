@@ -57,8 +57,11 @@ class Settings(BaseSettings):
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)
     #: Calling AE titles allowed to associate; empty accepts any (restrict it in production).
     dimse_calling_aets: list[str] = []
-    #: Reject associations whose called AE title is not ``dimse_ae_title``.
-    dimse_require_called_aet: bool = True
+    #: Reject associations whose called AE title is not ``dimse_ae_title`` (A-ASSOCIATE-RJ
+    #: reason 7). Off by default, as in Orthanc and dcmtk's storescp: senders such as dcmtk's
+    #: ``storescu`` call ``ANY-SCP`` unless told otherwise, and the calling AE allow-list is
+    #: what admits a peer.
+    dimse_check_called_ae: bool = False
     #: Where result objects go back to (the PACS): a STOW-RS base URL, and/or a DIMSE peer.
     export_stow_url: AnyHttpUrl | None = None
     #: Extra headers for the STOW-RS destination, e.g. {"Authorization": "Bearer ..."} as JSON.

@@ -7,8 +7,10 @@ record and the stability check are exactly those of STOW-RS.
 AE titles are checked at association negotiation (PS3.8 Table 9-21): a calling AE
 title not in ``RADPIPE_DIMSE_CALLING_AETS`` (when that list is set) is rejected with
 A-ASSOCIATE-RJ result 1 (permanent), source 1 (service user), reason 3 "calling AE title not
-recognized"; a called AE title other than ``RADPIPE_DIMSE_AE_TITLE`` with reason 7 "called AE
-title not recognized", unless ``RADPIPE_DIMSE_REQUIRE_CALLED_AET`` is false.
+recognized". The called AE title is accepted whatever it is, as Orthanc and dcmtk's storescp
+do by default (dcmtk's ``storescu`` calls ``ANY-SCP`` unless given ``-aec``); with
+``RADPIPE_DIMSE_CHECK_CALLED_AE=true`` one other than ``RADPIPE_DIMSE_AE_TITLE`` is rejected
+with reason 7 "called AE title not recognized".
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def build_ae(ctx: Context) -> AE:
     settings = ctx.settings
     ae = AE(ae_title=settings.dimse_ae_title)
     ae.require_calling_aet = list(settings.dimse_calling_aets)  # empty: any calling AE
-    ae.require_called_aet = settings.dimse_require_called_aet
+    ae.require_called_aet = settings.dimse_check_called_ae
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)

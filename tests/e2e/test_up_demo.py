@@ -1,10 +1,13 @@
 """The README's front door: `radpipe up`, then `radpipe demo` shows the alert.
 
 The inference worker is killed first: the supervisor must restart it and the demo still finish.
+`radpipe up` prints its own summary and JSON log lines, nothing else (no Celery banners or
+warnings); with `--dimse-port`, dcmtk's storescu works with its default called AE title.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +17,32 @@ from pathlib import Path
 
 import httpx
 
-from ..servers import free_port, stop, wait_for_port
+from ..dicom import ct_series
+from ..servers import free_port, require_tool, stop, wait_for_port
+
+#: Text of Celery's worker banner and of its superuser warning.
+CELERY_NOISE = (
+    "-------------- ",
+    "[queues]",
+    "[tasks]",
+    "[config]",
+    "superuser",
+    "SecurityWarning",
+)
+
+
+def assert_quiet(output: str, summary_lines: int) -> None:
+    """The summary ``radpipe up`` prints, then structured (JSON) log lines only."""
+    for noise in CELERY_NOISE:
+        assert noise not in output, f"{noise!r} in the output of radpipe up:\n{output}"
+    lines = [line for line in output.splitlines() if line.strip()]
+    summary = [line for line in lines if not line.startswith("{")]
+    assert summary[0].startswith("Radpipe is up: "), output
+    assert all(line.startswith("  ") for line in summary[1:]), output
+    assert len(summary) == summary_lines, output
+    for line in lines:
+        if line.startswith("{"):
+            assert {"ts", "level", "logger", "event"} <= set(json.loads(line)), line
 
 
 def children(pid: int) -> dict[int, str]:
@@ -56,6 +84,8 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
     try:
         wait_for_port(port, 60)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["ready"] is True
+        for stage in ("deid", "inference", "notify", "export"):
+            worker_pid(up.pid, stage)
         killed = worker_pid(up.pid, "inference")
         os.kill(killed, signal.SIGKILL)
         restarted = worker_pid(up.pid, "inference")
@@ -89,5 +119,61 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
         up_log = (tmp_path / "up.log").read_text()
         assert "portal login: admin / " in up_log
         assert "Demo^Patient" not in up_log and "DEMO0000" not in up_log  # no PHI in logs
+        assert_quiet(up_log, summary_lines=4)  # up, STOW-RS, login, try it; nothing else
+        assert '"event": "worker.restart"' in up_log  # the supervisor's own line, as JSON
+    finally:
+        stop(up, grace=20)
+
+
+def test_up_with_dimse_port_takes_storescu_with_its_default_called_ae(tmp_path: Path) -> None:
+    storescu = "/usr/bin/storescu"  # pynetdicom's own storescu shadows dcmtk's in the venv
+    if not Path(storescu).exists():
+        require_tool(storescu, "apt-get install dcmtk")
+    port, dimse_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+    env.update(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="600")
+    log = (tmp_path / "up.log").open("wb")
+    command = ["up", "--port", str(port), "--dimse-port", str(dimse_port), "--http-workers", "1"]
+    up = subprocess.Popen(
+        [sys.executable, "-m", "radpipe.cli", *command],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, 60)
+        wait_for_port(dimse_port, 10)
+        for stage in ("deid", "inference", "notify", "export"):
+            worker_pid(up.pid, stage)
+        files = []
+        for index, data in enumerate(ct_series(seed=41)[:3]):
+            files.append(tmp_path / f"{index}.dcm")
+            files[-1].write_bytes(data)
+        # No -aet/-aec: storescu calls ANY-SCP as STORESCU, as a PACS admin's first try does.
+        store = subprocess.run(
+            [storescu, "127.0.0.1", str(dimse_port), *map(str, files)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert store.returncode == 0, store.stderr
+        assert "Rejected" not in store.stderr, store.stderr
+        token_create = ["token", "create", "--role", "admin", "--name", "dimse-check"]
+        made = subprocess.run(
+            [sys.executable, "-m", "radpipe.cli", *token_create],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        headers = {"Authorization": f"Bearer {made.stdout.splitlines()[-1]}"}
+        studies = httpx.get(f"http://127.0.0.1:{port}/api/studies", headers=headers).json()
+        assert [s["instance_count"] for s in studies["studies"]] == [3], studies
+        time.sleep(1.0)  # the workers' ready lines
+        up_log = (tmp_path / "up.log").read_text()
+        assert_quiet(up_log, summary_lines=5)  # ... and the DIMSE line
+        assert f"DIMSE C-STORE SCP: RADPIPE@127.0.0.1:{dimse_port}" in up_log
     finally:
         stop(up, grace=20)

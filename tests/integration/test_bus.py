@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 
 import pytest
+import redis
 
-from radpipe.common.bus import STAGES, CeleryDispatcher, make_celery
+from radpipe.common.bus import QUEUES, STAGES, CeleryDispatcher, make_celery
 from radpipe.common.settings import Settings
 
 from ..servers import free_port
@@ -35,3 +36,15 @@ def test_ping_fails_when_the_broker_is_down() -> None:
     bus = dispatcher(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(Exception, match=r"(?i)connect|refused"):
         bus.ping()
+
+
+def test_each_queue_is_bound_to_its_own_exchange_and_key_in_redis(redis_url: str) -> None:
+    """A message published by exchange and routing key (not by queue name) reaches one queue:
+    the Redis bindings that the workers declare route each exchange to its own queue only."""
+    from ..unit.test_bus import published_by_exchange_and_key
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
+    held = published_by_exchange_and_key(url)
+    assert held == {name: [name] for name in QUEUES}
+    bindings = redis.Redis.from_url(url).smembers("_kombu.binding.deid")
+    assert {b.decode().split("\x06\x16")[-1] for b in bindings} == {"deid"}

@@ -94,28 +94,55 @@ def test_unknown_calling_ae_is_rejected_at_association_and_nothing_stored(
     assert ctx.studies.studies.count_documents({}) == 0
 
 
-def test_wrong_called_ae_title_is_rejected_at_association(
+def test_storescu_with_its_default_called_ae_is_accepted(
     scp: int, ctx: Context, tmp_path: Path
 ) -> None:
+    """dcmtk's storescu calls ANY-SCP unless told otherwise; like Orthanc, Radpipe accepts it."""
+    assert ctx.settings.dimse_check_called_ae is False  # the default
     path = tmp_path / "one.dcm"
-    path.write_bytes(ct_series(seed=33)[0])
-    store = run_dcmtk(
-        "storescu", "-aet", "CT_SCANNER", "-aec", "PACS", "127.0.0.1", str(scp), str(path)
-    )
-    assert store.returncode != 0
-    assert "Rejected Permanent, Source: Service User" in store.stderr, store.stderr
-    assert "Called AE Title Not Recognized" in store.stderr
+    series = ct_series(seed=35)[:1]
+    path.write_bytes(series[0])
+    store = run_dcmtk("storescu", "-aet", "CT_SCANNER", "127.0.0.1", str(scp), str(path))
+    assert store.returncode == 0, store.stderr
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    assert ctx.studies.get(study_id)["instance_count"] == 1
+
+
+def test_wrong_called_ae_title_is_rejected_when_checking_is_on(
+    ctx: Context, tmp_path: Path
+) -> None:
+    from radpipe.ingest.dimse import start_scp
+
+    ctx.settings.dimse_port = free_port()
+    ctx.settings.dimse_check_called_ae = True
+    server = start_scp(ctx, "127.0.0.1")
+    try:
+        path = tmp_path / "one.dcm"
+        path.write_bytes(ct_series(seed=33)[0])
+        port = str(ctx.settings.dimse_port)
+        store = run_dcmtk(
+            "storescu", "-aet", "CT_SCANNER", "-aec", "PACS", "127.0.0.1", port, str(path)
+        )
+        default = run_dcmtk("storescu", "127.0.0.1", port, str(path))  # calls ANY-SCP
+        right = run_dcmtk("echoscu", "-aec", "RADPIPE", "127.0.0.1", port)
+    finally:
+        server.shutdown()
+    # A-ASSOCIATE-RJ: rejected-permanent, service-user, reason 7 (PS3.8 Table 9-21).
+    for rejected in (store, default):
+        assert rejected.returncode != 0
+        assert "Rejected Permanent, Source: Service User" in rejected.stderr, rejected.stderr
+        assert "Called AE Title Not Recognized" in rejected.stderr
+    assert right.returncode == 0, right.stderr
     assert ctx.studies.studies.count_documents({}) == 0
 
 
-def test_open_scp_accepts_any_calling_and_called_ae_when_configured(
+def test_open_scp_accepts_any_calling_and_called_ae_by_default(
     ctx: Context, tmp_path: Path
 ) -> None:
     from radpipe.ingest.dimse import start_scp
 
     ctx.settings.dimse_port = free_port()
     ctx.settings.dimse_calling_aets = []  # the default: any calling AE
-    ctx.settings.dimse_require_called_aet = False
     server = start_scp(ctx, "127.0.0.1")
     try:
         path = tmp_path / "one.dcm"

@@ -1,0 +1,142 @@
+"""The broker side of the message bus: queue topology, the Celery app, the sender, the worker.
+
+One queue per stage, each bound to a direct exchange of its own name with its own name as the
+routing key, so a message sent by exchange and routing key reaches exactly one queue (with a
+shared exchange and key, as Celery's defaults give queues declared by name alone, it would
+reach every queue). Services send work to each other by task *name* through
+:class:`CeleryDispatcher`, never by importing each other's modules.
+
+This module knows nothing of the per-process :class:`~radpipe.common.context.Context` (the
+context uses the dispatcher; the task wrapper in ``bus.py`` uses both), so the dependency
+runs one way.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from celery import Celery
+from celery.exceptions import SecurityWarning
+from kombu import Exchange, Queue
+
+from .logging import get_logger
+from .settings import Settings
+
+log = get_logger("radpipe.bus")
+
+QUEUES = ("deid", "inference-cpu", "inference-gpu", "notify", "export")
+
+#: stage name -> (task name, queue). ``inference`` goes to ``settings.inference_queue``.
+STAGES: dict[str, tuple[str, str]] = {
+    "stable": ("radpipe.deid.check_stable", "deid"),
+    "deid": ("radpipe.deid.run", "deid"),
+    "inference": ("radpipe.inference.run", "inference-cpu"),
+    "notify": ("radpipe.notify.run", "notify"),
+    "export": ("radpipe.export.run", "export"),
+}
+
+#: The only content type workers accept; no pickle, so a message cannot run code when loaded.
+ACCEPT_CONTENT = ["json"]
+
+
+def task_queues() -> list[Queue]:
+    """Each queue on its own direct exchange, with its own name as the routing key."""
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("radpipe", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
+    app.conf.update(
+        task_queues=task_queues(),
+        task_default_queue="deid",
+        task_default_exchange="deid",
+        task_default_exchange_type="direct",
+        task_default_routing_key="deid",
+        task_acks_late=True,  # a task killed mid-run is redelivered, not lost
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=ACCEPT_CONTENT,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Redelivery of unacknowledged tasks after a broker restart or a killed worker.
+        broker_transport_options={"visibility_timeout": 900},
+        task_default_retry_delay=2,
+    )
+    return app
+
+
+class CeleryDispatcher:
+    def __init__(self, celery: Celery, settings: Settings) -> None:
+        self._celery = celery
+        self._settings = settings
+
+    def send(self, stage: str, study_id: str, *, countdown: float | None = None) -> None:
+        """Publish the stage's task to its queue's own exchange, with the queue's routing key."""
+        name, queue = STAGES[stage]
+        if stage == "inference":
+            queue = self._settings.inference_queue
+        self._celery.send_task(
+            name,
+            args=[study_id],
+            queue=queue,
+            exchange=queue,
+            routing_key=queue,
+            countdown=countdown,
+        )
+
+    def ping(self) -> None:
+        with self._celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Ready messages per queue (the Redis transport keeps each queue as a list)."""
+        with self._celery.connection_for_read() as connection:
+            channel = connection.default_channel
+            return {
+                queue: int(channel.client.llen(queue)) if hasattr(channel, "client") else 0
+                for queue in QUEUES
+            }
+
+
+def worker_argv(queue: str, concurrency: int, pool: str) -> list[str]:
+    """``celery worker`` arguments: ``--quiet`` drops the banner; the JSON logs say the rest."""
+    return [
+        "--quiet",
+        "worker",
+        "--queues",
+        queue,
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--hostname",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def run_worker(
+    celery: Celery, queue: str, concurrency: int, pool: str, *, warn_root: bool = True
+) -> None:
+    """Run a Celery worker on ``queue`` with structured logs only (no banner, no stray warnings).
+
+    Celery refuses to run as root when it accepts pickle (a message could run code as root)
+    and otherwise prints a multi-line ``SecurityWarning`` to stderr. Radpipe's workers accept
+    JSON only, so that hazard does not exist; running as root is still worth saying once, as a
+    structured log line (``warn_root``; ``radpipe up`` says it once for all its workers).
+    """
+    if "pickle" in celery.conf.accept_content:  # the reasoning above would no longer hold
+        raise RuntimeError("Radpipe workers accept JSON only; remove pickle from accept_content")
+    warnings.filterwarnings(
+        "ignore", message="You're running the worker with superuser", category=SecurityWarning
+    )
+    if warn_root and os.geteuid() == 0:
+        log.warning("worker.root", queue=queue, advice="run workers as an unprivileged user")
+    log.info("worker.start", queue=queue, concurrency=concurrency, pool=pool)
+    celery.worker_main(worker_argv(queue, concurrency, pool))
