@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.demo import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 
 SECRET = "bench-deid-secret-key-0123456789"  # any 16+ characters; the output is thrown away
 

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from radpipe.common.dicomio import write_part10  # noqa: E402
 from radpipe.common.identity import pseudonymous_uid  # noqa: E402
-from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.demo import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle  # noqa: E402
 from radpipe.inference.outputs import build_results  # noqa: E402
 from radpipe.inference.service import (  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from _up import start_up, wait_until_idle  # noqa: E402
 
 from radpipe.client import push  # noqa: E402
-from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.demo import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 from radpipe.stack import free_port, wait_for_port  # noqa: E402
 
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"

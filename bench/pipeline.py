@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from _up import start_up, wait_until_idle  # noqa: E402
 
 from radpipe.client import iter_files, push  # noqa: E402
-from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series  # noqa: E402
+from radpipe.demo import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 
 
 def direct_seconds(folder: Path, threads: int) -> float:

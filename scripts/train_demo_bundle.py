@@ -30,7 +30,7 @@ from monai.utils import set_determinism
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from radpipe.common.phantom import Phantom, make_phantom
+from radpipe.demo import Phantom, make_phantom
 from radpipe.inference.bundle import Bundle, default_bundle_path
 from radpipe.inference.service import (
     Volume,
@@ -243,7 +243,7 @@ def _write_bundle(
                 "min_instances": 3,
             }
         ],
-        "data_source": "Synthetic chest CT phantoms (services/common/phantom.py)",
+        "data_source": "Synthetic chest CT phantoms (services/demo.py)",
         "data_type": "dicom",
         "image_classes": "single channel CT, HU windowed to [0, 1]",
         "label_classes": "single channel, 1 = nodule, 0 = everything else (sigmoid output)",
@@ -295,7 +295,7 @@ def _write_bundle(
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / "docs" / "README.md").write_text(
         f"# lung_nodule_demo\n\n{DESCRIPTION}\n\n"
-        "Trained by `scripts/train_demo_bundle.py` on phantoms from `services/common/phantom.py`; "
+        "Trained by `scripts/train_demo_bundle.py` on phantoms from `services/demo.py`; "
         "see `configs/metadata.json` for the training settings and the validation metrics.\n"
     )
 

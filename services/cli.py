@@ -290,7 +290,7 @@ def demo(url: str, token: str | None, wait: float) -> None:
 
     from radpipe.client import iter_files
     from radpipe.client import push as stow
-    from radpipe.common.phantom import make_phantom, phantom_to_datasets, write_series
+    from radpipe.demo import make_phantom, phantom_to_datasets, write_series
 
     if token is None:
         from radpipe.common.auth import AuthService

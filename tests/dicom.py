@@ -8,7 +8,7 @@ from functools import cache
 import pydicom
 
 from radpipe.common.dicomio import read_part10
-from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets
+from radpipe.demo import Phantom, make_phantom, phantom_to_datasets
 
 PHI = {
     "patient_name": "Doe^Jane",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from dicomweb_client.api import DICOMwebClient
 
-from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.demo import make_phantom, phantom_to_datasets
 
 from .conftest import Stack, wait_until
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
 from radpipe.inference.service import (
     Volume,

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import AnyHttpUrl
 
 from radpipe.common.context import Context
-from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.ingest.export import export_study
 
 from ..dicom import PHI

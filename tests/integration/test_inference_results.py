@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from radpipe.common.context import Context
 from radpipe.common.errors import PipelineError
 from radpipe.common.identity import study_id_for
-from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets
 from radpipe.deid.service import deidentify_study
 from radpipe.deid.stability import check_stable
+from radpipe.demo import Phantom, make_phantom, phantom_to_datasets
 from radpipe.inference.stage import analyze_study
 
 from ..dicom import to_bytes

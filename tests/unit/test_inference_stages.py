@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import torch
 
-from radpipe.common.phantom import make_phantom, phantom_to_datasets
+from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.inference.bundle import Bundle, load_bundle, select_device
 from radpipe.inference.service import (
     Finding,

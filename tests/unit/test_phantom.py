@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from radpipe.common.phantom import Phantom, make_phantom, phantom_to_datasets, write_series
+from radpipe.demo import Phantom, make_phantom, phantom_to_datasets, write_series
 from tests.servers import require_tool
 
 SHAPE = (40, 192, 192)
@@ -143,3 +143,20 @@ def test_written_files_pass_dciodvfy_without_errors(tmp_path: Path) -> None:
         report = result.stdout + result.stderr
         assert "CTImage" in report
         assert [line for line in report.splitlines() if line.startswith("Error")] == []
+
+
+def test_the_phantom_is_demo_data_outside_the_shared_library() -> None:
+    """The generator lives in ``radpipe.demo``: only the CLI's demo command imports it, never
+    a service or the common library (tests, benchmarks and the training script do)."""
+    import importlib.util
+
+    import radpipe
+
+    assert importlib.util.find_spec("radpipe.common.phantom") is None
+    root = Path(radpipe.__file__).parent
+    users = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "radpipe.demo import" in path.read_text() or "from .demo import" in path.read_text()
+    )
+    assert users == ["cli.py"]

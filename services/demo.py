@@ -1,8 +1,9 @@
-"""Synthetic chest CT phantoms with spherical lung nodules, as arrays and as DICOM.
+"""Demo data: synthetic chest CT phantoms with spherical lung nodules, as arrays and as DICOM.
 
-The phantoms feed the demo (`radpipe demo`), the test suites (de-identification, inference)
-and `scripts/train_demo_bundle.py`. Only numpy and pydicom are used so that importing this
-module stays cheap in every service.
+The phantoms feed the demo (`radpipe demo`), the test suites (de-identification, inference),
+the benchmarks and `scripts/train_demo_bundle.py`; no service imports this module, which is
+why it is not part of the shared `common` library. Only numpy and pydicom are used so that
+importing it stays cheap.
 
 Coordinates: arrays are indexed (z, y, x); `y` grows towards the patient's posterior and `x`
 towards the patient's left, matching the DICOM patient frame (LPS) with an axial
