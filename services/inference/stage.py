@@ -1,9 +1,10 @@
 """The ``inference`` stage: route a de-identified series to a MONAI bundle, run it, store results.
 
-The model logic lives in ``service.py`` (pure stages), the result objects in ``outputs.py``;
-this module does the I/O around them: read the series, write DICOM SEG, TID 1500 SR and key
-images into the ``results`` bucket, index them so QIDO-RS/WADO-RS serve them in the study,
-and record findings with their provenance.
+The model logic lives in ``service.py`` (the pipeline of pure stages in ``volume.py``,
+``model.py``, ``findings.py``, ``risk.py``), the result objects in ``outputs.py`` (with
+``seg.py``, ``sr.py``, ``key_images.py``); this module does the I/O around them: read the
+series, write DICOM SEG, TID 1500 SR and key images into the ``results`` bucket, index them so
+QIDO-RS/WADO-RS serve them in the study, and record findings with their provenance.
 """
 
 from __future__ import annotations

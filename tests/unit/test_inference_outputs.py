@@ -408,3 +408,13 @@ def test_every_dicom_output_passes_dciodvfy(tmp_path: Path) -> None:
         report = run.stdout + run.stderr
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, f"{obj.kind}: {report}"
+
+
+def test_each_result_object_has_its_own_writer_module() -> None:
+    from radpipe.inference import key_images, outputs, seg, sr
+
+    assert seg.segmentation.__module__ == seg.__name__
+    assert sr.report.__module__ == sr.__name__
+    assert key_images.key_image.__module__ == key_images.__name__
+    assert key_images.secondary_capture.__module__ == key_images.__name__
+    assert outputs.LUNG_WINDOW is key_images.LUNG_WINDOW

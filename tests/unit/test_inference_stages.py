@@ -515,3 +515,21 @@ def test_inference_worker_takes_the_queue_of_its_device(monkeypatch: pytest.Monk
     assert queue == ("inference-gpu" if torch.cuda.is_available() else "inference-cpu")
     CliRunner().invoke(cli.main, ["worker", "inference", "--queue", "inference-gpu"])
     assert seen[1][seen[1].index("--queues") + 1] == "inference-gpu"
+
+
+def test_each_stage_lives_in_its_own_module_and_the_service_runs_them() -> None:
+    """Volume, model, findings and risk are modules of their own; ``service`` re-exports them
+    (the inference API's one door) and keeps only the pipeline."""
+    from radpipe.inference import findings, model, risk, service, volume
+
+    seams = {
+        volume: ["Volume", "VolumeError", "series_to_volume"],
+        model: ["bundle_grid", "pre_process", "predict"],
+        findings: ["Finding", "label_components", "post_process", "segment_findings"],
+        risk: ["Risk", "assess_risk"],
+    }
+    for module, names in seams.items():
+        for name in names:
+            assert getattr(service, name) is getattr(module, name)
+            assert getattr(module, name).__module__ == module.__name__
+    assert service.analyze.__module__ == service.__name__

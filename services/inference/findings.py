@@ -1,0 +1,186 @@
+"""Stage 4, findings: the probability map cut into nodule candidates (post-processing).
+
+Components are found on the bundle grid (see `model.bundle_grid`) and measured there; centres
+are mapped back to input voxel indices and patient coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle
+from .model import bundle_grid
+from .volume import Vec3, Volume
+
+__all__ = [
+    "Finding",
+    "label_components",
+    "label_map_on_input",
+    "post_process",
+    "segment_findings",
+]
+
+
+@dataclass
+class Finding:
+    """One nodule candidate.
+
+    `diameter_mm` is the equivalent-sphere diameter (6 V / pi)^(1/3) of the segmented volume,
+    which equals the diameter for a sphere and averages the axes of an ellipsoid.
+    `center_voxel_zyx` indexes the input volume; `center_patient_xyz` is in patient mm (LPS).
+    """
+
+    label: int
+    diameter_mm: float
+    volume_mm3: float
+    center_voxel_zyx: Vec3
+    center_patient_xyz: Vec3
+    probability: float
+    center_sop_instance_uid: str = ""
+    mean_hu: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "diameter_mm": round(self.diameter_mm, 2),
+            "volume_mm3": round(self.volume_mm3, 1),
+            "center_voxel_zyx": [round(v, 2) for v in self.center_voxel_zyx],
+            "center_patient_xyz": [round(v, 2) for v in self.center_patient_xyz],
+            "probability": round(self.probability, 4),
+            "center_sop_instance_uid": self.center_sop_instance_uid,
+            "mean_hu": round(self.mean_hu, 1),
+        }
+
+
+def _max3(a: np.ndarray) -> np.ndarray:
+    """3x3x3 maximum filter (the 26-neighbourhood) as three separable 1-D passes."""
+    for axis in range(3):
+        src, a = a, a.copy()
+        lo = tuple(slice(None, -1) if i == axis else slice(None) for i in range(3))
+        hi = tuple(slice(1, None) if i == axis else slice(None) for i in range(3))
+        np.maximum(a[hi], src[lo], out=a[hi])
+        np.maximum(a[lo], src[hi], out=a[lo])
+    return a
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a 3-D mask: labels 1..n (int32, largest-index order) and n.
+
+    Every voxel starts with its own id and repeatedly takes the neighbourhood maximum, then
+    jumps to the label that its label's voxel holds (pointer jumping), so long components
+    converge in a few passes. ~0.1 s per pass on 10 M voxels; scipy is not a dependency here.
+    """
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return labels, 0
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    sub = np.ascontiguousarray(mask[box])
+    fg = np.flatnonzero(sub)
+    ids = np.zeros(sub.shape, dtype=np.int32)
+    flat = ids.reshape(-1)
+    flat[fg] = fg + 1
+    current = flat[fg]
+    while True:
+        grown = _max3(ids).reshape(-1)
+        values = grown[fg]
+        values = np.maximum(values, grown[values - 1])  # labels name voxels of the same component
+        if np.array_equal(values, current):
+            break
+        flat[fg] = current = values
+    _, inverse = np.unique(current, return_inverse=True)
+    flat[fg] = inverse.reshape(-1) + 1
+    labels[box] = ids
+    return labels, int(inverse.max()) + 1
+
+
+def _to_input_index(j: np.ndarray, n_in: int, n_out: int) -> np.ndarray:
+    return (j + 0.5) * (n_in / n_out) - 0.5
+
+
+def segment_findings(
+    prob: np.ndarray, volume: Volume, bundle: Bundle
+) -> tuple[list[Finding], np.ndarray]:
+    """`post_process` plus the bundle-grid label map (finding i has label i, 0 elsewhere)."""
+    _, grid_spacing = bundle_grid(volume.array.shape, volume.spacing, bundle.spacing)
+    voxel_mm3 = float(np.prod(grid_spacing))
+    labels, n = label_components(prob >= bundle.threshold)
+    if n == 0:
+        return [], labels
+    fg = labels > 0
+    lab = labels[fg]
+    counts = np.bincount(lab, minlength=n + 1)
+    prob_sum = np.bincount(lab, weights=prob[fg], minlength=n + 1)
+    coords = np.nonzero(fg)
+    centroids = [
+        np.bincount(lab, weights=c, minlength=n + 1) / np.maximum(counts, 1) for c in coords
+    ]
+
+    # HU of each bundle voxel from its nearest input voxel: the filter sees real densities,
+    # not the window that saturates at its top.
+    source = [
+        np.clip(((c + 0.5) * (n_in / n_out)).astype(np.intp), 0, n_in - 1)
+        for c, n_in, n_out in zip(coords, volume.array.shape, prob.shape, strict=True)
+    ]
+    hu_sum = np.bincount(lab, weights=volume.array[tuple(source)], minlength=n + 1)
+    mean_hu = hu_sum / np.maximum(counts, 1)
+    max_hu = math.inf if bundle.max_mean_hu is None else bundle.max_mean_hu
+    kept = [
+        i
+        for i in range(1, n + 1)
+        if counts[i] * voxel_mm3 >= bundle.min_volume_mm3 and mean_hu[i] <= max_hu
+    ]
+    kept.sort(key=lambda i: -counts[i])
+    remap = np.zeros(n + 1, dtype=np.int32)
+    findings = []
+    for new_label, i in enumerate(kept, start=1):
+        remap[i] = new_label
+        vol_mm3 = float(counts[i] * voxel_mm3)
+        center = tuple(
+            float(_to_input_index(centroids[a][i], volume.array.shape[a], prob.shape[a]))
+            for a in range(3)
+        )
+        center_zyx: Vec3 = (center[0], center[1], center[2])
+        slice_index = int(np.clip(round(center_zyx[0]), 0, len(volume.sop_instance_uids) - 1))
+        findings.append(
+            Finding(
+                label=new_label,
+                diameter_mm=(6.0 * vol_mm3 / math.pi) ** (1.0 / 3.0),
+                volume_mm3=vol_mm3,
+                center_voxel_zyx=center_zyx,
+                center_patient_xyz=volume.index_to_patient(center_zyx),
+                probability=float(prob_sum[i] / counts[i]),
+                center_sop_instance_uid=(
+                    volume.sop_instance_uids[slice_index] if volume.sop_instance_uids else ""
+                ),
+                mean_hu=float(mean_hu[i]),
+            )
+        )
+    return findings, remap[labels]
+
+
+def post_process(prob: np.ndarray, volume: Volume, bundle: Bundle) -> list[Finding]:
+    """Threshold, 26-connected components on the bundle grid, one Finding per component.
+
+    Components below `bundle.min_volume_mm3`, or denser on average than `bundle.max_mean_hu`
+    (bone; calcified nodules, which Lung-RADS calls benign), are dropped; findings are sorted
+    largest first.
+    Expected time: <0.2 s for a 10 M-voxel probability map with a few candidates.
+    """
+    return segment_findings(prob, volume, bundle)[0]
+
+
+def label_map_on_input(labels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour copy of a bundle-grid label map onto the input grid (uint8, labels
+    above 255 saturate). ~0.2 s for a 512x512x100 input."""
+    if not labels.any():
+        return np.zeros(input_shape, dtype=np.uint8)
+    index = [
+        np.clip(np.floor((np.arange(n_in) + 0.5) * (n_out / n_in)).astype(np.intp), 0, n_out - 1)
+        for n_in, n_out in zip(input_shape, labels.shape, strict=True)
+    ]
+    small = np.minimum(labels, 255).astype(np.uint8)
+    return small[np.ix_(*index)]
