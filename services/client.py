@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from radpipe.common.mime import encode_multipart
 
 BATCH_BYTES = 32 * 1024 * 1024
 
@@ -28,16 +29,6 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
         else:
             raise FileNotFoundError(f"{path} does not exist")
-
-
-def encode_multipart(payloads: list[bytes]) -> tuple[bytes, str]:
-    boundary = "radpipe-" + secrets.token_hex(12)
-    body = bytearray()
-    for data in payloads:
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        body += data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return bytes(body), f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def _batches(files: list[Path]) -> Iterator[list[tuple[Path, bytes]]]:

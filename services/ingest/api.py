@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -10,22 +9,29 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from radpipe.common import dicomjson
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.errors import PayloadTooLarge, RadpipeError
 from radpipe.common.identity import study_id_for
+from radpipe.common.mime import choose
 
 from . import service
 from .multipart import MultipartReader, stow_boundary
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
 Modality = Annotated[Principal, Depends(require("modality"))]
-DICOM_JSON = "application/dicom+json"
 
 
 async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None) -> Response:
-    """Parse the body as it streams in; each complete part is stored before the next is read."""
+    """Parse the body as it streams in; each complete part is stored before the next is read.
+
+    The request is checked before any part is read: 415 for a body that is not
+    ``multipart/related; type="application/dicom"``, 406 when ``Accept`` admits no DICOM JSON
+    response (PS3.18 10.5.2, 8.7.5), so nothing is stored for a response the client refuses.
+    """
     boundary = stow_boundary(request.headers.get("content-type", ""))
+    media_type = choose(request.headers.get("accept"), dicomjson.MEDIA_TYPES)
     limit = ctx.settings.max_request_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -52,9 +58,9 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
     )
     headers = {"Warning": ", ".join(service.warning_headers(result))} if result.failed else {}
     return Response(
-        json.dumps(service.stow_response(ctx, result, study)),
+        dicomjson.dumps(service.stow_response(ctx, result, study)),
         status_code=result.status,
-        media_type=DICOM_JSON,
+        media_type=media_type,
         headers=headers,
     )
 

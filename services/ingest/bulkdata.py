@@ -68,6 +68,23 @@ def is_video(syntax: str) -> bool:
     return syntax in VIDEO_TYPES
 
 
+_FRAME = re.compile(r"[0-9]+")
+
+
+def frame_numbers(text: str, *, single: bool = False) -> list[int]:
+    """The ``{frames}`` path segment: a comma-separated list of frame numbers, each an integer
+    from 1 (PS3.18 10.4.1.1.3). A malformed list, or a number below 1, is a bad request (400);
+    a number past the last frame is not found (404), once the instance is read."""
+    items = text.split(",")
+    if (single and len(items) != 1) or not all(_FRAME.fullmatch(n) for n in items):
+        expected = "a frame number" if single else "frame numbers, separated by commas,"
+        raise BadRequest(f"frames: expected {expected} each an integer from 1; got {text!r}")
+    numbers = [int(n) for n in items]
+    if 0 in numbers:
+        raise BadRequest(f"frames: frame numbers start at 1; got {text!r}")
+    return numbers
+
+
 def frames(ds: pydicom.Dataset, numbers: list[int]) -> list[Binary]:
     """Frames (numbered from 1) in the stored transfer syntax (PS3.18 10.4.1.1.3)."""
     if "PixelData" not in ds:

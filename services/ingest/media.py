@@ -7,12 +7,11 @@ transfer syntax the object is stored in, labelled with its image or video media 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
 from radpipe.common.errors import NotAcceptable
+from radpipe.common.mime import MediaRange, parse_accept, type_matches
 
 OCTET = "application/octet-stream"
+DICOM = "application/dicom"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 #: Pixel data stored in these is native (not encapsulated): frames are plain bytes.
@@ -38,38 +37,9 @@ VIDEO_TYPES: dict[str, str] = {
     },
     **{_JPEG + s: "video/H265" for s in ("107", "108")},
 }
-
-
-@dataclass(frozen=True)
-class MediaRange:
-    """One entry of an ``Accept`` header: ``type/subtype`` with lower-cased parameters."""
-
-    media_type: str
-    params: dict[str, str] = field(default_factory=dict)
-    q: float = 1.0
-
-
-_ITEM = re.compile(r'(?:[^,"]|"[^"]*")+')
-_PARAM = re.compile(r'\s*([^=;\s]+)\s*=\s*("[^"]*"|[^;]*)')
-
-
-def parse_accept(header: str | None) -> list[MediaRange]:
-    """The media ranges of an ``Accept`` header (RFC 9110 12.5.1); none or empty is ``*/*``."""
-    ranges = []
-    for item in _ITEM.findall(header or ""):
-        media_type, *params = item.split(";")
-        if not media_type.strip():
-            continue
-        values = {}
-        for param in params:
-            if match := _PARAM.match(param):
-                values[match.group(1).lower()] = match.group(2).strip().strip('"')
-        try:
-            q = float(values.pop("q", "1"))
-        except ValueError:
-            q = 1.0
-        ranges.append(MediaRange(media_type.strip().lower(), values, q))
-    return ranges or [MediaRange("*/*")]
+#: PS3.18 8.7.3.5.2: a media type named without ``transfer-syntax`` asks for its default
+#: syntax; image and video types have several, so any of theirs is accepted.
+DEFAULT_SYNTAX = {OCTET: EXPLICIT_LE, DICOM: EXPLICIT_LE}
 
 
 def syntax_label(syntax: str) -> str:
@@ -80,18 +50,13 @@ def syntax_label(syntax: str) -> str:
     return syntax
 
 
-def _type_matches(wanted: str, offered: str) -> bool:
-    if wanted in ("*/*", offered.lower()):
-        return True
-    return wanted.endswith("/*") and offered.lower().startswith(wanted[:-1])
-
-
 def _allows(accepted: MediaRange, offered: str, label: str | None, *, multipart: bool) -> bool:
     """Whether one Accept entry admits a part of type ``offered`` in transfer syntax ``label``.
 
     ``multipart/related`` without ``type`` admits any part type. A missing ``transfer-syntax``
-    means the media type's default: Explicit VR Little Endian for ``application/octet-stream``,
-    any syntax of the type for image and video types (as dicomweb-client and OHIF expect).
+    means the media type's default: Explicit VR Little Endian for ``application/octet-stream``
+    and ``application/dicom``, any syntax of the type for image and video types (as
+    dicomweb-client and OHIF expect); ``*/*`` leaves the syntax to the server.
     """
     if accepted.q <= 0:
         return False
@@ -103,7 +68,7 @@ def _allows(accepted: MediaRange, offered: str, label: str | None, *, multipart:
         wanted = accepted.media_type
     else:
         return False
-    if not _type_matches(wanted, offered):
+    if not type_matches(wanted, offered):
         return False
     syntax = accepted.params.get("transfer-syntax")
     if syntax == "*":
@@ -111,7 +76,8 @@ def _allows(accepted: MediaRange, offered: str, label: str | None, *, multipart:
     if label is None:  # bulk data other than pixel data: its value bytes, little endian
         return syntax in (None, EXPLICIT_LE)
     if syntax is None:
-        return wanted != OCTET or label == EXPLICIT_LE
+        default = DEFAULT_SYNTAX.get(wanted)
+        return default is None or label == default
     return syntax == label
 
 
@@ -157,4 +123,27 @@ def negotiate(
         f"no acceptable representation: the data is stored in transfer syntax {stored} and is "
         f'not transcoded; accept multipart/related with {suggestion}type="*/*", or '
         'type="application/octet-stream"; transfer-syntax=*'
+    )
+
+
+def negotiate_instances(accept: str | None, syntaxes: list[str]) -> bool:
+    """Whether to send whole instances stored in ``syntaxes`` as ``multipart/related``
+    (PS3.18 8.7.3.5, the default), or one instance as a single ``application/dicom`` body
+    because ``Accept`` names only that bare type. Instances are sent as stored, never
+    transcoded, so a requested (or default) transfer syntax must be the stored one.
+
+    Raises NotAcceptable (406) when ``Accept`` admits neither.
+    """
+    ranges = parse_accept(accept)
+    for multipart in (True, False):
+        if not multipart and len(syntaxes) != 1:
+            break
+        if all(any(_allows(r, DICOM, s, multipart=multipart) for r in ranges) for s in syntaxes):
+            return multipart
+    stored = ", ".join(sorted(set(syntaxes)))
+    single = " (a single-part application/dicom body holds one instance)" if syntaxes[1:] else ""
+    raise NotAcceptable(
+        f"no acceptable representation{single}: the instances are stored in transfer syntax "
+        f'{stored} and are not transcoded; accept multipart/related; type="application/dicom"; '
+        "transfer-syntax=* (or the stored syntax)"
     )

@@ -14,6 +14,7 @@ from enum import Enum, auto
 from typing import BinaryIO
 
 from radpipe.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from radpipe.common.mime import parse_media_type
 
 #: Parts up to this size stay in memory; larger ones spill to a temporary file.
 SPOOL_BYTES = 8 * 1024 * 1024
@@ -42,38 +43,6 @@ class Part:
 
     def close(self) -> None:
         self.file.close()
-
-
-def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
-    """``'multipart/related; type="application/dicom"; boundary=x'`` -> (type, params)."""
-    pieces = _split_params(value)
-    media = pieces[0].strip().lower()
-    params: dict[str, str] = {}
-    for piece in pieces[1:]:
-        if "=" in piece:
-            key, _, raw = piece.partition("=")
-            raw = raw.strip()
-            if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-                raw = raw[1:-1]
-            params[key.strip().lower()] = raw
-    return media, params
-
-
-def _split_params(value: str) -> list[str]:
-    """Split on ``;`` outside double quotes."""
-    pieces: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for char in value:
-        if char == '"':
-            quoted = not quoted
-        if char == ";" and not quoted:
-            pieces.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    pieces.append("".join(current))
-    return pieces
 
 
 def stow_boundary(content_type: str) -> str:

@@ -7,6 +7,7 @@ UID lists (``\\`` or ``,``) and DA/TM/DT ranges.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ def _keyword(key: str) -> str:
 
 
 def parse_query(level: str, params: Iterable[tuple[str, str]]) -> Query:
+    """The search parameters of a QIDO-RS request (PS3.18 8.3.4); an unknown key or a value
+    its VR does not allow is a bad request (400) naming the parameter."""
     query = Query(level)
     for key, value in params:
         if key == "includefield":
@@ -65,17 +68,119 @@ def parse_query(level: str, params: Iterable[tuple[str, str]]) -> Query:
                 elif item.strip():
                     query.include.add(_keyword(item.strip()))
         elif key in ("limit", "offset"):
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise BadRequest(f"{key} must be a non-negative integer, got {value!r}")
             setattr(query, key, int(value))
         elif key == "fuzzymatching":
             if value.lower() not in ("true", "false"):
-                raise BadRequest("fuzzymatching must be true or false")
+                raise BadRequest(f"fuzzymatching must be true or false, got {value!r}")
         elif key == "orderby":
             continue
         else:
-            query.filters[_keyword(key)] = value
+            keyword = _keyword(key)
+            if keyword in query.filters:
+                raise BadRequest(
+                    f"{key} is given twice: send one value (a UID list is one value, "
+                    "separated by commas or backslashes)"
+                )
+            check_value(keyword, value, key)
+            query.filters[keyword] = value
     return query
+
+
+_DA = r"\d{8}"
+_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_FORMATS = {
+    "DA": (re.compile(_DA), "YYYYMMDD"),
+    "TM": (re.compile(_TM), "HH[MM[SS[.FFFFFF]]]"),
+    "DT": (re.compile(_DT), "YYYY[MM[DD[HH[MM[SS[.FFFFFF]]]]]][&ZZXX]"),
+}
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+
+
+def _valid_moment(vr: str, text: str) -> bool:
+    """A DA, TM or DT value in its PS3.5 Table 6.2-1 form that names a real date and time."""
+    pattern, _ = _FORMATS[vr]
+    if not pattern.fullmatch(text):
+        return False
+    digits = text.split(".")[0]
+    if vr == "DT":
+        digits = re.split(r"[+-]", digits)[0]
+    try:
+        if vr in ("DA", "DT"):
+            month, day = int(digits[4:6] or 1), int(digits[6:8] or 1)
+            datetime.date(int(digits[:4]), month, day)
+            digits = digits[8:]
+        hour, minute, second = int(digits[:2] or 0), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    except ValueError:
+        return False
+    # PS3.5: SS may be 60 for a leap second.
+    return hour < 24 and minute < 60 and second <= 60
+
+
+def _range(vr: str, value: str) -> tuple[str, str] | None:
+    """``a-b``, ``a-`` or ``-b`` split in two, or None for a single value. A DT value may carry
+    a ``-ZZXX`` offset: a value that reads as a single DT is one (PS3.4 C.2.2.2.5)."""
+    if "-" not in value or (vr == "DT" and _valid_moment("DT", value)):
+        return None
+    if vr != "DT":
+        low, _, high = value.partition("-")
+        return low, high
+    # The range's hyphen is the one whose sides are both valid (or empty) DT values.
+    for index, char in enumerate(value):
+        if char == "-":
+            low, high = value[:index], value[index + 1 :]
+            if all(not side or _valid_moment("DT", side) for side in (low, high)):
+                return low, high
+    return value, ""  # reported as malformed by the caller
+
+
+def check_value(keyword: str, value: str, key: str) -> None:
+    """400 unless ``value`` is a matching key value for ``keyword``'s VR (PS3.18 8.3.4.1,
+    PS3.4 C.2.2.2): dates, times and date-times as single values or ranges with the low end
+    not after the high end; UIDs as a list of valid UIDs. Empty means universal matching."""
+    if value == "":
+        return
+    vr = dictionary_VR(keyword)
+    if vr in _FORMATS:
+        _, form = _FORMATS[vr]
+        sides = _range(vr, value)
+        if sides is None:
+            if not _valid_moment(vr, value):
+                raise BadRequest(
+                    f"{key}={value!r} is not a valid {vr} value: use {form}, or a range "
+                    f"a-b, a- or -b of them"
+                )
+            return
+        low, high = sides
+        if not (low or high) or not all(not s or _valid_moment(vr, s) for s in (low, high)):
+            raise BadRequest(
+                f"{key}={value!r} is not a valid {vr} range: use a-b, a- or -b, each {form}"
+            )
+        if low and high and _after(_moment_key(vr, low), _moment_key(vr, high)):
+            raise BadRequest(f"{key}={value!r} is a reversed range: the start is after the end")
+    elif vr == "UI":
+        uids = [u.strip() for u in re.split(r"[\\,]", value)]
+        bad = [u for u in uids if len(u) > 64 or not _UID.fullmatch(u)]
+        if bad:
+            raise BadRequest(
+                f"{key}={value!r}: {bad[0]!r} is not a UID (digits and dots, at most 64 "
+                "characters); separate several with commas or backslashes"
+            )
+
+
+def _after(first: str, second: str) -> bool:
+    """Whether ``first`` is later than ``second`` at the precision both give."""
+    size = min(len(first), len(second))
+    return first[:size] > second[:size]
+
+
+def _moment_key(vr: str, text: str) -> str:
+    """A sortable form of a DA/TM/DT value (offset ignored, missing components as lowest)."""
+    digits = re.split(r"[+-]", text)[0] if vr == "DT" else text
+    whole, _, fraction = digits.partition(".")
+    return whole + ("." + fraction if fraction else "")
 
 
 def _wildcard(pattern: str) -> re.Pattern[str]:
@@ -95,9 +200,12 @@ def matches(keyword: str, wanted: str, actual: Any) -> bool:
     if vr == "UI":
         wanted_uids = {u.strip() for u in re.split(r"[\\\\,]", wanted) if u.strip()}
         return any(v in wanted_uids for v in values)
-    if vr in ("DA", "TM", "DT") and "-" in wanted:
-        low, _, high = wanted.partition("-")
-        return any(v and (not low or v >= low) and (not high or v <= high) for v in values)
+    if vr in _FORMATS and (sides := _range(vr, wanted)) is not None:
+        low, high = (_moment_key(vr, side) for side in sides)
+        return any(
+            not (low and _after(low, key)) and not (high and _after(key, high))
+            for key in (_moment_key(vr, v) for v in values if v)
+        )
     if "*" in wanted or "?" in wanted:
         pattern = _wildcard(wanted)
         return any(pattern.fullmatch(v) for v in values)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from radpipe.common import dicomjson
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import BadRequest, NotAcceptable
+from radpipe.common.errors import BadRequest
+from radpipe.common.mime import BodyPart, choose, encode_multipart
 
 from . import bulkdata, media, qido, retrieve
 
@@ -29,7 +30,8 @@ def _audited_reader(
 
 
 Reader = Annotated[Principal, Depends(_audited_reader)]
-DICOM_JSON = "application/dicom+json"
+#: PS3.18 8.7.4: rendered media types offered, the default first.
+RENDERED_TYPES = ("image/jpeg", "image/png")
 
 
 def _read(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -42,9 +44,16 @@ def _base(ctx: Ctx) -> str:
     return ctx.settings.public("dicom-web").rstrip("/")
 
 
-def _json(payload: object, location: str | None = None) -> Response:
+def _json_type(request: Request) -> str:
+    """The DICOM JSON media type ``Accept`` admits; 406 before any work when none is."""
+    return choose(request.headers.get("accept"), dicomjson.MEDIA_TYPES)
+
+
+def _json(
+    payload: Sequence[dicomjson.Dataset], media_type: str, location: str | None = None
+) -> Response:
     headers = {"Content-Location": location} if location else None
-    return Response(json.dumps(payload), media_type=DICOM_JSON, headers=headers)
+    return Response(dicomjson.dumps(payload), media_type=media_type, headers=headers)
 
 
 def _location(
@@ -60,8 +69,9 @@ async def _search(
     request: Request, ctx: Ctx, level: str, study: str | None = None, series: str | None = None
 ) -> Response:
     query = qido.parse_query(level, request.query_params.multi_items())
+    media_type = _json_type(request)
     found = await run_in_threadpool(lambda: retrieve.entries(ctx, study, series))
-    return _json(qido.search(found, query, _base(ctx)))
+    return _json(qido.search(found, query, _base(ctx)), media_type)
 
 
 @_read("/studies")
@@ -97,26 +107,22 @@ async def search_instances(
 
 
 def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: str) -> Response:
-    accept = request.headers.get("accept", "*/*")
-    single = len(found) == 1 and accept.split(";")[0].strip() == "application/dicom"
+    """Instances as stored (PS3.18 10.4.1.1.1): multipart/related, or one instance as a
+    single-part body when ``Accept`` names only ``application/dicom``; 406 before reading."""
+    syntaxes = [retrieve.transfer_syntax(ctx, entry) for entry in found]
+    as_multipart = media.negotiate_instances(request.headers.get("accept"), syntaxes)
     location = _location(request, ctx, found, level)
     data = [retrieve.read_bytes(ctx, entry) for entry in found]
-    if single:
+    if not as_multipart:
         headers = {"Content-Location": location}
-        return Response(data[0], media_type="application/dicom", headers=headers)
-    if not any(t in accept for t in ("multipart/related", "application/dicom", "*/*")):
-        raise NotAcceptable('instances are served as multipart/related; type="application/dicom"')
+        return Response(data[0], media_type=media.DICOM, headers=headers)
     base = _base(ctx)
     parts = [
-        ("application/dicom", d, base + retrieve.resource_path([e], "instance"))
+        BodyPart(d, media.DICOM, base + retrieve.resource_path([e], "instance"))
         for e, d in zip(found, data, strict=True)
     ]
-    body, boundary = retrieve.multipart(parts)
-    return Response(
-        body,
-        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
-        headers={"Content-Location": location},
-    )
+    body, content_type = encode_multipart(parts, media.DICOM)
+    return Response(body, media_type=content_type, headers={"Content-Location": location})
 
 
 @_read("/studies/{study}")
@@ -139,25 +145,28 @@ def retrieve_instance(
 
 @_read("/studies/{study}/metadata")
 def study_metadata(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    media_type = _json_type(request)
     found = retrieve.entries(ctx, study)
     location = _location(request, ctx, found, "study", "/metadata")
-    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
 
 @_read("/studies/{study}/series/{series}/metadata")
 def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
+    media_type = _json_type(request)
     found = retrieve.entries(ctx, study, series)
     location = _location(request, ctx, found, "series", "/metadata")
-    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
 
 @_read("/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
+    media_type = _json_type(request)
     found = retrieve.entries(ctx, study, series, instance)
     location = _location(request, ctx, found, "instance", "/metadata")
-    return _json(retrieve.metadata(ctx, found, _base(ctx)), location)
+    return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
 
 def _binary_response(
@@ -176,25 +185,18 @@ def _binary_response(
         )
     instance_url = _base(ctx) + retrieve.resource_path(found, "instance")
     parts = [
-        (t, b.data, f"{instance_url}/{b.location}") for t, b in zip(types, binaries, strict=True)
+        BodyPart(b.data, t, f"{instance_url}/{b.location}")
+        for t, b in zip(types, binaries, strict=True)
     ]
-    body, boundary = retrieve.multipart(parts)
-    root = types[0].split(";")[0]
-    return Response(
-        body,
-        media_type=f'multipart/related; type="{root}"; boundary={boundary}',
-        headers={"Content-Location": location},
-    )
+    body, content_type = encode_multipart(parts, types[0].split(";")[0])
+    return Response(body, media_type=content_type, headers={"Content-Location": location})
 
 
 @_read("/studies/{study}/series/{series}/instances/{instance}/frames/{numbers}")
 def instance_frames(
     study: str, series: str, instance: str, numbers: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    try:
-        wanted = [int(n) for n in numbers.split(",")]
-    except ValueError:
-        raise BadRequest(f"frame numbers must be integers from 1, got {numbers!r}") from None
+    wanted = bulkdata.frame_numbers(numbers)
     found = retrieve.entries(ctx, study, series, instance)
     binaries = bulkdata.frames(retrieve.read_dataset(ctx, found[0]), wanted)
     return _binary_response(request, ctx, found, binaries, f"/frames/{numbers}")
@@ -220,27 +222,41 @@ def _render(
     *,
     from_frames: bool = False,
 ) -> Response:
-    accept = request.headers.get("accept", "image/jpeg")
-    media = "image/png" if "image/png" in accept and "image/jpeg" not in accept else "image/jpeg"
-    if not any(t in accept for t in ("image/jpeg", "image/png", "image/*", "*/*")):
-        raise NotAcceptable("rendered images are image/jpeg or image/png")
-    window = None
-    if raw := request.query_params.get("window"):
-        try:
-            center, width = (float(v) for v in raw.split(",")[:2])
-        except ValueError:
-            raise BadRequest("window is center,width[,function], e.g. window=40,400") from None
-        window = (center, width)
+    media_type = choose(request.headers.get("accept"), RENDERED_TYPES)
+    window = _window(request.query_params.get("window"))
     quality_raw = request.query_params.get("quality", "90")
-    if not quality_raw.isdigit() or not 1 <= int(quality_raw) <= 100:
-        raise BadRequest("quality is an integer from 1 to 100")
+    if not (quality_raw.isascii() and quality_raw.isdigit()) or not 1 <= int(quality_raw) <= 100:
+        raise BadRequest(f"quality is an integer from 1 to 100, got {quality_raw!r}")
     found = retrieve.entries(ctx, study, series, instance)
     data = retrieve.render(
-        ctx, found[0], frame=frame, media_type=media, window=window, quality=int(quality_raw)
+        ctx, found[0], frame=frame, media_type=media_type, window=window, quality=int(quality_raw)
     )
     suffix = f"/frames/{frame}/rendered" if from_frames else "/rendered"
     location = _location(request, ctx, found, "instance", suffix)
-    return Response(data, media_type=media, headers={"Content-Location": location})
+    return Response(data, media_type=media_type, headers={"Content-Location": location})
+
+
+#: PS3.18 8.3.5.1 (rendered query parameters): the VOI LUT functions ``window`` may name.
+WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
+
+
+def _window(raw: str | None) -> tuple[float, float] | None:
+    """``window=center,width[,function]`` (PS3.18 8.3.5.1); 400 naming the parameter when
+    malformed. Only the linear function is applied (conformance statement 8.9)."""
+    if raw is None:
+        return None
+    values = raw.split(",")
+    try:
+        center, width = float(values[0]), float(values[1])
+    except (ValueError, IndexError):
+        center = width = float("nan")
+    function = values[2].strip().lower() if len(values) > 2 else "linear"
+    if not (width > 0 and center == center) or len(values) > 3 or function not in WINDOW_FUNCTIONS:
+        raise BadRequest(
+            f"window is center,width[,function] with width > 0 and function one of "
+            f"{', '.join(WINDOW_FUNCTIONS)}, e.g. window=40,400,linear; got {raw!r}"
+        )
+    return center, width
 
 
 @_read("/studies/{study}/series/{series}/instances/{instance}/rendered")
@@ -252,16 +268,15 @@ def instance_rendered(
 
 @_read("/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
 def frame_rendered(
-    study: str, series: str, instance: str, frame: int, request: Request, ctx: Ctx, _: Reader
+    study: str, series: str, instance: str, frame: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    return _render(request, ctx, study, series, instance, frame, from_frames=True)
+    [number] = bulkdata.frame_numbers(frame, single=True)
+    return _render(request, ctx, study, series, instance, number, from_frames=True)
 
 
 def _thumbnail(request: Request, ctx: Ctx, found: list[dict], level: str) -> Response:
     """PS3.18 10.7 thumbnail: the middle instance of the scope, rendered and shrunk."""
-    accept = request.headers.get("accept", "image/jpeg")
-    if not any(t in accept for t in ("image/jpeg", "image/*", "*/*")):
-        raise NotAcceptable("thumbnails are image/jpeg")
+    choose(request.headers.get("accept"), ("image/jpeg",))
     entry = found[len(found) // 2]
     size = request.query_params.get("viewport", "128,128").split(",")
     if len(size) != 2 or not all(v.isdigit() and 0 < int(v) <= 1024 for v in size):

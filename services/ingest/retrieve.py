@@ -4,8 +4,7 @@ rendered images (frames and bulk data are cut in ``bulkdata``). No FastAPI here.
 from __future__ import annotations
 
 import io
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,6 +63,16 @@ def read_bytes(ctx: Context, entry: dict[str, Any]) -> bytes:
     return ctx.objects.get(entry["bucket"], entry["key"])
 
 
+def transfer_syntax(ctx: Context, entry: dict[str, Any]) -> str:
+    """The transfer syntax an indexed instance is stored in (read from its file when the index
+    entry predates the field)."""
+    syntax = entry.get("transfer_syntax")
+    if syntax:
+        return str(syntax)
+    ds = read_part10(io.BytesIO(read_bytes(ctx, entry)), stop_before_pixels=True)
+    return str(ds.file_meta.TransferSyntaxUID)
+
+
 def read_dataset(ctx: Context, entry: dict[str, Any]) -> pydicom.Dataset:
     return read_part10(io.BytesIO(read_bytes(ctx, entry)))
 
@@ -82,20 +91,6 @@ def uid_path(attributes: dict[str, Any], level: str) -> str:
     if level == "instance":
         path += f"/instances/{attributes.get('SOPInstanceUID')}"
     return path
-
-
-def multipart(parts: Sequence[tuple[str, bytes, str | None]]) -> tuple[bytes, str]:
-    """(body, boundary) of a multipart/related message; each part is (Content-Type, data,
-    Content-Location or None)."""
-    boundary = secrets.token_hex(16)
-    body = bytearray()
-    for content_type, data, location in parts:
-        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n".encode()
-        if location:
-            body += f"Content-Location: {location}\r\n".encode()
-        body += b"\r\n" + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return bytes(body), boundary
 
 
 def _uri(url: str) -> Callable[[pydicom.DataElement], str]:

@@ -18,9 +18,10 @@ from radpipe.common.errors import InvalidDicom
 from radpipe.common.identity import instance_key_for, study_id_for
 from radpipe.common.logging import get_logger
 from radpipe.common.metrics import INSTANCES_RECEIVED
+from radpipe.common.mime import parse_media_type
 from radpipe.common.studies import UID_PATTERN
 
-from .multipart import Part, parse_media_type
+from .multipart import Part
 
 log = get_logger("radpipe.ingest")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import numpy as np
@@ -17,6 +16,7 @@ from radpipe.deid.service import deidentify_study
 from radpipe.deid.stability import check_stable
 
 from ..dicom import ct_series, read
+from ..dicomjson import every_dicom_json_response_is_checked  # noqa: F401
 from ..unit.test_stages import ingest
 
 
@@ -24,8 +24,9 @@ from ..unit.test_stages import ingest
 def stored(ctx: Context) -> dict[str, str]:
     """One de-identified 16-slice CT study in the index; returns its de-identified UIDs."""
     study_id = ingest(ctx, ct_series())
-    time.sleep(0.6)
+    ctx.settings.study_stable_seconds = 0  # quiet at once: no race with the clock
     check_stable(ctx, study_id)
+    assert ctx.studies.get(study_id)["state"] == "stable"
     deidentify_study(ctx, study_id)
     deid = ctx.studies.get(study_id)["deid"]
     return {"study": deid["study_uid"], "series": deid["series"][0]["series_uid"]}
@@ -144,7 +145,7 @@ def test_cors_preflight_and_405_with_allow(live_url: str) -> None:
 def test_stow_retrieve_url_answers_after_deidentification(
     live_url: str, ctx: Context, tokens: dict[str, str]
 ) -> None:
-    from radpipe.client import encode_multipart
+    from radpipe.common.mime import encode_multipart
 
     series = ct_series(seed=71)[:2]
     body, content_type = encode_multipart(series)
@@ -156,7 +157,7 @@ def test_stow_retrieve_url_answers_after_deidentification(
     url = stow["00081199"]["Value"][0]["00081190"]["Value"][0]
     assert url.startswith(live_url)
     study_id = next(iter(ctx.studies.studies.find({})))["_id"]
-    time.sleep(0.6)
+    ctx.settings.study_stable_seconds = 0  # quiet at once: no race with the clock
     check_stable(ctx, study_id)
     deidentify_study(ctx, study_id)
     auth = {"Authorization": f"Bearer {tokens['radiologist']}", "Accept": "application/dicom"}

@@ -26,6 +26,8 @@ from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.identity import pseudonymous_uid
 
+from ..dicomjson import every_dicom_json_response_is_checked  # noqa: F401
+
 RNG = np.random.default_rng(1804)
 
 

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from radpipe.client import encode_multipart
 from radpipe.common.context import Context
 from radpipe.common.identity import study_id_for
+from radpipe.common.mime import encode_multipart
 
 from ..dicom import ct_series, read
+from ..dicomjson import every_dicom_json_response_is_checked  # noqa: F401
 
 
 def stow(client: TestClient, token: str, payloads: list[bytes], path: str = "/dicom-web/studies"):

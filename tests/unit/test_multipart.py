@@ -3,12 +3,8 @@ from __future__ import annotations
 import pytest
 
 from radpipe.common.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from radpipe.ingest.multipart import (
-    MultipartReader,
-    parse_media_type,
-    split_parts,
-    stow_boundary,
-)
+from radpipe.common.mime import parse_media_type
+from radpipe.ingest.multipart import MultipartReader, split_parts, stow_boundary
 
 
 def body(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from radpipe.common.errors import NotAcceptable
-from radpipe.ingest.media import negotiate, parse_accept
+from radpipe.common.mime import parse_accept
+from radpipe.ingest.media import negotiate
 
 JPEG = "1.2.840.10008.1.2.4.50"
 JLS = "1.2.840.10008.1.2.4.80"
