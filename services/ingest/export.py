@@ -18,12 +18,12 @@ import httpx
 import pydicom
 from pynetdicom import AE
 
-from radpipe.client import encode_multipart
 from radpipe.common.context import Context
 from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import TransientError
 from radpipe.common.identity import PatientKeys
 from radpipe.common.logging import get_logger
+from radpipe.common.mime import encode_multipart
 
 log = get_logger("radpipe.export")
 
