@@ -1,11 +1,11 @@
-"""Generate ``services/deid/table.py`` from the PS3.15 Annex E data in ``scripts/deid_table/``.
+"""Generate ``services/deid/annex_e.json`` from the PS3.15 Annex E data in ``scripts/deid_table/``.
 
 Reads Table E.1-1 (Application Level Confidentiality Profile Attributes, innolitics JSON form),
 the newer-edition basic-profile delta, and Table E.3.10-1 (Safe Private Attributes), checks
-them, and writes one sorted, deterministic Python module, then runs ``ruff format`` on it.
-``scripts/deid_table/README.md`` says where each file came from.
+them, and writes one sorted, deterministic JSON data file, shipped as package data and read by
+``services/deid/table.py``. ``scripts/deid_table/README.md`` says where each file came from.
 
-Usage: ``python scripts/gen_deid_table.py [--check]`` (``--check`` fails if the module is stale).
+Usage: ``python scripts/gen_deid_table.py [--check]`` (``--check`` fails if the file is stale).
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
-import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "scripts" / "deid_table"
-OUT = ROOT / "services" / "deid" / "table.py"
+OUT = ROOT / "services" / "deid" / "annex_e.json"
 
 #: PS3.15 edition of table_e1_1.json (version.json beside it in the source repository).
 EDITION = "2025b"
@@ -144,26 +140,13 @@ def build_safe_private() -> dict[tuple[str, int, int], tuple[str, str]]:
     return safe
 
 
-def _s(value: str) -> str:
-    """A double-quoted literal; long text becomes an implicit concatenation so lines stay short."""
-    if len(value) <= 80:
-        return json.dumps(value, ensure_ascii=False)
-    chunks = textwrap.wrap(
-        value, 80, drop_whitespace=False, break_on_hyphens=False, break_long_words=False
-    )
-    assert "".join(chunks) == value, value
-    return "(" + " ".join(json.dumps(c, ensure_ascii=False) for c in chunks) + ")"
-
-
-def _wrap(text: str) -> list[str]:
-    return textwrap.wrap(text, 96, break_on_hyphens=False, break_long_words=False)
-
-
-def _options(options: tuple[str, ...]) -> str:
-    return "(" + ", ".join(_s(o) for o in options) + ")"
+def _rows(rows: list[list[Any]]) -> str:
+    """A JSON array with one row a line: short, stable diffs when the standard changes."""
+    return "[\n" + ",\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n]"
 
 
 def render() -> str:
+    """The JSON data file: Table E.1-1 rows, its x-patterns and Table E.3.10-1."""
     table, patterns, notes = build_profile()
     safe = build_safe_private()
     source = (
@@ -173,102 +156,48 @@ def render() -> str:
         "the 2026c basic-profile delta (dicom-anonymizer 2.1.0). Table E.3.10-1: "
         "chsasank/dicom_standard@2c591286 (2020-era edition). See scripts/deid_table/README.md."
     )
-    intro = (
-        "Table E.1-1 (Application Level Confidentiality Profile Attributes) gives, per attribute, "
-        "the Basic Profile action and the action of each option (E.3); Table E.3.10-1 lists the "
-        "private attributes the Retain Safe Private Option may keep. Regenerate with "
-        "``python scripts/gen_deid_table.py`` from ``scripts/deid_table/``."
-    )
-    lines = [
-        '"""PS3.15 Annex E de-identification tables, generated: do not edit.',
-        "",
-        *_wrap(source),
-        "",
-        *_wrap(intro),
-        "",
-        *_wrap(f"Over {EDITION}: {notes}"),
-        '"""',
-        "",
-        f"EDITION: str = {_s(EDITION)}",
-        f"SOURCE: str = {_s(source)}",
-        "",
-        "#: Table E.1-1 option columns, in the order of the option tuples below.",
-        "OPTIONS: tuple[str, ...] = (" + ", ".join(_s(o) for o, _ in OPTION_COLUMNS) + ",)",
-        "",
-        "#: Table E.1-1, one row per exact tag: ``GGGGEEEE ACTION OPTIONS NAME``, OPTIONS one",
-        "#: character per column of OPTIONS (``.`` = no entry). Kept as text and parsed at import:",
-        "#: compiling a 650-entry dict literal on every start costs 30 times more.",
-        '_ROWS = """\\',
-    ]
+    rows = []
     for tag in sorted(table):
         name, basic, options = table[tag]
-        if any(len(o) > 1 for o in options) or " " in basic or "\\" in name:
-            raise SystemExit(f"row {tag:08X} cannot be written as text: {options} {basic}")
-        flags = "".join(o or "." for o in options)
-        lines.append(f"{tag:08X} {basic} {flags} {name}")
-    lines += [
-        '"""',
-        "",
-        '#: Exact tag -> (attribute name, Basic Profile action, option actions; "" = no entry).',
-        "TABLE: dict[int, tuple[str, str, tuple[str, ...]]] = {",
-        "    int(tag, 16): (name, basic, tuple('' if f == '.' else f for f in flags))",
-        "    for tag, basic, flags, name in (row.split(' ', 3) for row in _ROWS.splitlines())",
+        if any(len(o) > 1 for o in options):
+            raise SystemExit(f"row {tag:08X}: an option action of more than one letter {options}")
+        rows.append([f"{tag:08X}", basic, "".join(o or "." for o in options), name])
+    masks = [
+        [
+            f"{mask:08X}",
+            f"{value:08X}",
+            *patterns[(mask, value)][:2],
+            list(patterns[(mask, value)][2]),
+        ]
+        for mask, value in sorted(patterns, key=lambda mv: (mv[1], mv[0]))
     ]
-    lines += [
-        "}",
-        "",
-        "#: Tags with x's: (mask, value, name, Basic Profile action, option actions);",
-        "#: a tag matches when ``tag & mask == value``.",
-        "PATTERNS: tuple[tuple[int, int, str, str, tuple[str, ...]], ...] = (",
+    private = [
+        [creator, f"{group:04X}", f"{element:02X}", *safe[(creator, group, element)]]
+        for creator, group, element in sorted(safe)
     ]
-    for mask, value in sorted(patterns, key=lambda mv: (mv[1], mv[0])):
-        name, basic, options = patterns[(mask, value)]
-        lines.append(
-            f"    (0x{mask:08X}, 0x{value:08X}, {_s(name)}, {_s(basic)}, {_options(options)}),"
-        )
-    lines += [
-        ")",
-        "",
-        "#: Table E.3.10-1, one row per attribute: ``CREATOR|GGGG|EE|VR|MEANING``.",
-        '_SAFE_ROWS = """\\',
-    ]
-    for creator, group, element in sorted(safe):
-        vr, meaning = safe[(creator, group, element)]
-        if "|" in creator + meaning or "\\" in creator + meaning:
-            raise SystemExit(f"safe private row {creator} cannot be written as text")
-        lines.append(f"{creator}|{group:04X}|{element:02X}|{vr}|{meaning}")
-    lines += [
-        '"""',
-        "",
-        "#: Table E.3.10-1: (private creator, group, element byte in the block) -> (VR, meaning).",
-        "SAFE_PRIVATE: dict[tuple[str, int, int], tuple[str, str]] = {",
-        "    (creator, int(group, 16), int(element, 16)): (vr, meaning)",
-        "    for creator, group, element, vr, meaning in (",
-        "        row.split('|') for row in _SAFE_ROWS.splitlines()",
-        "    )",
-        "}",
-        "",
-    ]
-    return _ruff_format("\n".join(lines))
-
-
-def _ruff_format(text: str) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "table.py"
-        path.write_text(text, encoding="utf-8")
-        config = ROOT / "pyproject.toml"
-        cmd = [sys.executable, "-m", "ruff", "format", "--config", str(config), str(path)]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            hint = "install the dev extras: pip install -e .[dev]"
-            raise SystemExit(f"ruff format failed ({exc}); {hint}") from exc
-        return path.read_text(encoding="utf-8")
+    header = {
+        "generated": "by scripts/gen_deid_table.py from scripts/deid_table/: do not edit",
+        "edition": EDITION,
+        "source": source,
+        "notes": f"Over {EDITION}: {notes}",
+        "options": [o for o, _ in OPTION_COLUMNS],
+        "table_format": "[GGGGEEEE, basic action, one option action per column ('.' none), name]",
+        "patterns_format": "[mask, value, name, basic action, option actions]: tag & mask == value",
+        "safe_private_format": "[private creator, group, element byte in block, VR, meaning]",
+    }
+    head = json.dumps(header, indent=1, ensure_ascii=False)[:-2]
+    return (
+        f"{head},\n"
+        f'"table": {_rows(rows)},\n'
+        f'"patterns": {_rows(masks)},\n'
+        f'"safe_private": {_rows(private)}\n'
+        "}\n"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the module is out of date")
+    parser.add_argument("--check", action="store_true", help="fail if the data file is out of date")
     args = parser.parse_args()
     text = render()
     if args.check:

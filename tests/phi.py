@@ -52,11 +52,15 @@ CATEGORIES = (
     "ae_title",
     "device_serial",
     "free_text",
+    "relative",
+    "listed_name",
+    "timezone",
     "private",
     "embedded",
 )
-"""Planted categories; `embedded` holds strings written as raw bytes into icon pixels, overlay
-data and the file meta Private Information."""
+"""Planted categories; `listed_name` (names from the Census lists) and `timezone` come from
+small fixed sets, so two corpora may share them; `embedded` holds strings written as raw
+bytes into icon pixels, overlay data and the file meta Private Information."""
 
 PRIVATE_GROUP = 0x0009
 PRIVATE_CREATOR = "RADPIPE PHI TEST"
@@ -66,6 +70,71 @@ UN_CREATOR = "ACME IMPLICIT HOP"
 """Private block stored with VR UN, as left by an implicit VR hop followed by an explicit write."""
 
 KINDS = ("ct", "ct_implicit", "enhanced_ct", "sr")
+
+#: Given and family names of the 1990 US Census lists, planted with no cue that a name follows
+#: ("Seen with Margaret Gonzalez"): only a names list finds them.
+CENSUS_NAMES = (
+    ("Margaret", "Gonzalez"),
+    ("Dorothy", "Nguyen"),
+    ("Kenneth", "Ramirez"),
+    ("Patricia", "Hernandez"),
+    ("Gregory", "Kowalski"),
+    ("Theresa", "Schneider"),
+)
+
+#: Free-text attributes (VR LO, ST, LT, UT) that PS3.15 Table E.1-1 (2025b) lists with the
+#: Clean Descriptors Option ``C``, besides those the corpus fills with its own texts (Study,
+#: Series, Requested and Performed Procedure Step Description, Protocol Name, Study and
+#: Patient Comments, Additional Patient History, Frame Comments). Every CT instance carries
+#: them all, each with a leak: a relative named after a kinship word, the patient's own
+#: street and town, a listed name, an e-mail address, a phone number, a doctor's name.
+FREE_TEXT_FIELDS: dict[str, str] = {
+    "AdmittingDiagnosesDescription": "LO",
+    "PyramidDescription": "LO",
+    "DerivationDescription": "ST",
+    "IdentifyingComments": "LT",
+    "MedicalAlerts": "LO",
+    "Allergies": "LO",
+    "ClinicalTrialTimePointDescription": "ST",
+    "ClinicalTrialSeriesDescription": "LO",
+    "AcquisitionDeviceProcessingDescription": "LO",
+    "AcquisitionComments": "LT",
+    "RespiratoryMotionCompensationTechniqueDescription": "ST",
+    "MultienergyAcquisitionDescription": "UT",
+    "DecompositionDescription": "UT",
+    "AcquisitionProtocolDescription": "LT",
+    "RequestedSeriesDescription": "LO",
+    "ContributionDescription": "ST",
+    "PyramidLabel": "LO",
+    "ImageComments": "LT",
+    "ReasonForStudy": "LO",
+    "ReasonForVisit": "UT",
+    "RequestedContrastAgent": "LO",
+    "DischargeDiagnosisDescription": "LO",
+    "ServiceEpisodeDescription": "LO",
+    "PatientState": "LO",
+    "VisitComments": "LT",
+    "WaveformFilterDescription": "ST",
+    "FilterLookupTableDescription": "ST",
+    "ScheduledProcedureStepDescription": "LO",
+    "CommentsOnThePerformedProcedureStep": "ST",
+    "CommentsOnRadiationDose": "ST",
+    "ContainerDescription": "LO",
+    "SpecimenShortDescription": "LO",
+    "SpecimenDetailedDescription": "UT",
+    "ReasonForTheRequestedProcedure": "LO",
+    "RequestedProcedureComments": "LT",
+    "ReasonForTheImagingServiceRequest": "LO",
+    "ImagingServiceRequestComments": "LT",
+    "LongDeviceDescription": "ST",
+    "AnnotationGroupDescription": "UT",
+    "LabelText": "UT",
+    "InterpretationText": "ST",
+    "InterpretationDiagnosisDescription": "LT",
+    "Impressions": "ST",
+    "ResultsComments": "ST",
+}
+_MAX_LENGTH = {"LO": 64, "ST": 1024, "LT": 10240, "UT": 1 << 20}
 
 _MPPS_CLASS = "1.2.840.10008.3.1.2.3.3"
 _STUDY_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -130,6 +199,8 @@ class PlantedPatient:
     study_uids: list[str]
     studies: list[PlantedStudy]
     date_pairs: list[DatePair]
+    issuer: str = ""
+    """IssuerOfPatientID: with PatientID, what names the patient (pseudonyms are keyed on both)."""
 
 
 @dataclass
@@ -190,6 +261,7 @@ class _Planter:
         self._used: set[str] = set()
         self._uids = 0
         self._anchors: list[dt.date] = []
+        self.free_texts = 0
 
     def plant(self, category: str, value: str) -> str:
         if "^" in value and category != "name" and category != "physician":
@@ -279,6 +351,12 @@ class _Patient:
     institution: str
     institution_address: str
     department: str
+    street: str
+    town: str
+    relative: str
+    contact: str
+    census: tuple[str, str]
+    timezone: str
 
 
 @dataclass
@@ -326,7 +404,11 @@ class _Study:
 
 def _new_patient(p: _Planter) -> _Patient:
     name = p.person("name")
-    town = p.word()
+    town = p.plant("address", p.word())
+    street = p.plant("address", f"{p.word()} Lane")
+    census = p.rng.choice(CENSUS_NAMES)
+    for part in census:
+        p.plant("listed_name", part)
     return _Patient(
         name=name,
         mrn=p.plant("patient_id", p.token("mrn", "MRN")),
@@ -337,12 +419,18 @@ def _new_patient(p: _Planter) -> _Patient:
         alias=p.person("name"),
         birth_name=p.person("name"),
         mother_name=p.person("name"),
-        address=p.plant("address", f"{p.rng.randrange(100, 9999)} {p.word()} Lane, {town}"),
+        address=p.plant("address", f"{p.rng.randrange(100, 9999)} {street}, {town}"),
         phone=p.phone(),
         email=p.plant("email", f"{name.split('^')[1].lower()}{p.rng.randrange(1000)}@example.net"),
         institution=p.plant("institution", f"{town} Memorial Hospital"),
         institution_address=p.plant("address", f"{p.rng.randrange(1, 99)} {p.word()} Road, {town}"),
         department=p.plant("institution", f"{p.word()} Imaging Wing"),
+        street=street,
+        town=town,
+        relative=p.plant("relative", p.word()),
+        contact=p.plant("relative", p.word()),
+        census=census,
+        timezone=p.plant("timezone", f"+{p.rng.randrange(10, 14):02d}{p.rng.choice((15, 45))}"),
     )
 
 
@@ -423,8 +511,10 @@ def _patient_module(ds: Dataset, pat: _Patient, p: _Planter) -> None:
     ds.MedicalRecordLocator = pat.mrn
     ds.PatientComments = p.plant("free_text", f"Prefers {given}; lives at {pat.address}")
     ds.AdditionalPatientHistory = p.plant(
-        "free_text", f"Smoker, {family} DOB {_da(pat.birth)} tel {pat.phone}"
+        "free_text",
+        f"Smoker, {family} DOB {_da(pat.birth)} tel {pat.phone}; home {pat.street}, {pat.town}",
     )
+    ds.TimezoneOffsetFromUTC = pat.timezone
 
 
 def _request_item(pat: _Patient, st: _Study, p: _Planter, depth3: bool = False) -> Dataset:
@@ -479,7 +569,9 @@ def _study_module(ds: Dataset, pat: _Patient, st: _Study, p: _Planter) -> None:
     ds.AccessionNumber = st.accession
     ds.StudyID = st.study_id
     ds.StudyDescription = p.plant("free_text", f"CT CHEST for {given} {family}")
-    ds.StudyComments = p.plant("free_text", f"Urgent: {given} {family} {st.accession}")
+    ds.StudyComments = p.plant(
+        "free_text", f"Urgent: {given} {family} {st.accession}; husband {pat.contact} aware"
+    )
     ds.ReferringPhysicianName = st.referring
     ds.PhysiciansOfRecord = st.referring
     ds.NameOfPhysiciansReadingStudy = st.reading
@@ -528,6 +620,29 @@ def _image_pixels(ds: Dataset, rng: np.random.Generator, frames: int = 1) -> Non
     ds.RescaleSlope = 1
     shape = (frames, 16, 16) if frames > 1 else (16, 16)
     ds.PixelData = rng.integers(0, 2000, size=shape, dtype=np.int16).tobytes()
+
+
+def _leaks(pat: _Patient, st: _Study) -> tuple[str, ...]:
+    """Free-text leaks of PS3.15 E.3.5, each at most 64 characters (LO)."""
+    doctor = st.reading.split("^")[0]
+    given, family = pat.census
+    return (
+        f"Call daughter {pat.relative} on {pat.phone}",
+        f"Home {pat.street}, {pat.town}",
+        f"Seen with {given} {family}",
+        f"contact {pat.contact} {pat.email}",
+        f"Reviewed by Dr {doctor}",
+        f"WIFE {pat.relative.upper()} TEL {pat.phone}",
+    )
+
+
+def _free_text_fields(ds: Dataset, pat: _Patient, st: _Study, start: int) -> None:
+    leaks = _leaks(pat, st)
+    for n, (keyword, vr) in enumerate(FREE_TEXT_FIELDS.items()):
+        text = f"{leaks[(start + n) % len(leaks)]} (4.6 ACRIN)"
+        if len(text) > _MAX_LENGTH[vr]:
+            raise ValueError(f"{keyword}: {text!r} is too long for {vr}")
+        ds.add_new(keyword, vr, text)
 
 
 def _overlay_and_icon(ds: Dataset, pat: _Patient, st: _Study, p: _Planter) -> None:
@@ -584,6 +699,8 @@ def _ct(pat: _Patient, st: _Study, series: _Series, index: int, p: _Planter) -> 
     ds.SeriesTime = st.time
     ds.SeriesDescription = series.description
     ds.ProtocolName = p.plant("free_text", f"CHEST ROUTINE {pat.name.split('^')[0].upper()}")
+    p.free_texts += 1  # each CT instance starts the leaks at the next one: all in every field
+    _free_text_fields(ds, pat, st, p.free_texts)
     ds.OperatorsName = st.operator
     ds.PerformingPhysicianName = st.performing
     ds.FrameOfReferenceUID = st.frame_uid
@@ -595,7 +712,7 @@ def _ct(pat: _Patient, st: _Study, series: _Series, index: int, p: _Planter) -> 
     ds.ContentDate = st.dates["ContentDate"]
     ds.ContentTime = st.time
     ds.InstanceNumber = index + 1
-    ds.ImageComments = p.plant("free_text", f"f/u {pat.mrn} call {pat.phone}")
+    ds.ImageComments = p.plant("free_text", f"f/u {pat.mrn} call {pat.phone}; {ds.ImageComments}")
     ds.BodyPartExamined = "CHEST"
     ds.KVP = 120
     ds.SliceThickness = 5
@@ -851,6 +968,7 @@ def generate_corpus(
             study_uids=[st.uid for st in studies],
             studies=planted_studies,
             date_pairs=_date_pairs(studies, sr_dates["SRContentDate"]),
+            issuer=f"{pat.institution} MRN",
         )
     return Corpus(root=root, files=files, planted=p.planted, patients=facts)
 

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 
 def keyed_digest(secret: bytes, purpose: str, value: str) -> bytes:
@@ -38,18 +39,37 @@ def pseudonym(secret: bytes, purpose: str, value: str, length: int = 12) -> str:
     return keyed_digest(secret, purpose, value).hex()[:length].upper()
 
 
+def patient_key(patient_id: str, issuer: str = "") -> str:
+    """What names one patient: Issuer of Patient ID and Patient ID together (two hospitals
+    may both have a patient 12345). Without an issuer the id alone, as keys were derived
+    before issuers were taken into account, so existing pseudonyms and offsets stay."""
+    patient_id, issuer = patient_id.strip(), issuer.strip()
+    return f"{issuer}\x00{patient_id}" if issuer else patient_id
+
+
 @dataclass(frozen=True)
 class PatientKeys:
-    """Keyed replacements for one patient, derived from the original Patient ID: the
-    pseudonymous id and name, and the whole-day offset every date of the patient moves by."""
+    """Keyed replacements for one patient, derived from the original Issuer of Patient ID and
+    Patient ID: the pseudonymous id and name, and the whole-day offset every date of the
+    patient moves by (when the profile shifts dates)."""
 
     patient_id: str
     patient_name: str
     date_offset: timedelta
 
     @classmethod
-    def derive(cls, secret: bytes, original_patient_id: str) -> PatientKeys:
-        token = pseudonym(secret, "patient", original_patient_id, 12)
+    def derive(cls, secret: bytes, original_patient_id: str, issuer: str = "") -> PatientKeys:
+        key = patient_key(original_patient_id, issuer)
+        token = pseudonym(secret, "patient", key, 12)
         # A shift of 1-10 years back, whole days: intervals between dates stay exact.
-        draw = int.from_bytes(keyed_digest(secret, "date-shift", original_patient_id)[:4])
+        draw = int.from_bytes(keyed_digest(secret, "date-shift", key)[:4])
         return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(365 + draw % 3285)))
+
+    @classmethod
+    def for_dataset(cls, secret: bytes, ds: Any) -> PatientKeys:
+        """The keys of a dataset's patient; with no Patient ID the study stands in, so the
+        study's dates still move together."""
+        original = str(ds.get("PatientID", "") or "").strip()
+        if not original:
+            return cls.derive(secret, "study:" + str(ds.get("StudyInstanceUID", "") or ""))
+        return cls.derive(secret, original, str(ds.get("IssuerOfPatientID", "") or ""))

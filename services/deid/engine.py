@@ -16,98 +16,36 @@ their raw bytes. Actions (PS3.15 E.1.1 Table E.1-1 key):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
-import numpy as np
-from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_sequence
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from radpipe.common.errors import RadpipeError
 from radpipe.common.identity import PatientKeys, pseudonym, pseudonymous_uid
 
+from .actions import CODED, DUMMY, effective_actions, most_retaining, resolve
+from .dates import cap_age, date_spellings, shift_da, shift_dt, valid_tm
+from .markers import Markers, rebuild_file_meta
+from .pixels import burned_in_risk, clean_pixels
 from .profile import STANDARD_UID_ROOT, Profile
-from .table import OPTIONS, PATTERNS, SAFE_PRIVATE, TABLE
+from .table import PATTERNS, SAFE_PRIVATE
 from .text import TextCleaner
-
-IMPLEMENTATION_CLASS_UID = "2.25.302276541947036655349212185420826170493"
-IMPLEMENTATION_VERSION = "RADPIPE_020"
 
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _VALUE_TYPE = BaseTag(0x0040A040)
-_METHOD_CODES = BaseTag(0x00120064)
+#: Timezone Offset From UTC: where the patient was. Never passed on: removed (Basic) or, where
+#: the table says clean (a Retain Longitudinal option), replaced by UTC.
+_TIMEZONE = BaseTag(0x00080201)
 _LOOK_VRS = TEXT_VRS | {"SQ", "UI", "PN", "DA", "DT", "TM", "AS", "UN"}
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "IS", "DS", "AT"})
-
-#: Attributes that are Type 1 where they commonly occur (SR documents, enhanced images), so a
-#: combined action with ``D`` gives them a dummy rather than an empty value.
-TYPE1 = frozenset(
-    {
-        "ContentDate",
-        "ContentTime",
-        "VerifyingObserverName",
-        "VerifyingOrganization",
-        "VerificationDateTime",
-        "ObservationDateTime",
-        "AcquisitionDateTime",
-        "FrameAcquisitionDateTime",
-        "FrameReferenceDateTime",
-        "PersonName",
-        "Date",
-        "Time",
-        "DateTime",
-        "TextValue",
-        "DeviceSerialNumber",
-    }
-)
-
-#: Coded-entry components (PS3.3 Table 8.8-1): only ever cleaned of the instance's own
-#: identifiers, never by pattern (code values such as 113100 look like ids).
-CODED = frozenset(
-    {
-        "CodeValue",
-        "LongCodeValue",
-        "URNCodeValue",
-        "CodingSchemeDesignator",
-        "CodingSchemeVersion",
-        "CodeMeaning",
-        "ContextIdentifier",
-        "ContextGroupVersion",
-        "MappingResource",
-        "MappingResourceName",
-    }
-)
-
-#: Dummy values per VR (action ``D``); all valid for their VR.
-DUMMY: dict[str, Any] = {
-    "PN": "ANONYMOUS",
-    "LO": "ANONYMIZED",
-    "SH": "ANONYMIZED",
-    "ST": "ANONYMIZED",
-    "LT": "ANONYMIZED",
-    "UT": "ANONYMIZED",
-    "UC": "ANONYMIZED",
-    "CS": "ANONYMIZED",
-    "AE": "ANONYMIZED",
-    "DA": "19000101",
-    "TM": "000000",
-    "DT": "19000101000000",
-    "AS": "000Y",
-    "IS": "0",
-    "DS": "0",
-}
 
 #: Identifiers collected from an instance to clean its free text (besides every PN value).
 ID_KEYWORDS = frozenset(
@@ -124,6 +62,12 @@ ID_KEYWORDS = frozenset(
         "MedicalRecordLocator",
         "PatientAddress",
         "PatientTelephoneNumbers",
+        "PatientTelecomInformation",
+        "ReferringPhysicianAddress",
+        "ReferringPhysicianTelephoneNumbers",
+        "PersonAddress",
+        "PersonTelephoneNumbers",
+        "PersonTelecomInformation",
         "InstitutionName",
         "InstitutionAddress",
         "InstitutionalDepartmentName",
@@ -138,75 +82,16 @@ ID_KEYWORDS = frozenset(
     }
 )
 
-#: SOP classes whose pixels commonly carry burned-in text or a face (PS3.15 E.3.1 notes).
-AT_RISK_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
-    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound",
-    "1.2.840.10008.5.1.4.1.1.6.2": "Enhanced US Volume",
-    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame",
-    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic",
-    "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic",
-    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "Video Photographic",
-    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
-    "1.2.840.10008.5.1.4.1.1.104.2": "Encapsulated CDA",
-}
-AT_RISK_MODALITIES = frozenset({"US", "SC", "OT", "XC", "ES", "GM", "DOC", "SM"})
-
-_DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_DT = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?$")
-_TM = re.compile(r"^\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?$")
-_AS = re.compile(r"^(\d{3})([DWMY])$")
+#: Addresses: removed whole, by part and by distinctive word from the instance's free text.
+ADDRESS_KEYWORDS = frozenset(
+    {"PatientAddress", "InstitutionAddress", "ReferringPhysicianAddress", "PersonAddress"}
+)
 
 
 class Quarantined(RadpipeError):
     """The instance cannot be de-identified safely as configured (e.g. burned-in text)."""
 
     status = 422
-
-
-def shift_da(value: str, offset: timedelta) -> str | None:
-    """A DA shifted by ``offset``; ``None`` when it is not a valid date (never passed on)."""
-    match = _DA.match(value.strip())
-    if not match:
-        return None
-    try:
-        day = date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return None
-    return (day + offset).strftime("%Y%m%d")
-
-
-def shift_dt(value: str, offset: timedelta) -> str | None:
-    """A DT shifted by whole days, precision and timezone offset kept (PS3.5 6.2 DT)."""
-    match = _DT.match(value.strip())
-    if not match:
-        return None
-    year, month, day, clock, zone = match.groups()
-    try:
-        start = date(int(year), int(month or 1), int(day or 1))
-    except ValueError:
-        return None
-    shifted = (start + offset).strftime("%Y%m%d")
-    precision = 4 + (2 if month else 0) + (2 if day else 0)
-    return shifted[:precision] + (clock or "") + (zone or "")
-
-
-def valid_tm(value: str) -> str | None:
-    text = value.strip()
-    return text if _TM.match(text) else None
-
-
-def cap_age(value: str) -> str | None:
-    """Retain Patient Characteristics: ages above 89 years become ``090Y`` (HIPAA)."""
-    match = _AS.match(value.strip())
-    if not match:
-        return None
-    years = int(match[1]) / {"D": 365.25, "W": 52.18, "M": 12, "Y": 1}[match[2]]
-    return "090Y" if years > 89 else value.strip()
 
 
 def _each(value: Any, fn: Callable[[str], str | None]) -> Any:
@@ -227,56 +112,6 @@ def _vr_of(ds: Dataset, tag: BaseTag) -> str:
         return "UN"
 
 
-def _resolve(code: str, keyword: str) -> str:
-    """A combined action (``X/Z``, ``Z/D``, ``X/Z/D``, ``X/D``, ``X/Z/U*``) for a present
-    attribute: keep it conformant rather than remove something a module may require."""
-    if "/" not in code:
-        return code
-    if "U*" in code:
-        return "U"
-    parts = code.split("/")
-    if "D" in parts and (keyword in TYPE1 or "Z" not in parts):
-        return "D"
-    return "Z"
-
-
-_RANK = {"K": 3, "C": 2}
-
-
-def _most_retaining(basic: str, by_option: tuple[str, ...], options: frozenset[str]) -> str:
-    """The Basic Profile action, overridden by the most retaining action of an option in use."""
-    chosen = basic
-    for option, action in zip(OPTIONS, by_option, strict=True):
-        if action and option in options and _RANK.get(action, 0) > _RANK.get(chosen, 0):
-            chosen = action
-    return chosen
-
-
-def effective_actions(options: frozenset[str]) -> dict[int, str]:
-    """Tag -> the action Table E.1-1 prescribes with ``options`` (the most retaining one)."""
-    return {
-        tag: _resolve(_most_retaining(basic, by_option, options), keyword_for_tag(tag) or "")
-        for tag, (_, basic, by_option) in TABLE.items()
-    }
-
-
-def burned_in_risk(ds: Dataset) -> str | None:
-    """Why the pixels may carry identity (PS3.15 E.3.1, Clean Pixel Data), or ``None``."""
-    flag = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-    if flag == "YES":
-        return "BurnedInAnnotation is YES"
-    sop_class = str(ds.get("SOPClassUID", "") or "")
-    if sop_class in AT_RISK_SOP_CLASSES:
-        return f"{AT_RISK_SOP_CLASSES[sop_class]} images often carry burned-in text"
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality in AT_RISK_MODALITIES and "PixelData" in ds:
-        return f"modality {modality} often carries burned-in text"
-    image_type = [str(v).upper() for v in ds.get("ImageType", []) or []]
-    if "SCREEN SAVE" in image_type or "DOSE_INFO" in image_type:
-        return "a screen capture (dose or annotation screen)"
-    return None
-
-
 @dataclass
 class _Run:
     """State of one instance's de-identification.
@@ -291,6 +126,7 @@ class _Run:
     patient_chars: bool
     names: set[str] = field(default_factory=set)
     values: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
     texts: list[tuple[DataElement, bool, str]] = field(default_factory=list)
 
     def remember(self, vr: str, keyword: str, value: Any) -> None:
@@ -298,7 +134,9 @@ class _Run:
             if one in (None, ""):
                 continue
             if vr == "DA":
-                self.values.update(_date_spellings(str(one)))
+                self.values.update(date_spellings(str(one)))
+            elif keyword in ADDRESS_KEYWORDS:
+                self.addresses.add(str(one))
             elif vr == "PN":
                 self.names.add(str(one))
             else:
@@ -314,13 +152,12 @@ class Deidentifier:
         self.options = profile.options
         self._actions = effective_actions(profile.options)
         self._patterns = [
-            (mask, value, _resolve(_most_retaining(basic, by_option, self.options), ""))
+            (mask, value, resolve(most_retaining(basic, by_option, self.options), ""))
             for mask, value, _, basic, by_option in PATTERNS
         ]
         self._uids: dict[str, str] = {}
         self._info: dict[int, tuple[str, str, str, bool]] = {}
-        self._codes: dict[bool, list[Dataset]] = {}
-        self._encoded: dict[tuple[bool, bool], RawDataElement] = {}
+        self._markers = Markers(profile)
 
     # -- identifiers ---------------------------------------------------------------------
 
@@ -336,10 +173,14 @@ class Deidentifier:
         return mapped
 
     def patient_keys(self, ds: Dataset) -> PatientKeys:
-        original = str(ds.get("PatientID", "") or "").strip()
-        if not original:  # no id: the study stands in, so its dates still shift together
-            original = "study:" + str(ds.get("StudyInstanceUID", "") or "")
-        return PatientKeys.derive(self.secret, original)
+        """Keyed pseudonyms and date offset of the instance's patient: Issuer of Patient ID
+        and Patient ID together name a patient (two issuers may hand out the same id)."""
+        return PatientKeys.for_dataset(self.secret, ds)
+
+    def applied_date_offset(self, keys: PatientKeys) -> timedelta:
+        """The offset this profile actually moves dates by: the patient's keyed offset with
+        Retain Longitudinal Modified Dates, none otherwise (dates kept, or removed)."""
+        return keys.date_offset if self.profile.shifts_dates else timedelta(0)
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -367,15 +208,29 @@ class Deidentifier:
             patient_chars="rtn_pat_chars" in self.options,
         )
         self._walk(ds, run, content_item=False)
-        cleaner = TextCleaner(run.names.union(extra_names), run.values.union(extra_values))
-        for element, patterns, emptied in run.texts:
+        if run.texts:
+            cleaner = TextCleaner(
+                run.names.union(extra_names), run.values.union(extra_values), run.addresses
+            )
+            for element, patterns, emptied in run.texts:
+                dummy = DUMMY.get(element.VR, "")
 
-            def clean(value: str, patterns: bool = patterns, emptied: str = emptied) -> str:
-                return cleaner.clean(value, patterns) or (emptied if value.strip() else "")
+                def clean(
+                    value: str,
+                    patterns: bool = patterns,
+                    emptied: str = emptied,
+                    dummy: str = dummy,
+                ) -> str:
+                    if not value.strip():
+                        return ""
+                    cleaned = cleaner.clean(value, patterns)
+                    if cleaned is None:  # not checkable with confidence: never passed on
+                        return dummy
+                    return cleaned or emptied
 
-            element.value = _each(element.value, clean)
-        self._file_meta(ds)
-        self._markers(ds, pixels_cleaned)
+                element.value = _each(element.value, clean)
+        rebuild_file_meta(ds)
+        self._markers.apply(ds, pixels_cleaned)
         return ds
 
     def _action(self, tag: int) -> str:
@@ -415,6 +270,9 @@ class Deidentifier:
                 del ds[tag]
                 continue
             keyword, action, vr, collect = self._info.get(tag) or self._describe(tag)
+            if tag == _TIMEZONE and action != "X":
+                ds[tag].value = "+0000" if ds[tag].value else ""  # never the patient's zone
+                continue
             vr = ds.get_item(tag).VR or vr
             if collect or vr == "PN" or vr == "DA":
                 run.remember(vr, keyword, ds[tag].value)
@@ -487,8 +345,8 @@ class Deidentifier:
             # Emptied by cleaning: a dummy where the table does not list the attribute (it
             # may be Type 1 somewhere), nothing where it does (descriptors are Type 3).
             run.texts.append((element, patterns, "" if action == "C" else DUMMY[vr]))
-        elif vr == "UN" and action == "":
-            del ds[tag]  # unreadable, so uncheckable
+        elif vr == "UN" or (action == "C" and vr in BINARY_VRS):
+            del ds[tag]  # unreadable (or binary to clean), so uncheckable: never passed on
 
     def _date(self, value: Any, run: _Run, fn: Callable[[str, timedelta], str | None]) -> Any:
         if run.full_dates:
@@ -518,88 +376,6 @@ class Deidentifier:
         for tag in creators:
             if (tag.group, tag.element) not in kept_blocks:
                 del ds[tag]
-
-    def _file_meta(self, ds: Dataset) -> None:
-        """Rebuild the File Meta Information: no source AE, no private meta (PS3.10 7.1)."""
-        old = getattr(ds, "file_meta", None) or FileMetaDataset()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = old.get("TransferSyntaxUID") or ExplicitVRLittleEndian
-        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-        ds.file_meta = meta
-        if getattr(ds, "preamble", None):
-            ds.preamble = b"\x00" * 128  # 128 free bytes (PS3.10 7.1) could carry anything
-
-    def _code_items(self, pixels_cleaned: bool) -> list[Dataset]:
-        """The method code items of this profile, built once (shared by every output)."""
-        cached = self._codes.get(pixels_cleaned)
-        if cached is None:
-            cached = []
-            for value, meaning in self.profile.method_codes(pixels_cleaned):
-                item = Dataset()
-                item.add_new(0x00080100, "SH", value)
-                item.add_new(0x00080102, "SH", "DCM")
-                item.add_new(0x00080104, "LO", meaning)
-                cached.append(item)
-            self._codes[pixels_cleaned] = cached
-        return cached
-
-    def _encoded_codes(self, pixels_cleaned: bool, implicit: bool) -> RawDataElement:
-        """The method code sequence as an already-encoded element (copied as is on write)."""
-        key = (pixels_cleaned, implicit)
-        raw = self._encoded.get(key)
-        if raw is None:
-            element = DataElement(_METHOD_CODES, "SQ", Sequence(self._code_items(pixels_cleaned)))
-            buffer = DicomBytesIO()
-            buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
-            write_sequence(buffer, element, [default_encoding])
-            value = buffer.getvalue()
-            raw = RawDataElement(
-                _METHOD_CODES, None if implicit else "SQ", len(value), value, 0, implicit, True
-            )
-            self._encoded[key] = raw
-        return raw
-
-    def _markers(self, ds: Dataset, pixels_cleaned: bool) -> None:
-        """PS3.15 E.1.1: Patient Identity Removed, the method and its codes, and
-        Longitudinal Temporal Information Modified; earlier methods and codes are kept."""
-        ds.add_new(0x00120062, "CS", "YES")
-        ours = self.profile.method_text()
-        earlier = ds.get("DeidentificationMethod")
-        if earlier:
-            values = [earlier] if isinstance(earlier, str) else [str(m) for m in earlier]
-            methods = [m for m in values if m and m != ours] + [ours]
-        else:
-            methods = [ours]
-        ds.add_new(0x00120063, "LO", methods if len(methods) > 1 else ours)
-        syntax = ds.file_meta.TransferSyntaxUID
-        if _METHOD_CODES not in ds and syntax.is_little_endian and not syntax.is_deflated:
-            # The usual case: our items only, already encoded once for this profile.
-            ds[_METHOD_CODES] = self._encoded_codes(pixels_cleaned, syntax.is_implicit_VR)
-            items = []
-        else:
-            items = list(ds.get("DeidentificationMethodCodeSequence", []) or [])
-        present = {
-            (str(i.get("CodeValue", "")), str(i.get("CodingSchemeDesignator", ""))) for i in items
-        }
-        if _METHOD_CODES not in ds or items:
-            items += [
-                item
-                for item in self._code_items(pixels_cleaned)
-                if (item[0x00080100].value, "DCM") not in present
-            ]
-            ds.add_new(_METHOD_CODES, "SQ", Sequence(items))
-        if "rtn_long_modif_dates" in self.options:
-            marker = "MODIFIED"
-        elif "rtn_long_full_dates" in self.options:
-            marker = "UNMODIFIED"
-        else:
-            marker = "REMOVED"
-        ds.add_new(0x00280303, "CS", marker)
-        if pixels_cleaned:
-            ds.add_new(0x00280301, "CS", "NO")
 
 
 def _raw_times_valid(ds: Dataset, tag: BaseTag) -> bool:
@@ -641,30 +417,3 @@ _PSEUDONYMS: dict[str, Callable[[Deidentifier, Dataset, BaseTag, _Run], None]] =
     "PatientName": _set_patient_name,
     "AccessionNumber": _set_accession,
 }
-
-
-def _date_spellings(value: str) -> Iterable[str]:
-    match = _DA.match(value.strip())
-    if match:
-        y, m, d = match.groups()
-        yield from (f"{y}{m}{d}", f"{y}-{m}-{d}", f"{y}/{m}/{d}", f"{d}.{m}.{y}")
-        yield from (f"{d}/{m}/{y}", f"{m}/{d}/{y}", f"{d}-{m}-{y}")
-
-
-def clean_pixels(ds: Dataset, regions: Iterable[tuple[int, int, int, int]]) -> None:
-    """A configured pixel cleaner (Clean Pixel Data, 113101): blank the regions in every frame.
-
-    The pixels are decoded and written back uncompressed (Explicit VR Little Endian).
-    """
-    pixels = np.array(ds.pixel_array)  # writable copy
-    frames = pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[np.newaxis]
-    for x0, y0, x1, y1 in regions:
-        frames[:, y0:y1, x0:x1, ...] = 0
-    ds.PixelData = pixels.tobytes()
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        if "PhotometricInterpretation" in ds and str(ds.PhotometricInterpretation).startswith(
-            "YBR"
-        ):
-            ds.PhotometricInterpretation = "RGB"
-    ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"

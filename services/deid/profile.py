@@ -60,6 +60,14 @@ DEFAULT_OPTIONS = frozenset(
     }
 )
 
+#: Ready-made profiles, by the name a profile file or a test may use: the Basic Profile
+#: alone, TCIA's choice (the default), and TCIA's with full dates kept instead of shifted.
+BUILT_IN: dict[str, frozenset[str]] = {
+    "basic": frozenset(),
+    "default": DEFAULT_OPTIONS,
+    "full_dates": (DEFAULT_OPTIONS - {"rtn_long_modif_dates"}) | {"rtn_long_full_dates"},
+}
+
 #: DICOM's own UID root: SOP classes, transfer syntaxes, coding schemes are not identifying.
 STANDARD_UID_ROOT = "1.2.840.10008."
 
@@ -90,6 +98,18 @@ class Profile:
     @property
     def cleans_pixels(self) -> bool:
         return bool(self.clean_pixel_regions)
+
+    @property
+    def shifts_dates(self) -> bool:
+        """Dates move by the patient's keyed offset (Retain Longitudinal Modified Dates);
+        otherwise they are kept as they are (Full Dates) or removed (Basic)."""
+        return "rtn_long_modif_dates" in self.options
+
+    def temporal_marker(self) -> str:
+        """Longitudinal Temporal Information Modified (0028,0303) for this profile."""
+        if self.shifts_dates:
+            return "MODIFIED"
+        return "UNMODIFIED" if "rtn_long_full_dates" in self.options else "REMOVED"
 
     def method_codes(self, pixels_cleaned: bool = False) -> list[tuple[str, str]]:
         """The CID 7050 codes of what was applied, Basic first (PS3.15 E.1.1 marker rules)."""

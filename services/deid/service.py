@@ -24,6 +24,7 @@ from radpipe.common.errors import InvalidDicom, PipelineError
 from radpipe.common.identity import PatientKeys
 from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState
+from radpipe.common.vault import IDENTITY_ATTRIBUTES
 
 from .engine import Deidentifier, Quarantined
 from .profile import Profile, ProfileSet, load_profiles
@@ -59,12 +60,8 @@ def read_dataset(data: bytes) -> Dataset:
 
 
 def original_identity(ds: Dataset) -> dict[str, str]:
-    return {
-        "patient_id": str(ds.get("PatientID", "") or ""),
-        "patient_name": str(ds.get("PatientName", "") or ""),
-        "accession_number": str(ds.get("AccessionNumber", "") or ""),
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
-    }
+    """The identifying attributes of the original, as the vault keeps them."""
+    return {field: str(ds.get(keyword, "") or "") for field, keyword in IDENTITY_ATTRIBUTES.items()}
 
 
 @dataclass
@@ -142,7 +139,11 @@ def _one(
     if not known:
         result.identity = {
             **identity,
-            "date_offset_days": keys.date_offset.days,
+            # What was applied, so the exporter moves dates back by exactly that: none when
+            # the profile keeps dates (Full Dates) or removes them (Basic).
+            "date_offset_days": deidentifier.applied_date_offset(keys).days,
+            "dates": deidentifier.profile.temporal_marker(),
+            "keyed_on": "issuer+patient_id",
             "uids": {},
             "uid_map": {},
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -19,11 +19,12 @@ import pydicom
 from pynetdicom import AE
 
 from radpipe.common.context import Context
+from radpipe.common.dateshift import first_day, shift
 from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import TransientError
-from radpipe.common.identity import PatientKeys
 from radpipe.common.logging import get_logger
 from radpipe.common.mime import encode_multipart
+from radpipe.common.vault import IDENTITY_ATTRIBUTES, applied_date_offset
 
 log = get_logger("radpipe.export")
 
@@ -40,36 +41,40 @@ Outcome = tuple[set[str], list[str]]  # (keys the destination stored, failure re
 FUTURE_MARGIN = timedelta(days=180)
 
 
-def _restore_date(value: str, offset: timedelta, limit: date) -> str:
-    """A DA value, or the date part of a DT value, moved back by ``offset``; unchanged when
-    it does not parse or would land after ``limit``."""
-    text = value.strip()
-    try:
-        day = datetime.strptime(text[:8], "%Y%m%d").date() - offset
-    except (ValueError, OverflowError):
+def _restore_date(vr: str, value: str, offset: timedelta, limit: date) -> str:
+    """A DA or DT value moved back by ``offset`` (the de-identifier's shift undone, at the
+    value's own precision); unchanged when it does not parse or would land after ``limit``."""
+    restored = shift(vr, value, -offset)
+    if restored is None:
         return value
-    return value if day > limit else day.strftime("%Y%m%d") + text[8:]
+    day = first_day(vr, restored)
+    return value if day is None or day > limit else restored
 
 
-def restore_dates(ds: pydicom.Dataset, date_offset: timedelta, today: date | None = None) -> None:
+def restore_dates(ds: pydicom.Dataset, date_offset: timedelta, today: date) -> None:
     """Undo the de-identifier's keyed date shift: every DA and DT value, at any depth, moves
     back by ``date_offset`` (PS3.15 E.3.6: dates were shifted, times were not, so TM stays).
 
     The shift is at least a year back, so a date the de-identifier shifted comes back no
-    later than today. A value that would land more than ``FUTURE_MARGIN`` after ``today`` was
-    never shifted: it is a date Radpipe itself stamped on the result (content, series or
-    instance creation date, "now"), and it stays as it is.
+    later than ``today`` (the export day). A value that would land more than
+    ``FUTURE_MARGIN`` after it was never shifted: it is a date Radpipe itself stamped on the
+    result (content, series or instance creation date, "now"), and it stays as it is.
     """
-    limit = (today or date.today()) + FUTURE_MARGIN
+    if not date_offset:
+        return
+    limit = today + FUTURE_MARGIN
     for element in ds:
         if element.VR == "SQ":
             for item in element.value or []:
                 restore_dates(item, date_offset, today)
         elif element.VR in ("DA", "DT") and not element.is_empty:
+            vr = str(element.VR)
             if isinstance(element.value, pydicom.multival.MultiValue | list):
-                element.value = [_restore_date(str(v), date_offset, limit) for v in element.value]
+                element.value = [
+                    _restore_date(vr, str(v), date_offset, limit) for v in element.value
+                ]
             else:
-                element.value = _restore_date(str(element.value), date_offset, limit)
+                element.value = _restore_date(vr, str(element.value), date_offset, limit)
 
 
 def restore_uids(ds: pydicom.Dataset, uid_map: dict[str, str]) -> None:
@@ -87,25 +92,30 @@ def restore_uids(ds: pydicom.Dataset, uid_map: dict[str, str]) -> None:
                 element.value = uid_map.get(str(element.value), element.value)
 
 
-def date_offset(identity: dict[str, Any], secret: bytes) -> timedelta:
-    """The offset the de-identifier moved this patient's dates by: as the vault recorded it,
-    else derived from the original Patient ID as the de-identifier derives it."""
-    days = identity.get("date_offset_days")
-    if isinstance(days, int):
-        return timedelta(days=days)
-    return PatientKeys.derive(secret, str(identity.get("patient_id", ""))).date_offset
+#: Attributes a result may lack in its de-identified form but the original had, that are
+#: Type 3 where they occur: written only when the original had a value.
+_OPTIONAL = frozenset({"IssuerOfPatientID"})
 
 
-def reidentify(ds: pydicom.Dataset, identity: dict[str, Any], secret: bytes) -> pydicom.Dataset:
+def reidentify(
+    ds: pydicom.Dataset, identity: dict[str, Any], secret: bytes, today: date | None = None
+) -> pydicom.Dataset:
     """Put the original patient, accession and study identifiers, referenced UIDs and dates
-    back (PS3.15 E.1: the re-identification the vault exists for)."""
-    restore_dates(ds, date_offset(identity, secret))
+    back (PS3.15 E.1: the re-identification the vault exists for). ``today`` is the export
+    day (see :func:`restore_dates`); the clock's date when not given."""
+    restore_dates(ds, applied_date_offset(identity, secret), today or date.today())
     own = str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
     restore_uids(ds, {k: v for k, v in identity.get("uid_map", {}).items() if k not in own})
-    ds.PatientID = identity.get("patient_id", "")
-    ds.PatientName = identity.get("patient_name", "")
-    ds.AccessionNumber = identity.get("accession_number", "")
-    ds.StudyInstanceUID = identity["study_instance_uid"]
+    for field, keyword in IDENTITY_ATTRIBUTES.items():
+        if field not in identity:
+            continue  # an entry written before the field was recorded: leave the result's
+        value = str(identity[field] or "")
+        if keyword in ("StudyDate", "StudyTime") and not value:
+            continue  # nothing recorded: the result's own (restored) value stands
+        if keyword in _OPTIONAL and not value:
+            ds.pop(keyword, None)
+            continue
+        setattr(ds, keyword, value)
     originals = identity.get("uids", {})  # vault entries written before uid_map existed
     for item in ds.get("ReferencedSeriesSequence", []):
         for reference in item.get("ReferencedInstanceSequence", []):
@@ -214,8 +224,9 @@ def _c_store(destination: str, calling_ae: str, items: list[Item]) -> Outcome:
     return done, failures
 
 
-def export_study(ctx: Context, study_id: str) -> None:
-    """The ``export`` stage: send every result object of the study not yet sent."""
+def export_study(ctx: Context, study_id: str, today: date | None = None) -> None:
+    """The ``export`` stage: send every result object of the study not yet sent; ``today``
+    (the clock's date when not given) tells stamped dates from shifted ones."""
     settings = ctx.settings
     senders: dict[str, Callable[[list[Item]], Outcome]] = {}
     if settings.export_stow_url is not None:
@@ -241,6 +252,7 @@ def export_study(ctx: Context, study_id: str) -> None:
             read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["results"], k))),
             identity,
             settings.secret,
+            today,
         )
         for k in keys
     }

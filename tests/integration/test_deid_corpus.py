@@ -114,7 +114,8 @@ def test_pseudonyms_are_per_patient_and_studies_stay_apart(run: Run) -> None:
     sop_to_input = {str(ds.SOPInstanceUID): p for p, ds in inputs.items()}
     for ds in run.outputs.values():
         original = by_source[sop_to_input[_original_sop(run, ds)]]
-        keys = PatientKeys.derive(secret, original.patient)
+        patient = run.corpus.patients[original.patient]
+        keys = PatientKeys.derive(secret, original.patient, patient.issuer)
         assert ds.PatientID == keys.patient_id and str(ds.PatientName) == keys.patient_name
         assert ds.StudyInstanceUID == pseudonymous_uid(secret, original.study)
     patients = {ds.PatientID for ds in run.outputs.values()}
@@ -137,9 +138,10 @@ def test_dates_move_by_one_offset_per_patient_and_intervals_are_kept(run: Run) -
         return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
 
     for patient in run.corpus.patients.values():
-        offset = PatientKeys.derive(secret, patient.patient_id).date_offset
+        keys = PatientKeys.derive(secret, patient.patient_id, patient.issuer)
+        offset = keys.date_offset
         assert offset <= -timedelta(days=365)
-        pseudonym = PatientKeys.derive(secret, patient.patient_id).patient_id
+        pseudonym = keys.patient_id
         mine = [ds for ds in run.outputs.values() if ds.PatientID == pseudonym]
         originals = {d for s in patient.studies for d in s.dates.values()}
         allowed = {(day(d) + offset).strftime("%Y%m%d") for d in originals}
@@ -332,3 +334,25 @@ def test_the_preamble_is_zeroed(tmp_path: Path) -> None:
     )
     [outcome] = summary.outcomes
     assert (tmp_path / "out" / outcome.output).read_bytes()[:128] == b"\x00" * 128
+
+
+def test_free_text_keeps_the_clinical_rest_and_the_timezone_never_passes(run: Run) -> None:
+    """Issue 9 item 4: every Clean Descriptors field lost its leaks (the scan above) and kept
+    the rest, brackets included; Timezone Offset From UTC became UTC."""
+    from radpipe.deid.names import is_name
+
+    from ..phi import CENSUS_NAMES, FREE_TEXT_FIELDS
+
+    assert all(is_name(part.lower()) for pair in CENSUS_NAMES for part in pair)
+    cts = [ds for ds in run.outputs.values() if ds.Modality == "CT" and "ImageType" in ds]
+    checked = 0
+    for ds in cts:
+        assert ds.TimezoneOffsetFromUTC == "+0000"
+        for keyword in FREE_TEXT_FIELDS:
+            if keyword not in ds:
+                continue  # attributes no option keeps are removed (X), also fine
+            assert str(ds[keyword].value).endswith("(4.6 ACRIN)"), (keyword, ds[keyword].value)
+            checked += 1
+        history = str(ds.AdditionalPatientHistory)
+        assert history.startswith("Smoker") and "home" in history
+    assert checked >= len(FREE_TEXT_FIELDS) * 10

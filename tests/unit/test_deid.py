@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import subprocess
 from pathlib import Path
 
@@ -151,12 +152,14 @@ def test_descriptor_cleaning_keeps_the_clinical_rest() -> None:
 def test_dates_shift_with_precision_and_timezone_and_bad_values_are_dropped() -> None:
     from datetime import timedelta
 
-    from radpipe.deid.engine import cap_age, shift_da, shift_dt, valid_tm
+    from radpipe.deid.dates import cap_age, shift_da, shift_dt, valid_tm
 
     back = timedelta(days=-400)
     assert shift_da("20240229", back) == "20230125"
     assert shift_dt("20210304101530.123+0100", back) == "20200129101530.123+0100"
-    assert shift_dt("202103", back) == "202001"
+    assert shift_dt("202103", back) == "202002"  # 400 days: 13 whole months
+    assert shift_dt("2021", back) == "2020" and shift_dt("2021+0100", back) == "2020+0100"
+    assert shift_dt("2021031", back) is None and shift_dt("20211310", back) is None
     assert shift_da("2021-3-4", back) is None and shift_dt("2021x", back) is None
     assert shift_da("20211345", back) is None
     assert valid_tm("101530.5") == "101530.5" and valid_tm("10:15") is None
@@ -167,7 +170,7 @@ def test_dates_shift_with_precision_and_timezone_and_bad_values_are_dropped() ->
 def test_combined_actions_keep_output_conformant() -> None:
     from pydicom.datadict import tag_for_keyword
 
-    from radpipe.deid.engine import effective_actions
+    from radpipe.deid.actions import effective_actions
 
     basic = effective_actions(frozenset())
     tcia = effective_actions(Profile().options)
@@ -246,3 +249,110 @@ def test_burned_in_annotation_is_quarantined_unless_a_cleaner_is_configured() ->
     assert ds.BurnedInAnnotation == "NO"
     assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
     assert np.array_equal(pixels[12:, 25:], read(ct_series()[0]).pixel_array[12:, 25:])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024",
+        "202402",
+        "20240229",
+        "2024022910",
+        "20240229101530.123456",
+        "2024+0100",
+        "202412-0500",
+        "20241231235959+1400",
+        "0002",
+        "99991231",
+    ],
+)
+@pytest.mark.parametrize("days", [-365, -400, -3649, -1, 0, 59])
+def test_one_shift_forward_and_back_gives_every_precision_back(value: str, days: int) -> None:
+    """The de-identifier and the exporter share one shift; shifting back restores the value
+    exactly at each DA/DT precision (short DT values were left shifted before)."""
+    from datetime import timedelta
+
+    from radpipe.common.dateshift import shift
+
+    vr = "DA" if len(value) == 8 and value.isdigit() else "DT"
+    offset = timedelta(days=days)
+    moved = shift(vr, value, offset)
+    if moved is None:  # pushed out of the calendar (year 1 or 10000): refused both ways
+        assert value in ("0002", "99991231")
+        return
+    assert len(moved) == len(value)
+    assert shift(vr, moved, -offset) == value
+
+
+def test_descriptors_lose_relatives_addresses_and_listed_names_but_keep_the_rest() -> None:
+    from radpipe.deid.text import TextCleaner
+
+    cleaner = TextCleaner(["Doe^Jane"], ["MRN7731904"], ["12 Quillby Lane, Zorbtown 90210"])
+    cases = {
+        # Kinship and role words: the name after them goes, whatever its case.
+        "Latex allergy. Call daughter Anna on 555-0142-9987": "Latex allergy. Call daughter",
+        "MEDICAL ALERT: DAUGHTER WILL TO BE CALLED": "MEDICAL ALERT: DAUGHTER TO BE CALLED",
+        "history per wife Rosalind": "history per wife",
+        "Guardian Okafor consented": "Guardian consented",
+        "contact: Zorblax, jd@example.org": "contact",
+        "read by SMITH": "read",
+        "Dr Quenby reviewed": "reviewed",
+        # The instance's own address, whole or by part.
+        "Lives at Quillby Lane, Zorbtown": "Lives",
+        "Home 12 Quillby Lane (ground floor)": "Home (ground floor)",
+        # Listed names without context; ambiguous ones next to them.
+        "Seen with Margaret Long today": "Seen with today",
+        "Accompanied by Gonzalez": "Accompanied",
+        # The clinical rest stays intact, brackets included.
+        "4.6 COLONOSCOPY (ACRIN)": "4.6 COLONOSCOPY (ACRIN)",
+        "4.6 COLONOSCOPY (ACRIN) for Jane": "4.6 COLONOSCOPY (ACRIN)",
+        "MR BRAIN MAY 2020": "MR BRAIN MAY 2020",
+        "CT HEAD WITHOUT CONTRAST": "CT HEAD WITHOUT CONTRAST",
+        "CT FOR BONE AGE": "CT FOR BONE AGE",
+        "Chest For Review": "Chest For Review",
+        "Daughter to be called": "Daughter to be called",
+        "Jones fracture right foot": "Jones fracture right foot",
+        "Circle of Willis normal": "Circle of Willis normal",
+        "Salter-Harris II fracture": "Salter-Harris II fracture",
+        "TIA workup, MS plaques": "TIA workup, MS plaques",
+    }
+    assert {text: cleaner.clean(text) for text in cases} == cases
+    assert cleaner.clean("山田 太郎 CT") is None  # not checkable: the caller writes a dummy
+    assert cleaner.clean("山田", patterns=False) == "山田"  # own-identifier pass only
+
+
+def test_free_text_that_cannot_be_checked_becomes_a_dummy_and_timezone_never_passes() -> None:
+    original = read(ct_series()[0])
+    original.SpecificCharacterSet = "ISO_IR 192"
+    original.MedicalAlerts = "娘 花子に連絡"
+    original.AdditionalPatientHistory = "Lives at 12 Quillby Lane, call daughter Anna"
+    original.PatientAddress = "12 Quillby Lane, Zorbtown"
+    original.TimezoneOffsetFromUTC = "+0530"
+    ds = deidentify(copy.deepcopy(original), SECRET)
+    assert ds.MedicalAlerts == "ANONYMIZED"
+    assert ds.AdditionalPatientHistory == "Lives, call daughter"
+    assert ds.TimezoneOffsetFromUTC == "+0000"  # Clean under Retain Modified Dates: UTC
+    basic = deidentify(copy.deepcopy(original), SECRET, Profile("basic", frozenset()))
+    assert "TimezoneOffsetFromUTC" not in basic and "MedicalAlerts" not in basic
+    full = deidentify(original, SECRET, Profile("full", frozenset({"rtn_long_full_dates"})))
+    assert full.TimezoneOffsetFromUTC == "+0000"  # never the patient's own zone
+
+
+def test_binary_and_unreadable_values_under_clean_are_not_passed_on() -> None:
+    from pydicom.dataelem import DataElement
+
+    original = read(ct_series()[0])
+    original[0x0016002B] = DataElement(0x0016002B, "OB", b"Doe Jane camera owner")  # MakerNote
+    ds = deidentify(original, SECRET)
+    assert 0x0016002B not in ds
+
+
+def test_pseudonyms_and_offsets_are_keyed_on_issuer_and_patient_id() -> None:
+    first, other = read(ct_series()[0]), read(ct_series()[0])
+    first.IssuerOfPatientID, other.IssuerOfPatientID = "HOSPITAL A", "HOSPITAL B"
+    a, b = deidentify(first, SECRET), deidentify(other, SECRET)
+    assert a.PatientID != b.PatientID  # the same id from two issuers: two patients
+    assert a.PatientID == PatientKeys.derive(SECRET, PHI["patient_id"], "HOSPITAL A").patient_id
+    # Without an issuer the id alone, as before: existing pseudonyms stay valid.
+    bare = deidentify(read(ct_series()[0]), SECRET)
+    assert bare.PatientID == PatientKeys.derive(SECRET, PHI["patient_id"]).patient_id

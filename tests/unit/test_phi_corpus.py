@@ -26,6 +26,7 @@ from pydicom.valuerep import validate_value
 
 from ..phi import (
     CATEGORIES,
+    FREE_TEXT_FIELDS,
     ODD_PLANTED,
     PRIVATE_CREATOR,
     PRIVATE_GROUP,
@@ -397,7 +398,8 @@ def test_unrelated_dicom_reports_nothing(corpus: Corpus, tmp_path: Path) -> None
     sample = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
     assert scan_bytes(sample, corpus.planted) == []
     other = generate_corpus(tmp_path, patients=1, seed=99)
-    undated = corpus.values(*(c for c in CATEGORIES if c not in ("date", "datetime")))
+    shared = ("date", "datetime", "listed_name", "timezone")  # drawn from small fixed sets
+    undated = corpus.values(*(c for c in CATEGORIES if c not in shared))
     assert scan_tree(other.root, undated) == {}
 
 
@@ -454,3 +456,27 @@ def test_burned_in_annotation_flags(odd: dict[str, Path]) -> None:
     assert (us.SOPClassUID, us.BurnedInAnnotation) == (UltrasoundImageStorage, "YES")
     assert unflagged.SOPClassUID == UltrasoundImageStorage
     assert "BurnedInAnnotation" not in unflagged
+
+
+def test_every_clean_descriptors_field_carries_leaks_of_each_kind(corpus: Corpus) -> None:
+    """Issue 9 item 4: relatives, own address parts, listed names, e-mail and phone numbers
+    in every free-text attribute the Clean Descriptors Option cleans."""
+    cts = [pydicom.dcmread(f.path) for f in corpus.files if f.kind in ("ct", "ct_implicit")]
+    kinds = {
+        "relative": corpus.planted["relative"],
+        "address": corpus.planted["address"],
+        "listed_name": corpus.planted["listed_name"],
+        "email": corpus.planted["email"],
+        "phone": corpus.planted["phone"],
+    }
+    for keyword in (*FREE_TEXT_FIELDS, "AdditionalPatientHistory", "PatientComments"):
+        texts = [str(ds[keyword].value) for ds in cts]
+        assert all(scan_bytes(t.encode(), corpus.planted) for t in texts), keyword
+        found = {
+            kind for kind, values in kinds.items() for t in texts if scan_bytes(t.encode(), values)
+        }
+        if keyword in FREE_TEXT_FIELDS:
+            assert found == set(kinds), keyword
+    medical = str(cts[0].MedicalAlerts)
+    assert "daughter" in medical.lower() or "wife" in medical.lower() or cts[1].MedicalAlerts
+    assert all(ds.TimezoneOffsetFromUTC in corpus.planted["timezone"] for ds in cts)
