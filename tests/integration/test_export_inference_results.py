@@ -4,7 +4,7 @@ original UIDs of what they reference, and their own creation dates left as stamp
 
 from __future__ import annotations
 
-from datetime import date
+import io
 
 import httpx
 import pytest
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import AnyHttpUrl
 
 from radpipe.common.context import Context
+from radpipe.common.dicomio import read_part10
 from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.ingest.export import export_study
 
@@ -44,7 +45,15 @@ def test_seg_sr_and_key_images_reach_the_pacs_reidentified(
     instances = httpx.get(f"{orthanc.url}/instances?expand").json()
     assert len(instances) == len(dicom_outputs)
     source = sources[0]
-    today = date.today().strftime("%Y%m%d")
+    # What Radpipe stamped on its results (their own creation "now"), read back from the
+    # results store: compared with that, not with the clock, nothing fails around midnight.
+    stamped = {
+        str(ds.SOPInstanceUID): str(ds.get("ContentDate", ""))
+        for ds in (
+            read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["results"], o["key"])))
+            for o in dicom_outputs
+        )
+    }
     for instance in instances:
         tags = httpx.get(f"{orthanc.url}/instances/{instance['ID']}/tags?short").json()
         assert tags["0010,0020"] == PHI["patient_id"]  # Patient ID
@@ -53,7 +62,7 @@ def test_seg_sr_and_key_images_reach_the_pacs_reidentified(
         assert tags["0008,0030"] == source.StudyTime
         assert tags["0012,0062"] == "NO"  # Patient Identity Removed
         if "0008,0023" in tags:  # Content Date: stamped by Radpipe, not moved
-            assert tags["0008,0023"] == today
+            assert tags["0008,0023"] == stamped[tags["0008,0018"]]
         if tags["0008,0016"] == "1.2.840.10008.5.1.4.1.1.66.4":  # the SEG
             assert tags["0020,0052"] == source.FrameOfReferenceUID
             referenced = tags["0008,1115"][0]  # Referenced Series Sequence

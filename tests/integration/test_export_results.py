@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -25,21 +26,22 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from radpipe.common.context import Context
-from radpipe.common.dicomio import write_part10
+from radpipe.common.dateshift import shift
+from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import TransientError
 from radpipe.common.identity import PatientKeys
+from radpipe.deid.profile import BUILT_IN
+from radpipe.deid.service import deidentify_study
+from radpipe.deid.stability import check_stable
 from radpipe.ingest.export import export_study, reidentify
 
-from ..dicom import PHI, ct_series, read
+from ..dicom import PHI, ct_series, read, to_bytes
 from ..servers import free_port
-from ..unit.test_stages import ingest
+from ..unit.test_stages import after_quiet_time, ingest
 
 SR = "1.2.840.10008.5.1.4.1.1.88.33"
-
-
-def _shift(value: str, offset: timedelta) -> str:
-    day = date(int(value[:4]), int(value[4:6]), int(value[6:8])) + offset
-    return day.strftime("%Y%m%d") + value[8:]
+#: The export day, fixed: nothing here depends on the clock (or fails around midnight).
+TODAY = date(2026, 1, 20)
 
 
 def original_result(sop_class: str = SR) -> pydicom.Dataset:
@@ -52,6 +54,7 @@ def original_result(sop_class: str = SR) -> pydicom.Dataset:
     ds.StudyDate, ds.StudyTime = "20240102", "101500"
     ds.ContentDate, ds.ContentTime = "20240103", "083000.250"
     ds.AcquisitionDateTime = "20240102101500.123456+0100"
+    ds.StartAcquisitionDateTime, ds.EndAcquisitionDateTime = "202401", "2024"  # short DT
     ds.CalibrationDate = ["20231231", "20240229"]  # multi-valued, across a leap day
     request = pydicom.Dataset()
     request.ScheduledProcedureStepStartDate = "20240101"
@@ -76,7 +79,7 @@ def in_shifted_timeline(ds: pydicom.Dataset, offset: timedelta) -> pydicom.Datas
                     walk(child)
             elif element.VR in ("DA", "DT"):
                 values = element.value if element.VM > 1 else [element.value]
-                moved = [_shift(str(v), offset) for v in values]
+                moved = [shift(element.VR, str(v), offset) for v in values]
                 element.value = moved if element.VM > 1 else moved[0]
 
     walk(shifted)
@@ -121,9 +124,9 @@ def test_reidentify_restores_every_date_and_leaves_times(ctx: Context) -> None:
     assert offset < timedelta(0)
     shifted = in_shifted_timeline(original, offset)
     assert dates(shifted) != dates(original)
-    identity = {"patient_id": PHI["patient_id"], "study_instance_uid": "1.2.3"}
-    restored = reidentify(shifted, identity, ctx.settings.secret)
-    assert dates(restored) == dates(original)
+    identity = {"patient_id": PHI["patient_id"], "study_instance_uid": "1.2.3"}  # old entry
+    restored = reidentify(shifted, identity, ctx.settings.secret, TODAY)
+    assert dates(restored) == dates(original)  # short DT values ("202401", "2024") too
     assert restored.PatientID == PHI["patient_id"] and restored.StudyInstanceUID == "1.2.3"
     assert restored.PatientIdentityRemoved == "NO"
     assert restored.LongitudinalTemporalInformationModified == "UNMODIFIED"
@@ -156,7 +159,7 @@ def test_reidentify_prefers_the_offset_the_vault_recorded_and_maps_referenced_ui
             str(shifted.SOPInstanceUID): "1.2.3.999",  # never the object's own UID
         },
     }
-    restored = reidentify(shifted, identity, ctx.settings.secret)
+    restored = reidentify(shifted, identity, ctx.settings.secret, TODAY)
     assert dates(restored) == dates(original)
     assert restored.FrameOfReferenceUID == "1.2.3.100"
     again = restored.ContentSequence[0].ReferencedSeriesSequence[0]
@@ -169,13 +172,13 @@ def test_dates_radpipe_stamped_on_a_result_are_not_moved_into_the_future(ctx: Co
     # Result writers copy the study's (shifted) dates but stamp their own creation "now".
     original = original_result()
     shifted = in_shifted_timeline(original, timedelta(days=-365))
-    today = date.today().strftime("%Y%m%d")
+    today = TODAY.strftime("%Y%m%d")
     shifted.InstanceCreationDate = shifted.ContentDate = today
     equipment = pydicom.Dataset()
     equipment.ContributionDateTime = today + "093000"
     shifted.ContributingEquipmentSequence = Sequence([equipment])
     identity = {"study_instance_uid": "1.2.3", "date_offset_days": -365}
-    restored = reidentify(shifted, identity, ctx.settings.secret)
+    restored = reidentify(shifted, identity, ctx.settings.secret, TODAY)
     assert restored.StudyDate == original.StudyDate
     assert restored.ContentSequence[0].ContentSequence[0].Date == "20230815"
     assert restored.InstanceCreationDate == restored.ContentDate == today
@@ -249,12 +252,12 @@ def test_stow_202_counts_the_stored_and_resends_only_the_failed(
     stow_server.script += [partial, rest]  # type: ignore[attr-defined]
     ctx.settings.export_stow_url = AnyHttpUrl(f"http://127.0.0.1:{stow_server.server_port}")
     with pytest.raises(TransientError, match=r"1 of 3 .*HTTP 202: 1 of 3 not stored.*A700"):
-        export_study(ctx, study_id)
+        export_study(ctx, study_id, TODAY)
     assert sorted(ctx.studies.get(study_id)["exported"]) == keys[:2]
-    export_study(ctx, study_id)  # the retry sends the failed instance only
+    export_study(ctx, study_id, TODAY)  # the retry sends the failed instance only
     received = stow_server.received  # type: ignore[attr-defined]
     assert [str(ds.SOPInstanceUID) for ds in received] == first_uids + first_uids[2:]
-    export_study(ctx, study_id)  # nothing left: no request at all
+    export_study(ctx, study_id, TODAY)  # nothing left: no request at all
     assert len(received) == 4 and stow_server.script == []  # type: ignore[attr-defined]
     study_doc = ctx.studies.get(study_id)
     assert sorted(study_doc["exported"]) == keys
@@ -274,7 +277,7 @@ def test_stow_202_without_a_readable_answer_resends_everything(
     stow_server.script += [lambda uids: (202, [])]  # type: ignore[attr-defined]
     ctx.settings.export_stow_url = AnyHttpUrl(f"http://127.0.0.1:{stow_server.server_port}")
     with pytest.raises(TransientError, match="without a readable Store Instances Response"):
-        export_study(ctx, study_id)
+        export_study(ctx, study_id, TODAY)
     assert ctx.studies.get(study_id).get("exported") is None
 
 
@@ -318,8 +321,8 @@ def test_c_store_export_above_128_objects_and_contexts(
     scp = _StorageSCP([*classes, SR])
     try:
         ctx.settings.export_dimse = f"PACS@127.0.0.1:{scp.port}"
-        export_study(ctx, study_id)
-        export_study(ctx, study_id)  # a retry sends nothing twice
+        export_study(ctx, study_id, TODAY)
+        export_study(ctx, study_id, TODAY)  # a retry sends nothing twice
     finally:
         scp.server.shutdown()
     assert set(scp.received) == {str(ds.SOPInstanceUID) for ds in originals}
@@ -346,8 +349,94 @@ def test_c_store_objects_the_peer_refuses_stay_pending(
     try:
         ctx.settings.export_dimse = f"PACS@127.0.0.1:{scp.port}"
         with pytest.raises(TransientError, match="1 of 2 result objects not exported"):
-            export_study(ctx, study_id)
+            export_study(ctx, study_id, TODAY)
     finally:
         scp.server.shutdown()
     assert list(scp.received) == [str(supported.SOPInstanceUID)]
     assert ctx.studies.get(study_id)["exported"] == keys[:1]
+
+
+#: What a PACS matches a returned result on (issue 9 item 5), besides the referenced UIDs.
+MATCHED = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "StudyDate",
+)
+
+
+def _result_from(deid: pydicom.Dataset) -> pydicom.Dataset:
+    """A result object as inference writes one: the de-identified patient and study
+    attributes copied, the source series and instance referenced, its own new UIDs."""
+    result = original_result()
+    for keyword in (*MATCHED, "StudyTime", "AcquisitionDateTime", "FrameOfReferenceUID"):
+        if keyword in deid:
+            result[keyword] = copy.deepcopy(deid[keyword])
+    reference = pydicom.Dataset()
+    reference.ReferencedSOPClassUID = deid.SOPClassUID
+    reference.ReferencedSOPInstanceUID = deid.SOPInstanceUID
+    series = pydicom.Dataset()
+    series.SeriesInstanceUID = deid.SeriesInstanceUID
+    series.ReferencedInstanceSequence = Sequence([reference])
+    result.ReferencedSeriesSequence = Sequence([series])
+    return result
+
+
+@pytest.mark.parametrize("profile", sorted(BUILT_IN))
+def test_round_trip_gives_the_pacs_back_what_it_matches_on(
+    ctx: Context, tmp_path: Path, profile: str
+) -> None:
+    """original -> de-identified -> result -> re-identified equals the original on the
+    attributes a PACS matches on, for each built-in profile; the vault's offset is the one
+    applied (none where the profile keeps or removes dates)."""
+    options = sorted(BUILT_IN[profile])
+    (tmp_path / "profiles.toml").write_text(f"[default]\noptions = {json.dumps(options)}\n")
+    ctx.settings.deid_profile = tmp_path / "profiles.toml"
+    sources = [read(data) for data in ct_series(seed=62)[:2]]
+    for ds in sources:
+        ds.IssuerOfPatientID, ds.StudyID = "SAINT RADPIPE MRN", "S7731"
+        ds.AcquisitionDateTime = "202401"  # a short DT, shifted and shifted back at its precision
+    study_id = ingest(ctx, [to_bytes(ds) for ds in sources])
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
+    deidentify_study(ctx, study_id)
+    [series] = ctx.studies.get(study_id)["deid"]["series"]
+    key = series["keys"][0]
+    deid = read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["deid"], key)))
+    identity = ctx.vault.get(study_id)
+    source_sop = identity["uid_map"][str(deid.SOPInstanceUID)]
+    original = next(ds for ds in sources if ds.SOPInstanceUID == source_sop)
+    keys = PatientKeys.derive(ctx.settings.secret, PHI["patient_id"], "SAINT RADPIPE MRN")
+    applied = keys.date_offset.days if profile == "default" else 0
+    assert identity["date_offset_days"] == applied
+    if profile == "full_dates":
+        assert deid.StudyDate == original.StudyDate  # kept, so nothing may move it back
+    if profile == "default":
+        assert deid.AcquisitionDateTime not in ("", "202401") and len(deid.AcquisitionDateTime) == 6
+    assert deid.PatientID != original.PatientID
+
+    restored = reidentify(_result_from(deid), identity, ctx.settings.secret, TODAY)
+    assert {k: str(restored.get(k, "")) for k in MATCHED} == {
+        k: str(original.get(k, "")) for k in MATCHED
+    }
+    [referenced] = restored.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == original.SeriesInstanceUID
+    instance = referenced.ReferencedInstanceSequence[0]
+    assert instance.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert restored.FrameOfReferenceUID == original.FrameOfReferenceUID
+    if profile != "basic":  # Basic removes it (a dummy where Type 1): nothing to give back
+        assert restored.AcquisitionDateTime == "202401"
+
+
+def test_an_old_vault_entry_is_restored_with_the_offset_of_its_day(ctx: Context) -> None:
+    """Entries written before the offset was recorded were keyed on the Patient ID alone."""
+    legacy = PatientKeys.derive(ctx.settings.secret, PHI["patient_id"]).date_offset
+    original = original_result()
+    shifted = in_shifted_timeline(original, legacy)
+    identity = {"patient_id": PHI["patient_id"], "study_instance_uid": "1.2.3", "uids": {}}
+    restored = reidentify(shifted, identity, ctx.settings.secret, TODAY)
+    assert dates(restored) == dates(original)
