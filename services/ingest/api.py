@@ -12,9 +12,10 @@ from starlette.requests import ClientDisconnect
 from radpipe.common import dicomjson
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import PayloadTooLarge, RadpipeError
+from radpipe.common.errors import BadRequest, PayloadTooLarge, RadpipeError
 from radpipe.common.identity import study_id_for
 from radpipe.common.mime import choose
+from radpipe.common.studies import UID_PATTERN
 
 from . import service
 from .multipart import MultipartReader, stow_boundary
@@ -26,10 +27,16 @@ Modality = Annotated[Principal, Depends(require("modality"))]
 async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None) -> Response:
     """Parse the body as it streams in; each complete part is stored before the next is read.
 
-    The request is checked before any part is read: 415 for a body that is not
-    ``multipart/related; type="application/dicom"``, 406 when ``Accept`` admits no DICOM JSON
-    response (PS3.18 10.5.2, 8.7.5), so nothing is stored for a response the client refuses.
+    The request is checked before any part is read: 400 for a study path segment that is not
+    a UID, 415 for a body that is not ``multipart/related; type="application/dicom"``, 406
+    when ``Accept`` admits no DICOM JSON response (PS3.18 10.5), so nothing is stored for a
+    request that cannot succeed.
     """
+    if study is not None and (len(study) > 64 or not UID_PATTERN.fullmatch(study)):
+        raise BadRequest(
+            f"the study UID in the path, {study[:80]!r}, is not a UID: digits and dots, at most "
+            "64 characters"
+        )
     boundary = stow_boundary(request.headers.get("content-type", ""))
     media_type = choose(request.headers.get("accept"), dicomjson.MEDIA_TYPES)
     limit = ctx.settings.max_request_bytes

@@ -18,6 +18,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from radpipe.common.dicomindex import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
 from radpipe.common.errors import BadRequest
+from radpipe.common.studies import UID_PATTERN
 
 from .retrieve import uid_path
 
@@ -96,7 +97,6 @@ _FORMATS = {
     "TM": (re.compile(_TM), "HH[MM[SS[.FFFFFF]]]"),
     "DT": (re.compile(_DT), "YYYY[MM[DD[HH[MM[SS[.FFFFFF]]]]]][&ZZXX]"),
 }
-_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
 
 def _valid_moment(vr: str, text: str) -> bool:
@@ -162,7 +162,7 @@ def check_value(keyword: str, value: str, key: str) -> None:
             raise BadRequest(f"{key}={value!r} is a reversed range: the start is after the end")
     elif vr == "UI":
         uids = [u.strip() for u in re.split(r"[\\,]", value)]
-        bad = [u for u in uids if len(u) > 64 or not _UID.fullmatch(u)]
+        bad = [u for u in uids if len(u) > 64 or not UID_PATTERN.fullmatch(u)]
         if bad:
             raise BadRequest(
                 f"{key}={value!r}: {bad[0]!r} is not a UID (digits and dots, at most 64 "

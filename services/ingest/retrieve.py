@@ -16,6 +16,7 @@ from radpipe.common.dicomindex import INDEX
 from radpipe.common.dicomio import read_part10
 from radpipe.common.errors import BadRequest, NotAcceptable, NotFound
 from radpipe.common.identity import pseudonymous_uid
+from radpipe.common.studies import UID_PATTERN
 
 from .bulkdata import PIXEL_DATA
 
@@ -28,7 +29,14 @@ def entries(
     *,
     mapped: bool = False,
 ) -> list[dict[str, Any]]:
-    """Index entries under a study/series/instance; NotFound when a named one has none."""
+    """Index entries under a study/series/instance; NotFound when a named one has none, and
+    BadRequest when a path segment is not a UID at all (PS3.18 8.2: UIDs per PS3.5 9.1)."""
+    for name, uid in (("study", study), ("series", series), ("instance", instance)):
+        if uid is not None and (len(uid) > 64 or not UID_PATTERN.fullmatch(uid)):
+            raise BadRequest(
+                f"the {name} UID in the path, {uid[:80]!r}, is not a UID: digits and dots, "
+                "at most 64 characters"
+            )
     query: dict[str, Any] = {}
     if study:
         query["attributes.StudyInstanceUID"] = study

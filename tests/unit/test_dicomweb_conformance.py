@@ -258,6 +258,26 @@ def test_frame_numbers(
 
 
 @pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/studies/abc/metadata", 400),
+        ("/studies/1.02.3", 400),
+        ("/studies/{study}/series/x.y/metadata", 400),
+        ("/studies/{study}/series/{series}/instances/1.2.3.4%0A/metadata", 400),
+        ("/studies/1.2.3/metadata", 404),
+        ("/studies/{study}/series/1.2.3/instances", 404),
+    ],
+)
+def test_a_path_segment_that_is_not_a_uid_is_400(
+    client: TestClient, auth: dict[str, str], series: dict[str, Any], path: str, status: int
+) -> None:
+    response = client.get("/dicom-web" + path.format(**series), headers=auth)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert "is not a UID" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
     ("window", "status"),
     [
         ("40", 400),
@@ -405,6 +425,19 @@ def test_stow_refuses_an_accept_it_cannot_answer_before_storing(
         )
         assert stored.status_code == 200
         assert stored.headers["content-type"] == (served or accept)
+
+
+def test_stow_to_a_study_path_that_is_not_a_uid_is_400_and_nothing_stored(
+    client: TestClient, ctx: Context, tokens: dict[str, str]
+) -> None:
+    body, content_type = encode_multipart(ct_series()[:1])
+    response = client.post(
+        "/dicom-web/studies/not-a-uid",
+        content=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {tokens['modality']}"},
+    )
+    assert response.status_code == 400 and "is not a UID" in response.json()["detail"]
+    assert list(ctx.objects.list(ctx.buckets["raw"])) == []
 
 
 # --- one parser and one builder, for the client and the server ---------------------------
