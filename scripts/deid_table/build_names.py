@@ -39,7 +39,8 @@ def _column(path: Path, limit: int | None = None) -> list[str]:
     return names[:limit] if limit else names
 
 
-def build(census: Path, words_file: Path) -> dict[str, object]:
+def build(census: Path, words_file: Path) -> tuple[list[str], list[str]]:
+    """(names, ambiguous names), each sorted."""
     names = set(_column(census / "dist.all.last", SURNAMES))
     names |= set(_column(census / "dist.female.first")) | set(_column(census / "dist.male.first"))
     names = {n for n in names if n.isalpha()}
@@ -49,22 +50,16 @@ def build(census: Path, words_file: Path) -> dict[str, object]:
         if w.strip().isalpha() and w.strip().islower()
     }
     ambiguous = {n for n in names if n in words or len(n) < SHORT}
-    return {
-        "source": SOURCE,
-        "names": sorted(names - ambiguous),
-        "ambiguous": sorted(ambiguous),
-    }
+    return sorted(names - ambiguous), sorted(ambiguous)
 
 
 def main() -> None:
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
-    data = build(Path(sys.argv[1]), Path(sys.argv[2]))
+    names, ambiguous = build(Path(sys.argv[1]), Path(sys.argv[2]))
+    data = {"source": SOURCE, "names": names, "ambiguous": ambiguous}
     OUT.write_text(json.dumps(data, indent=0, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(
-        f"wrote {OUT.relative_to(ROOT)}: {len(data['names'])} names, "  # type: ignore[arg-type]
-        f"{len(data['ambiguous'])} ambiguous"
-    )  # type: ignore[arg-type]
+    print(f"wrote {OUT.relative_to(ROOT)}: {len(names)} names, {len(ambiguous)} ambiguous")
 
 
 if __name__ == "__main__":
