@@ -18,6 +18,7 @@ import warnings
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
+from celery.signals import worker_ready
 from kombu import Exchange, Queue
 
 from .logging import get_logger
@@ -101,6 +102,25 @@ class CeleryDispatcher:
             }
 
 
+def drop_shared_bindings(celery: Celery) -> int:
+    """Unbind every queue but ``deid`` from exchange ``deid``, key ``deid``; returns how many.
+
+    Radpipe 0.1.0 declared its queues by name alone, so Celery bound all of them to its default
+    exchange and key (``deid``). A broker that ran it keeps those bindings (the Redis transport
+    keeps them in a set per exchange, persisted with the broker's data) and would copy every
+    ``deid`` and ``stable`` task into every queue, where workers drop it as unregistered.
+    kombu's Redis channel cannot unbind (its ``queue_unbind`` edits a copy of the set), so the
+    members are removed from the transport's own binding sets. Other transports: nothing to do.
+    """
+    with celery.connection_for_write() as connection:
+        if connection.transport.driver_type != "redis":
+            return 0
+        channel = connection.default_channel
+        stale = [channel.sep.join(["deid", "", name]) for name in QUEUES if name != "deid"]
+        keys = (channel.keyprefix_queue % "deid", channel.keyprefix_binding_permanent % "deid")
+        return sum(int(channel.client.srem(key, *stale)) for key in keys)
+
+
 def worker_argv(queue: str, concurrency: int, pool: str) -> list[str]:
     """``celery worker`` arguments: ``--quiet`` drops the banner; the JSON logs say the rest."""
     return [
@@ -138,5 +158,12 @@ def run_worker(
     )
     if warn_root and os.geteuid() == 0:
         log.warning("worker.root", queue=queue, advice="run workers as an unprivileged user")
+
+    def unbind_when_connected(**_: object) -> None:  # the broker may come up after the worker
+        dropped = drop_shared_bindings(celery)
+        if dropped:
+            log.info("worker.unbound", exchange="deid", routing_key="deid", bindings=dropped)
+
+    worker_ready.connect(unbind_when_connected, weak=False)
     log.info("worker.start", queue=queue, concurrency=concurrency, pool=pool)
     celery.worker_main(worker_argv(queue, concurrency, pool))
