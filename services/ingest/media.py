@@ -37,7 +37,7 @@ VIDEO_TYPES: dict[str, str] = {
     },
     **{_JPEG + s: "video/H265" for s in ("107", "108")},
 }
-#: PS3.18 8.7.3.5.2: a media type named without ``transfer-syntax`` asks for its default
+#: PS3.18 8.7.3: a media type named without ``transfer-syntax`` asks for its default
 #: syntax; image and video types have several, so any of theirs is accepted.
 DEFAULT_SYNTAX = {OCTET: EXPLICIT_LE, DICOM: EXPLICIT_LE}
 
