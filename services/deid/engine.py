@@ -12,6 +12,10 @@ their raw bytes. Actions (PS3.15 E.1.1 Table E.1-1 key):
   given a dummy where they are Type 1 (:data:`TYPE1`), so output stays conformant;
 * attributes the table does not list are kept, but defensively: names emptied, dates shifted,
   UIDs remapped, and every free-text value stripped of the instance's own identifiers.
+
+The walk lives here; the table's actions as applied are :mod:`.actions`, dates and ages
+:mod:`.dates` (the shift itself :mod:`radpipe.common.dateshift`), free text :mod:`.text`,
+burned-in pixels :mod:`.pixels`, and the PS3.15 E.1.1 markers and file meta :mod:`.markers`.
 """
 
 from __future__ import annotations
