@@ -17,15 +17,14 @@ from radpipe.deid.stability import check_stable
 
 from ..dicom import ct_series, read
 from ..dicomjson import every_dicom_json_response_is_checked  # noqa: F401
-from ..unit.test_stages import ingest
+from ..unit.test_stages import after_quiet_time, ingest
 
 
 @pytest.fixture
 def stored(ctx: Context) -> dict[str, str]:
     """One de-identified 16-slice CT study in the index; returns its de-identified UIDs."""
     study_id = ingest(ctx, ct_series())
-    ctx.settings.study_stable_seconds = 0  # quiet at once: no race with the clock
-    check_stable(ctx, study_id)
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))  # stepped past, not slept
     assert ctx.studies.get(study_id)["state"] == "stable"
     deidentify_study(ctx, study_id)
     deid = ctx.studies.get(study_id)["deid"]
@@ -157,8 +156,8 @@ def test_stow_retrieve_url_answers_after_deidentification(
     url = stow["00081199"]["Value"][0]["00081190"]["Value"][0]
     assert url.startswith(live_url)
     study_id = next(iter(ctx.studies.studies.find({})))["_id"]
-    ctx.settings.study_stable_seconds = 0  # quiet at once: no race with the clock
-    check_stable(ctx, study_id)
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))  # stepped past, not slept
+    assert ctx.studies.get(study_id)["state"] == "stable"
     deidentify_study(ctx, study_id)
     auth = {"Authorization": f"Bearer {tokens['radiologist']}", "Accept": "application/dicom"}
     retrieved = httpx.get(url, headers=auth)
