@@ -126,6 +126,13 @@ def negotiate(
     )
 
 
+def instance_type(syntax: str) -> str:
+    """The Content-Type of an instance stored in ``syntax``: ``application/dicom``, with a
+    ``transfer-syntax`` parameter unless it is the default, Explicit VR Little Endian
+    (PS3.18 8.7.3: required for any other syntax, optional for the default)."""
+    return DICOM if syntax == EXPLICIT_LE else f"{DICOM}; transfer-syntax={syntax}"
+
+
 def negotiate_instances(accept: str | None, syntaxes: list[str]) -> bool:
     """Whether to send whole instances stored in ``syntaxes`` as ``multipart/related``
     (PS3.18 8.7.3.5, the default), or one instance as a single ``application/dicom`` body

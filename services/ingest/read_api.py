@@ -113,13 +113,14 @@ def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: st
     as_multipart = media.negotiate_instances(request.headers.get("accept"), syntaxes)
     location = _location(request, ctx, found, level)
     data = [retrieve.read_bytes(ctx, entry) for entry in found]
+    types = [media.instance_type(syntax) for syntax in syntaxes]
     if not as_multipart:
         headers = {"Content-Location": location}
-        return Response(data[0], media_type=media.DICOM, headers=headers)
+        return Response(data[0], media_type=types[0], headers=headers)
     base = _base(ctx)
     parts = [
-        BodyPart(d, media.DICOM, base + retrieve.resource_path([e], "instance"))
-        for e, d in zip(found, data, strict=True)
+        BodyPart(d, t, base + retrieve.resource_path([e], "instance"))
+        for e, d, t in zip(found, data, types, strict=True)
     ]
     body, content_type = encode_multipart(parts, media.DICOM)
     return Response(body, media_type=content_type, headers={"Content-Location": location})

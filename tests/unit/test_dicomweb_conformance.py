@@ -3,6 +3,7 @@ request errors (400 with a reason, 404, 406) and one media-type toolkit for both
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
@@ -407,6 +409,33 @@ def test_accepts_that_can_be_met_choose_the_representation(
     response = client.get(_url(route, series), headers={**auth, "Accept": accept})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].split(";")[0] == served
+
+
+def test_instances_in_another_syntax_are_labelled_and_not_passed_off_as_the_default(
+    client: TestClient, auth: dict[str, str], ctx: Context
+) -> None:
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == JPEG
+    url = "/dicom-web" + put_deid(ctx, ds)
+    labelled = f"application/dicom; transfer-syntax={JPEG}"
+    for accept in ("*/*", 'multipart/related; type="application/dicom"; transfer-syntax=*'):
+        response = client.get(url, headers={**auth, "Accept": accept})
+        assert response.status_code == 200, accept
+        assert response.headers["content-type"].startswith(
+            'multipart/related; type="application/dicom"'
+        )
+        assert f"Content-Type: {labelled}\r\n".encode() in response.content
+    single = client.get(
+        url, headers={**auth, "Accept": f"application/dicom; transfer-syntax={JPEG}"}
+    )
+    assert single.headers["content-type"] == labelled
+    assert pydicom.dcmread(io.BytesIO(single.content)).SOPInstanceUID == ds.SOPInstanceUID
+    # Without transfer-syntax the media type's default, Explicit VR Little Endian, is asked for.
+    default = client.get(
+        url, headers={**auth, "Accept": 'multipart/related; type="application/dicom"'}
+    )
+    assert default.status_code == 406
+    assert "transfer-syntax=*" in default.json()["detail"]
 
 
 def test_stow_refuses_an_accept_it_cannot_answer_before_storing(
