@@ -41,7 +41,7 @@ PATTERNS = re.compile(
             rf"\b(?:\d{{1,2}}(?:st|nd|rd|th)?\s+(?:{_MONTHS})\.?,?\s+(?:19|20)\d{{2}})\b",
             rf"\b(?:(?:{_MONTHS})\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+(?:19|20)\d{{2}})\b",
             r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
-            r"\b(?=[A-Za-z#-]*\d)[A-Za-z]{0,4}[#-]?\d{5,}[A-Za-z]?\b",
+            r"(?<![\w.])(?=[A-Za-z#-]*\d)[A-Za-z]{0,4}[#-]?\d{5,}[A-Za-z]?\b(?![.,]\d)",
         )
     ),
     re.IGNORECASE,
@@ -108,7 +108,18 @@ EPONYM_HEADS = _words(
     """
 )
 #: Names that stand for a clinical eponym far more often than for a person here.
-EPONYMS = frozenset({"willis", "kerley", "hodgkin", "crohn", "parkinson", "alzheimer", "wilms"})
+EPONYMS = frozenset(
+    {"willis", "kerley", "gleason", "glasgow", "parkinson", "pugh", "hodgkin", "crohn", "wilms"}
+)
+#: Eponyms of two or three names ("Salter-Harris II", "Mallory-Weiss tear", "Hill Sachs").
+EPONYM_PAIRS = _words(
+    """
+    salter-harris hill-sachs mallory-weiss swan-ganz dandy-walker arnold-chiari child-pugh
+    kellgren-lawrence guillain-barre creutzfeldt-jakob osgood-schlatter klippel-feil
+    budd-chiari stein-leventhal ehlers-danlos peutz-jeghers wolff-parkinson-white
+    legg-calve-perthes charcot-marie-tooth
+    """
+)
 _QUALIFIERS = re.compile(r"^(?:[ivx]+|[a-d]|\d+|type)$", re.IGNORECASE)
 
 #: Words that only introduce an identifier; removed when the identifier after them is.
@@ -250,8 +261,9 @@ def _name_like(word: str, kind: str, mixed: bool, caps: bool) -> bool:
     return title_case  # "for": a capitalised word in mixed-case text
 
 
-def _introducer(word: str, following: str, mixed: bool) -> str:
-    """The kind of name introducer ``word`` is ("" for none)."""
+def _introducer(word: str, following: str, mixed: bool, title_case: bool) -> str:
+    """The kind of name introducer ``word`` is ("" for none); ``title_case``: most words of
+    the text are capitalised ("Follow Up For Bone Age"), so capitals say nothing there."""
     lower = _bare(word)
     if lower in KIN:
         return "kin"
@@ -259,7 +271,7 @@ def _introducer(word: str, following: str, mixed: bool) -> str:
         caps = word in _CAPS_NOT_TITLES and following != "."
         return "caps-title" if caps else "title"
     if lower in BY or lower in FOR:
-        if mixed and not word.islower():
+        if mixed and (title_case or not word.islower()):
             return "listed"  # "Chest For Review": Title Case text, only sure names count
         return "by" if lower in BY else "for"
     return ""
@@ -273,11 +285,13 @@ def _mark_names(marked: str) -> str:
         return marked
     mixed = any(c.islower() for c in marked) and any(c.isupper() for c in marked)
     words = [t.group(0) for t in tokens]
+    capitalised = sum(1 for w in words if w[:1].isupper() and not w.isupper())
+    title_case = capitalised > sum(1 for w in words if w.islower())
     hit = [False] * len(words)
     index = 0
     while index < len(words):
         after = marked[tokens[index].end() : tokens[index].end() + 1]
-        kind = _introducer(words[index], after, mixed)
+        kind = _introducer(words[index], after, mixed, title_case)
         if kind:
             j = index + 1
             while j < len(words) and words[j].lower() in _LINKS:
@@ -295,7 +309,8 @@ def _mark_names(marked: str) -> str:
             continue
         if words[index] != _MARK and _WORD.fullmatch(words[index]):
             bare = _bare(words[index])
-            if is_name(bare) and not _eponym(words, index, bare):
+            listed = is_name(bare) or ("-" in bare and any(map(is_name, bare.split("-"))))
+            if listed and not _eponym(words, index, bare):
                 hit[index] = True
         index += 1
     if mixed:  # "Anna Long": an ambiguous name next to a sure one, both capitalised
@@ -321,8 +336,13 @@ def _mark_names(marked: str) -> str:
 
 
 def _eponym(words: list[str], index: int, lower: str) -> bool:
-    """A name used as a clinical eponym: "Jones fracture", "circle of Willis"."""
-    if lower in EPONYMS:
+    """A name used as a clinical eponym: "Jones fracture", "circle of Willis", "Salter
+    Harris II"."""
+    if lower in EPONYMS or lower in EPONYM_PAIRS:
+        return True
+    before = _bare(words[index - 1]) if index > 0 else ""
+    after = _bare(words[index + 1]) if index + 1 < len(words) else ""
+    if f"{before}-{lower}" in EPONYM_PAIRS or f"{lower}-{after}" in EPONYM_PAIRS:
         return True
     j = index + 1
     while j < len(words) and j <= index + 3:
@@ -336,23 +356,33 @@ def _eponym(words: list[str], index: int, lower: str) -> bool:
     return False
 
 
+_SEP = r"[,;:/^=-]"
+_GROUP = re.compile(rf"{_MARK}(?:[\s,;:/^=-]*{_MARK})+")
+_BRACKETED = re.compile(rf"\(\s*{_MARK}\s*\)|\[\s*{_MARK}\s*\]")
+_AT_START = re.compile(rf"^[\s,;:/^=-]*{_MARK}[\s,;:/^=-]*")
+_AT_END = re.compile(rf"[\s,;:/^=-]*{_MARK}[\s,;:/^=-]*$")
+_BEFORE_SEPARATOR = re.compile(rf"[ \t]*(?:{_SEP}[ \t]*)?{_MARK}[ \t]*({_SEP})")
+_BETWEEN_WORDS = re.compile(rf"[ \t]*{_MARK}[ \t]*")
+
+
 def _tidy(marked: str) -> str:
-    """Drop the marks, the leader words right before them, and the separators they leave;
-    everything else (brackets included) stays as it was."""
+    """Drop the marks, the leader words right before them, and the separators they leave
+    hanging; everything away from a removal (brackets, "--", "://") stays as it was."""
     words = re.split(r"(\s+)", marked.replace(_MARK, f" {_MARK} "))
     kept: list[str] = []
     for word in words:
         if _MARK in word:
             while kept and (kept[-1].isspace() or kept[-1].lower() in _LEADERS):
                 kept.pop()
-            kept.append(_MARK)
+            kept.append(word)
             continue
         kept.append(word)
     text = "".join(kept)
-    text = re.sub(rf"\(\s*(?:{_MARK}[\s,;:/-]*)+\)|\[\s*(?:{_MARK}[\s,;:/-]*)+\]", _MARK, text)
-    text = text.replace(_MARK, " ")
-    text = re.sub(r"\s*([,;:/-])(?:\s*[,;:/-])+", r"\1", text)  # ", -" left by a removal
-    text = re.sub(r"\s{2,}", " ", text)
-    text = re.sub(r"\s+([,;:.)\]])", r"\1", text)
-    text = re.sub(r"\(\s*\)|\[\s*\]", "", text)
-    return text.strip(" ,;:-/^=")
+    text = _GROUP.sub(_MARK, text)  # "DOE, JANE" -> one removal
+    text = _BRACKETED.sub(_MARK, text)  # "(Saint Radpipe Hospital)" goes whole
+    text = _GROUP.sub(_MARK, text)
+    text = _AT_START.sub("", text)
+    text = _AT_END.sub("", text)
+    text = _BEFORE_SEPARATOR.sub(r"\1", text)  # "seen X, contact" -> "seen, contact"
+    text = _BETWEEN_WORDS.sub(" ", text)
+    return text.strip()
