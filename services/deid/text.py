@@ -280,9 +280,9 @@ def _introducer(word: str, following: str, mixed: bool, title_case: bool) -> str
 def _mark_names(marked: str) -> str:
     """Mark names after kinship and role words, listed names, and ambiguous listed names
     next to a marked name (Title-case, in mixed-case text)."""
+    if not any(map(_might_matter, _WORD.findall(marked))):
+        return marked  # the usual descriptor: no introducer, no listed name (fast path)
     tokens = list(_TOKEN.finditer(marked))
-    if not tokens:
-        return marked
     mixed = any(c.islower() for c in marked) and any(c.isupper() for c in marked)
     words = [t.group(0) for t in tokens]
     capitalised = sum(1 for w in words if w[:1].isupper() and not w.isupper())
@@ -333,6 +333,14 @@ def _mark_names(marked: str) -> str:
             last = token.end()
     out.append(marked[last:])
     return "".join(out)
+
+
+def _might_matter(word: str) -> bool:
+    """An introducer or a listed name (ambiguous names only count next to those)."""
+    lower = _bare(word)
+    if lower in _INTRODUCERS or is_name(lower):
+        return True
+    return "-" in lower and any(map(is_name, lower.split("-")))
 
 
 def _eponym(words: list[str], index: int, lower: str) -> bool:
