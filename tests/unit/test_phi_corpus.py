@@ -477,6 +477,6 @@ def test_every_clean_descriptors_field_carries_leaks_of_each_kind(corpus: Corpus
         }
         if keyword in FREE_TEXT_FIELDS:
             assert found == set(kinds), keyword
-    medical = str(cts[0].MedicalAlerts)
-    assert "daughter" in medical.lower() or "wife" in medical.lower() or cts[1].MedicalAlerts
+    alerts = {str(ds.MedicalAlerts).split(" ")[0:2] == ["Call", "daughter"] for ds in cts}
+    assert alerts == {True, False}  # a daughter to be called, by name, in some of them
     assert all(ds.TimezoneOffsetFromUTC in corpus.planted["timezone"] for ds in cts)
