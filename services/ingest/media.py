@@ -133,24 +133,42 @@ def instance_type(syntax: str) -> str:
     return DICOM if syntax == EXPLICIT_LE else f"{DICOM}; transfer-syntax={syntax}"
 
 
-def negotiate_instances(accept: str | None, syntaxes: list[str]) -> bool:
-    """Whether to send whole instances stored in ``syntaxes`` as ``multipart/related``
-    (PS3.18 8.7.3.5, the default), or one instance as a single ``application/dicom`` body
-    because ``Accept`` names only that bare type. Instances are sent as stored, never
-    transcoded, so a requested (or default) transfer syntax must be the stored one.
+#: Native syntaxes whose objects re-encode losslessly as Explicit VR Little Endian: their value
+#: bytes are already little endian (big endian would need its OW values swapped).
+TO_EXPLICIT_LE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"})
 
-    Raises NotAcceptable (406) when ``Accept`` admits neither.
+
+def negotiate_instances(accept: str | None, syntaxes: list[str]) -> tuple[list[str], bool]:
+    """The transfer syntax to send each instance stored in ``syntaxes`` in, and whether to send
+    them as ``multipart/related`` (the default) or one instance as a single ``application/dicom``
+    body because ``Accept`` names only that bare type (PS3.18 8.7.3).
+
+    Each instance goes in its stored syntax when a range admits it, else in Explicit VR Little
+    Endian (the default a range without ``transfer-syntax`` asks for) when it is stored in
+    Implicit VR Little Endian or Deflated Explicit VR Little Endian, which re-encode losslessly.
+    Compressed and big-endian objects are not transcoded.
+
+    Raises NotAcceptable (406) when ``Accept`` admits no such representation.
     """
     ranges = parse_accept(accept)
     for multipart in (True, False):
         if not multipart and len(syntaxes) != 1:
             break
-        if all(any(_allows(r, DICOM, s, multipart=multipart) for r in ranges) for s in syntaxes):
-            return multipart
+        chosen = [_instance_syntax(ranges, stored, multipart) for stored in syntaxes]
+        if all(syntax is not None for syntax in chosen):
+            return [syntax for syntax in chosen if syntax is not None], multipart
     stored = ", ".join(sorted(set(syntaxes)))
     single = " (a single-part application/dicom body holds one instance)" if syntaxes[1:] else ""
     raise NotAcceptable(
         f"no acceptable representation{single}: the instances are stored in transfer syntax "
-        f'{stored} and are not transcoded; accept multipart/related; type="application/dicom"; '
-        "transfer-syntax=* (or the stored syntax)"
+        f"{stored}, and compressed or big-endian objects are not transcoded; accept "
+        'multipart/related; type="application/dicom"; transfer-syntax=* (or the stored syntax)'
     )
+
+
+def _instance_syntax(ranges: list[MediaRange], stored: str, multipart: bool) -> str | None:
+    offered = [stored, EXPLICIT_LE] if stored in TO_EXPLICIT_LE else [stored]
+    for syntax in offered:
+        if any(_allows(r, DICOM, syntax, multipart=multipart) for r in ranges):
+            return syntax
+    return None

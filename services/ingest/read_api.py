@@ -107,12 +107,17 @@ async def search_instances(
 
 
 def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: str) -> Response:
-    """Instances as stored (PS3.18 10.4.1.1.1): multipart/related, or one instance as a
-    single-part body when ``Accept`` names only ``application/dicom``; 406 before reading."""
-    syntaxes = [retrieve.transfer_syntax(ctx, entry) for entry in found]
-    as_multipart = media.negotiate_instances(request.headers.get("accept"), syntaxes)
+    """Instances (PS3.18 10.4.1.1.1) as stored, or re-encoded as Explicit VR Little Endian
+    where ``Accept`` asks for the default and that is lossless: multipart/related, or one
+    instance as a single-part body when ``Accept`` names only ``application/dicom``; 406
+    before reading."""
+    stored = [retrieve.transfer_syntax(ctx, entry) for entry in found]
+    syntaxes, as_multipart = media.negotiate_instances(request.headers.get("accept"), stored)
     location = _location(request, ctx, found, level)
-    data = [retrieve.read_bytes(ctx, entry) for entry in found]
+    data = [
+        retrieve.read_bytes(ctx, entry) if syntax == kept else retrieve.as_explicit_le(ctx, entry)
+        for entry, kept, syntax in zip(found, stored, syntaxes, strict=True)
+    ]
     types = [media.instance_type(syntax) for syntax in syntaxes]
     if not as_multipart:
         headers = {"Content-Location": location}

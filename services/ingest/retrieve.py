@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian
 
 from radpipe.common.context import Context
 from radpipe.common.dicomindex import INDEX
-from radpipe.common.dicomio import read_part10
+from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import BadRequest, NotAcceptable, NotFound
 from radpipe.common.identity import pseudonymous_uid
 from radpipe.common.studies import UID_PATTERN
@@ -79,6 +80,15 @@ def transfer_syntax(ctx: Context, entry: dict[str, Any]) -> str:
         return str(syntax)
     ds = read_part10(io.BytesIO(read_bytes(ctx, entry)), stop_before_pixels=True)
     return str(ds.file_meta.TransferSyntaxUID)
+
+
+def as_explicit_le(ctx: Context, entry: dict[str, Any]) -> bytes:
+    """A stored native little-endian object re-encoded as Explicit VR Little Endian, the
+    default transfer syntax of ``application/dicom`` (PS3.18 8.7.3): the values are kept,
+    only the encoding changes."""
+    ds = read_dataset(ctx, entry)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return write_part10(ds)
 
 
 def read_dataset(ctx: Context, entry: dict[str, Any]) -> pydicom.Dataset:

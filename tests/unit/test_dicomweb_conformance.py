@@ -19,7 +19,13 @@ from pydicom.uid import generate_uid
 from radpipe.common.context import Context
 from radpipe.common.dicomjson import dumps, ordered
 from radpipe.common.errors import NotAcceptable
-from radpipe.common.mime import BodyPart, choose, encode_multipart, parse_accept
+from radpipe.common.mime import (
+    BodyPart,
+    choose,
+    encode_multipart,
+    parse_accept,
+    parse_media_type,
+)
 from radpipe.ingest.multipart import split_parts, stow_boundary
 
 from ..dicom import ct_series
@@ -27,6 +33,7 @@ from ..dicomjson import check_model, every_dicom_json_response_is_checked  # noq
 from ..integration.test_wado_bulkdata_frames import _image, put_deid
 
 JPEG = "1.2.840.10008.1.2.4.50"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 @pytest.fixture
@@ -436,6 +443,66 @@ def test_instances_in_another_syntax_are_labelled_and_not_passed_off_as_the_defa
     )
     assert default.status_code == 406
     assert "transfer-syntax=*" in default.json()["detail"]
+
+
+IMPLICIT, DEFLATED, BIG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("MR_small_implicit.dcm", IMPLICIT), ("image_dfl.dcm", DEFLATED)],
+)
+def test_native_little_endian_instances_are_re_encoded_for_the_default(
+    client: TestClient, auth: dict[str, str], ctx: Context, name: str, stored: str
+) -> None:
+    original = pydicom.dcmread(get_testdata_file(name))
+    assert original.file_meta.TransferSyntaxUID == stored
+    url = "/dicom-web" + put_deid(ctx, original)
+    # The default (no transfer-syntax) is Explicit VR Little Endian: re-encoded, values kept.
+    for accept in (
+        'multipart/related; type="application/dicom"',
+        f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}',
+        "application/dicom",
+    ):
+        response = client.get(url, headers={**auth, "Accept": accept})
+        assert response.status_code == 200, accept
+        body = response.content
+        if response.headers["content-type"].startswith("multipart/related"):
+            [(headers, body)] = multipart_parts(response)
+            assert headers["Content-Type"] == "application/dicom"
+        else:
+            assert response.headers["content-type"] == "application/dicom"
+        sent = pydicom.dcmread(io.BytesIO(body))
+        assert sent.file_meta.TransferSyntaxUID == EXPLICIT_LE, accept
+        assert sent.PatientName == original.PatientName
+        assert np.array_equal(sent.pixel_array, original.pixel_array)
+    # Any syntax, or the stored one, gets the stored bytes, labelled.
+    for accept in ("*/*", f'multipart/related; type="application/dicom"; transfer-syntax={stored}'):
+        [(headers, body)] = multipart_parts(client.get(url, headers={**auth, "Accept": accept}))
+        assert headers["Content-Type"] == f"application/dicom; transfer-syntax={stored}"
+        assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == stored
+
+
+def test_big_endian_instances_are_not_transcoded(
+    client: TestClient, auth: dict[str, str], ctx: Context
+) -> None:
+    original = pydicom.dcmread(get_testdata_file("MR_small_bigendian.dcm"))
+    original.SOPInstanceUID = generate_uid()
+    url = "/dicom-web" + put_deid(ctx, original)
+    refused = client.get(
+        url, headers={**auth, "Accept": 'multipart/related; type="application/dicom"'}
+    )
+    assert refused.status_code == 406 and "big-endian" in refused.json()["detail"]
+    assert client.get(url, headers={**auth, "Accept": "*/*"}).status_code == 200
+
+
+def multipart_parts(response: Any) -> list[tuple[dict[str, str], bytes]]:
+    media_type, params = parse_media_type(response.headers["content-type"])
+    assert media_type == "multipart/related", response.text
+    return [
+        ({"Content-Type": part.content_type}, part.read())
+        for part in split_parts(response.content, params["boundary"])
+    ]
 
 
 def test_stow_refuses_an_accept_it_cannot_answer_before_storing(
