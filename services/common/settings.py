@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     #: ``storescu`` call ``ANY-SCP`` unless told otherwise, and the calling AE allow-list is
     #: what admits a peer.
     dimse_check_called_ae: bool = False
+    #: The setting's name before 0.2 (default on); refused, so a deployment relying on the
+    #: check does not lose it silently.
+    dimse_require_called_aet: bool | None = Field(None, exclude=True, repr=False)
     #: Where result objects go back to (the PACS): a STOW-RS base URL, and/or a DIMSE peer.
     export_stow_url: AnyHttpUrl | None = None
     #: Extra headers for the STOW-RS destination, e.g. {"Authorization": "Bearer ..."} as JSON.
@@ -75,6 +78,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
+        if self.dimse_require_called_aet is not None:
+            raise ValueError(
+                "RADPIPE_DIMSE_REQUIRE_CALLED_AET was renamed: set "
+                f"RADPIPE_DIMSE_CHECK_CALLED_AE={str(self.dimse_require_called_aet).lower()} "
+                "instead (the called AE title is accepted whatever it is by default)"
+            )
         if self.all_in_one:
             return self
         check_secret_key(self.secret_key.get_secret_value())
