@@ -131,6 +131,7 @@ _LEADERS = _words(
     """
 )
 _MARK = "\x00"
+_DIGIT_OR_AT = re.compile(r"[\d@]")
 _SPLIT = re.compile(r"[\^=,\s]+")
 _WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*")
 _TOKEN = re.compile(r"\x00|[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*|[:(=-]")
@@ -212,7 +213,8 @@ class TextCleaner:
         if patterns:
             if not _checkable(text):
                 return None
-            marked = PATTERNS.sub(_MARK, PHONE.sub(_phone_mark, marked))
+            if _DIGIT_OR_AT.search(marked):  # every pattern needs a digit or an "@"
+                marked = PATTERNS.sub(_MARK, PHONE.sub(_phone_mark, marked))
         if self._known:
             marked = self._known.sub(_MARK, marked)
         if patterns:
