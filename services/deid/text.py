@@ -136,12 +136,14 @@ _SPLIT = re.compile(r"[\^=,\s]+")
 _WORD = re.compile(r"[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*")
 _TOKEN = re.compile(r"\x00|[^\W\d_](?:[^\W\d_]|['’-](?=[^\W\d_]))*|[:(=-]")
 _ADDRESS_PARTS = re.compile(r"[,;\n\r^]+")
+#: Words of an address too common to remove on their own (the part they are in still goes).
 _STREET_WORDS = _words(
     """
     street st road rd lane ln avenue ave av drive dr court ct place pl boulevard blvd way
     apt apartment suite unit north south east west n s e w the of and po box floor flat
     house city county state usa us uk terrace close crescent square sq highway hwy route
-    rte
+    rte hospital clinic centre center medical health university general building department
+    wing campus room level block
     """
 )
 
