@@ -1,6 +1,13 @@
-"""Document store adapters: MongoDB through ``pymongo``, and an embedded engine on disk.
+"""Document store adapters: MongoDB through ``pymongo``, and the embedded engines on disk.
 
-The embedded engine is ``litemongo`` (mongomock collections kept in SQLite). On its own it
+The embedded default is :class:`~radpipe.common.sqlitedocs.SqliteDocumentStore` (JSON documents
+in one SQLite file in WAL mode, queried through expression indexes). A data dir written by the
+earlier embedded engine is converted once when the store is opened (:func:`migrate_litemongo`),
+keeping the old files as a backup.
+
+The earlier engine, :class:`EmbeddedDocumentStore`, stays importable for that migration and for
+``bench/store.py``. It is ``litemongo`` (mongomock collections kept in SQLite): every query reads
+and copies the whole collection, so it does not scale past a few thousand studies. On its own it
 loses updates when several processes write the same document (each process evaluates the
 update in memory, then writes the whole document back). :class:`EmbeddedDocumentStore`
 therefore serialises every operation through an exclusive ``flock`` on one lock file, which
@@ -12,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shutil
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +31,13 @@ from typing import Any
 
 import pymongo
 
+from .logging import get_logger
 from .ports import Collection, Document, DocumentStore
 from .settings import Settings
+from .sqlitedocs import SqliteCollection as _SqliteCollection
+from .sqlitedocs import SqliteDocumentStore
+
+log = get_logger("radpipe.docstore")
 
 
 class MongoDocumentStore:
@@ -186,8 +201,91 @@ class EmbeddedDocumentStore:
         self.lock.close()
 
 
+#: Class name kept for code that still names the earlier engine.
+LitemongoDocumentStore = EmbeddedDocumentStore
+
+
+def _denormalise(collection: str, doc: Document) -> Document:
+    """Top-level fields the new indexes need, derived from what the old documents hold."""
+    if collection == "studies":
+        from .studies import with_sort_fields  # the study record owns its sort fields
+
+        return with_sort_fields(doc)
+    return doc
+
+
+def migrate_litemongo(folder: Path, database: str, target: Path) -> bool:
+    """Convert ``folder/database`` (litemongo) into the SQLite file ``target``, once.
+
+    Several processes may open the store at once: a file lock lets one convert while the
+    others wait. The new file is written aside and renamed into place, then the old folder is
+    moved to ``<database>.litemongo-backup`` (a crash in between is finished on the next open).
+    Returns whether anything was converted.
+    """
+    old = folder / database
+    if not old.is_dir():
+        return False
+    with open(folder / ".radpipe-migrate.lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if not old.is_dir():
+            return False  # another process converted it while this one waited
+        converted = False
+        if not target.exists():
+            _convert(folder, database, target)
+            converted = True
+        backup = folder / f"{database}.litemongo-backup"
+        if backup.exists():
+            backup = backup.with_name(f"{backup.name}-{int(time.time())}")
+        shutil.move(str(old), backup)
+        log.info("docstore.migrated", source=str(old), target=str(target), backup=str(backup))
+        return converted
+
+
+def _convert(folder: Path, database: str, target: Path) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    partial = target.with_name(target.name + ".migrating")
+    for leftover in (partial, *(partial.with_name(partial.name + s) for s in ("-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    source = EmbeddedDocumentStore(folder, database)
+    fresh = SqliteDocumentStore(partial)
+    console = Console(stderr=True)
+    try:
+        names = [n for n in sorted(source.database().list_collection_names()) if n != "_ping"]
+        with Progress(console=console, disable=not sys.stderr.isatty()) as progress:
+            for name in names:
+                old = source.collection(name)
+                total = old.count_documents({})
+                task = progress.add_task(f"converting {name}", total=total)
+                log.info("docstore.migrating", collection=name, documents=total)
+                new = fresh.collection(name)
+                assert isinstance(new, _SqliteCollection)
+                with fresh.write() as db:
+                    for doc in old.find({}):
+                        new._insert(db, _denormalise(name, doc))
+                        progress.advance(task)
+    finally:
+        fresh.close()
+        source.close()
+    checkpoint = sqlite3.connect(partial)
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    checkpoint.close()
+    for suffix in ("-wal", "-shm"):
+        partial.with_name(partial.name + suffix).unlink(missing_ok=True)
+    partial.rename(target)
+
+
+def open_embedded(folder: Path, database: str) -> SqliteDocumentStore:
+    """The embedded store in ``folder``, converting an earlier engine's data first."""
+    target = folder / f"{database}.sqlite3"
+    folder.mkdir(parents=True, exist_ok=True)
+    migrate_litemongo(folder, database, target)
+    return SqliteDocumentStore(target)
+
+
 def make_document_store(settings: Settings) -> DocumentStore:
     """MongoDB when ``RADPIPE_MONGO_URL`` is set, else the embedded engine in the data dir."""
     if settings.mongo_url:
         return MongoDocumentStore(settings.mongo_url, settings.mongo_database)
-    return EmbeddedDocumentStore(settings.data_dir / "documents", settings.mongo_database)
+    return open_embedded(settings.data_dir / "documents", settings.mongo_database)

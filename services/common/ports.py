@@ -1,7 +1,7 @@
 """Ports to the outside world: object store, document store and task dispatch.
 
-Adapters live in ``objectstore.py``, ``docstore.py`` and ``bus.py``; services depend only on
-these protocols, so tests and deployments swap adapters freely.
+Adapters live in ``objectstore.py``, ``docstore.py`` (with ``sqlitedocs.py``) and ``bus.py``;
+services depend only on these protocols, so tests and deployments swap adapters freely.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class DocumentStore(Protocol):
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Run a group of calls without other writers in between (no-op where each call is
-        already atomic and cheap, as in MongoDB; the embedded engine re-reads a collection
-        whenever another process wrote it, so grouping its calls saves re-reads)."""
+        already atomic, as in MongoDB; the embedded engine makes the group one transaction,
+        which readers in other processes never wait for)."""
         ...
 
     def ping(self) -> None: ...

@@ -109,15 +109,48 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+#: The worklist order: highest AI risk first, then longest waiting (received earliest).
+#: Unanalysed studies have no ``risk_score`` and follow the analysed ones, oldest first.
+WORKLIST_ORDER = [("risk_score", -1), ("created_at", 1)]
+
+
+def risk_score_of(analysis: Any) -> float | None:
+    score = ((analysis or {}).get("risk") or {}).get("score")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        return float(score)
+    return None
+
+
+def with_sort_fields(doc: Document) -> Document:
+    """``doc`` with ``risk_score``, the top-level copy of the AI risk the worklist index sorts
+    on (kept in step with ``analysis`` by every write of it, see ``_with_risk``)."""
+    score = risk_score_of(doc.get("analysis"))
+    if score is None:
+        return doc
+    return {**doc, "risk_score": score}
+
+
+def _with_risk(fields: dict[str, Any]) -> dict[str, Any]:
+    if "analysis" not in fields:
+        return fields
+    return {**fields, "risk_score": risk_score_of(fields["analysis"])}
+
+
 class StudyRepository:
     def __init__(self, documents: DocumentStore) -> None:
         self.studies = documents.collection(STUDIES)
         self.instances = documents.collection(INSTANCES)
+        self.alerts = documents.collection(ALERTS)
 
     def ensure_indexes(self) -> None:
+        """The indexes behind every query of the product (the same on MongoDB and embedded)."""
         self.studies.create_index("state")
         self.studies.create_index("updated_at")
-        self.instances.create_index("study_id")
+        self.studies.create_index(WORKLIST_ORDER)
+        self.studies.create_index([("state", 1), *WORKLIST_ORDER])
+        self.instances.create_index([("study_id", 1), ("received_at", 1)])
+        self.alerts.create_index([("acknowledged_at", 1), ("created_at", -1)])
+        self.alerts.create_index([("created_at", -1)])
 
     def get(self, study_id: str) -> Document:
         doc = self.studies.find_one({"_id": study_id})
@@ -217,7 +250,7 @@ class StudyRepository:
         updated: Document | None = self.studies.find_one_and_update(
             {"_id": study_id, "state": {"$in": sources_of(target)}},
             {
-                "$set": {"state": str(target), "updated_at": at, **(fields or {})},
+                "$set": {"state": str(target), "updated_at": at, **_with_risk(fields or {})},
                 "$push": {"events": event},
             },
             return_document=ReturnDocument.AFTER,
@@ -249,7 +282,9 @@ class StudyRepository:
         )
 
     def set_fields(self, study_id: str, fields: dict[str, Any]) -> None:
-        self.studies.update_one({"_id": study_id}, {"$set": {**fields, "updated_at": now()}})
+        self.studies.update_one(
+            {"_id": study_id}, {"$set": {**_with_risk(fields), "updated_at": now()}}
+        )
 
     def instances_of(self, study_id: str) -> list[Document]:
         return list(self.instances.find({"study_id": study_id}).sort("received_at", 1))
@@ -257,7 +292,8 @@ class StudyRepository:
     def list(
         self, *, state: str | None = None, offset: int = 0, limit: int = 50
     ) -> tuple[list[Document], int]:
+        """One worklist page (``WORKLIST_ORDER``) and the total, both answered by an index."""
         query: dict[str, Any] = {"state": state} if state else {}
         total = self.studies.count_documents(query)
-        docs = list(self.studies.find(query).sort("updated_at", -1).skip(offset).limit(limit))
-        return docs, total
+        cursor = self.studies.find(query).sort(WORKLIST_ORDER).skip(offset).limit(limit)
+        return list(cursor), total

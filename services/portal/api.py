@@ -87,9 +87,9 @@ def logout(request: Request, ctx: Ctx) -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
+    # Highest AI risk first, across all studies (the store's worklist order): reordering,
+    # not just flagging, is what shortens waits.
     studies, total = service.list_studies(ctx, state=None, offset=0, limit=200)
-    # Highest AI risk first: reordering, not just flagging, is what shortens waits.
-    studies.sort(key=lambda s: -(s.risk or {}).get("score", -1.0))
     return templates.TemplateResponse(
         request,
         "worklist.html",

@@ -1,6 +1,8 @@
 """One contract suite for every object-store and document-store adapter available.
 
-S3 runs against a real SeaweedFS server; MongoDB runs when RADPIPE_TEST_MONGO_URL is set.
+S3 runs against a real SeaweedFS server; MongoDB runs when RADPIPE_TEST_MONGO_URL is set. The
+document contract covers every query and update operator ``services/`` uses, on the embedded
+default (SQLite), the earlier embedded engine (litemongo, kept for migration) and MongoDB.
 """
 
 from __future__ import annotations
@@ -8,15 +10,18 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from radpipe.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
 from radpipe.common.errors import NotFound
 from radpipe.common.objectstore import FolderObjectStore, S3ObjectStore
 from radpipe.common.ports import DocumentStore, ObjectStore
+from radpipe.common.sqlitedocs import SqliteDocumentStore
 
 from ..servers import S3Server
 
@@ -36,10 +41,12 @@ def objects(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ob
     yield store, bucket
 
 
-@pytest.fixture(params=["embedded", "mongodb"])
+@pytest.fixture(params=["sqlite", "litemongo", "mongodb"])
 def documents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentStore]:
     store: DocumentStore
-    if request.param == "embedded":
+    if request.param == "sqlite":
+        store = SqliteDocumentStore(tmp_path / "documents" / "radpipe.sqlite3")
+    elif request.param == "litemongo":
         store = EmbeddedDocumentStore(tmp_path / "documents", "radpipe")
     else:
         if not MONGO_URL:
@@ -119,3 +126,157 @@ def test_first_writer_creates_its_bucket(objects: tuple[ObjectStore, str]) -> No
     assert list(store.list(bucket)) == []
     store.put(bucket, "k.dcm", b"data")
     assert store.get(bucket, "k.dcm") == b"data"
+
+
+def _ids(cursor: object) -> list[str]:
+    return [d["_id"] for d in cursor]  # type: ignore[attr-defined]
+
+
+def test_documents_datetimes_round_trip_aware_compare_and_sort(documents: DocumentStore) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    base = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)  # BSON keeps milliseconds
+    plus_two = timezone(timedelta(hours=2))
+    col.insert_one({"_id": "late", "at": base + timedelta(days=1)})
+    col.insert_one({"_id": "early", "at": (base - timedelta(hours=1)).astimezone(plus_two)})
+    col.insert_one({"_id": "mid", "at": base, "nested": {"at": base}})
+    col.insert_one({"_id": "text", "at": "2026-03-01"})
+    mid = col.find_one({"_id": "mid"})
+    assert mid["at"] == base and mid["at"].tzinfo is not None and mid["nested"]["at"] == base
+    assert col.find_one({"_id": "early"})["at"] == base - timedelta(hours=1)
+    assert col.find_one({"at": base})["_id"] == "mid"
+    assert _ids(col.find({"at": {"$gte": base}}).sort("at", 1)) == ["mid", "late"]
+    assert _ids(col.find({"at": {"$lt": base}})) == ["early"]  # a string is not a date
+    dated = {"at": {"$gt": base - timedelta(days=9)}}
+    assert _ids(col.find(dated).sort("at", -1)) == ["late", "mid", "early"]
+
+
+def test_documents_null_matches_missing_and_membership(documents: DocumentStore) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    col.insert_one({"_id": "a", "ack": None, "state": "received"})
+    col.insert_one({"_id": "b", "state": "stable"})
+    col.insert_one({"_id": "c", "ack": "who", "state": "signed", "flag": True})
+    col.insert_one({"_id": "d", "ack": "", "state": "failed", "flag": 1})
+    assert sorted(_ids(col.find({"ack": None}))) == ["a", "b"]
+    assert sorted(_ids(col.find({"ack": {"$ne": None}}))) == ["c", "d"]
+    assert sorted(_ids(col.find({"state": {"$ne": "stable"}}))) == ["a", "c", "d"]
+    assert sorted(_ids(col.find({"ack": {"$ne": "who"}}))) == ["a", "b", "d"]
+    assert sorted(_ids(col.find({"ack": {"$exists": True}}))) == ["a", "c", "d"]
+    assert _ids(col.find({"ack": {"$exists": False}})) == ["b"]
+    assert sorted(_ids(col.find({"state": {"$in": ["stable", "signed"]}}))) == ["b", "c"]
+    assert sorted(_ids(col.find({"ack": {"$in": [None, "who"]}}))) == ["a", "b", "c"]
+    assert sorted(_ids(col.find({"state": {"$nin": ["stable", "signed"]}}))) == ["a", "d"]
+    if not isinstance(documents, EmbeddedDocumentStore):  # mongomock: True == 1
+        assert _ids(col.find({"flag": True})) == ["c"]  # true is not 1
+    assert col.count_documents({"ack": None, "state": "received"}) == 1
+    assert col.count_documents({}) == 4
+
+
+def test_documents_ranges_stay_within_a_type(documents: DocumentStore) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    for key, value in (("n1", 1), ("n2", 2.5), ("n3", 10), ("s", "5"), ("z", None)):
+        col.insert_one({"_id": key, "v": value})
+    assert sorted(_ids(col.find({"v": {"$gt": 1}}))) == ["n2", "n3"]
+    assert sorted(_ids(col.find({"v": {"$gte": 1, "$lt": 10}}))) == ["n1", "n2"]
+    assert _ids(col.find({"v": {"$lte": 1}})) == ["n1"]
+    assert _ids(col.find({"v": {"$gt": "1"}})) == ["s"]
+
+
+def test_documents_sort_skip_limit_with_missing_last_descending(
+    documents: DocumentStore,
+) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [("u1", None, 5), ("r5a", 0.5, 3), ("r9", 0.9, 9), ("r5b", 0.5, 1), ("u2", None, 2)]
+    for key, score, minutes in rows:
+        doc = {"_id": key, "created_at": at + timedelta(minutes=minutes)}
+        if score is not None:
+            doc["risk_score"] = score
+        col.insert_one(doc)
+    col.create_index([("risk_score", -1), ("created_at", 1)])
+    order = [("risk_score", -1), ("created_at", 1)]
+    assert _ids(col.find({}).sort(order)) == ["r9", "r5b", "r5a", "u2", "u1"]
+    assert _ids(col.find({}).sort(order).skip(1).limit(2)) == ["r5b", "r5a"]
+    assert _ids(col.find({}).sort("_id", -1).limit(2)) == ["u2", "u1"]
+    assert _ids(col.find({"risk_score": {"$gte": 0.5}}).sort("created_at", -1)) == [
+        "r9",
+        "r5a",
+        "r5b",
+    ]
+
+
+def test_documents_update_operators_and_upserts(documents: DocumentStore) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    col.update_one(
+        {"_id": "s", "kind": "study"},
+        {
+            "$setOnInsert": {"created": 1, "events": []},
+            "$set": {"progress.pacs": ["a"], "top": "x"},
+            "$inc": {"count": 2},
+        },
+        upsert=True,
+    )
+    doc = col.find_one({"_id": "s"})
+    assert doc == {
+        "_id": "s",
+        "kind": "study",
+        "created": 1,
+        "events": [],
+        "progress": {"pacs": ["a"]},
+        "top": "x",
+        "count": 2,
+    }
+    col.update_one(
+        {"_id": "s"},
+        {
+            "$setOnInsert": {"created": 2},
+            "$addToSet": {"progress.pacs": {"$each": ["a", "b", "b"]}, "done": {"$each": ["k"]}},
+            "$push": {"events": {"$each": [{"n": 1}, {"n": 1}]}},
+            "$inc": {"count": -1, "fresh": 1},
+            "$unset": {"top": ""},
+        },
+    )
+    doc = col.find_one({"_id": "s"})
+    assert doc["created"] == 1 and "top" not in doc
+    if not isinstance(documents, EmbeddedDocumentStore):  # mongomock keeps $each's repeats
+        assert doc["progress"] == {"pacs": ["a", "b"]}
+    assert doc["done"] == ["k"]
+    assert doc["events"] == [{"n": 1}, {"n": 1}] and (doc["count"], doc["fresh"]) == (1, 1)
+    assert col.update_one({"_id": "none"}, {"$set": {"a": 1}}).matched_count == 0
+    assert col.find_one({"_id": "none"}) is None
+    with pytest.raises(DuplicateKeyError):
+        col.insert_one({"_id": "s"})
+
+
+def test_documents_find_one_and_update_before_after_upsert_sort(
+    documents: DocumentStore,
+) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    before = col.find_one_and_update(
+        {"_id": "i1"},
+        {"$setOnInsert": {"study_id": "s", "n": 1}},
+        upsert=True,
+        return_document=ReturnDocument.BEFORE,
+    )
+    assert before is None
+    again = col.find_one_and_update(
+        {"_id": "i1"},
+        {"$setOnInsert": {"study_id": "s", "n": 2}},
+        upsert=True,
+        return_document=ReturnDocument.BEFORE,
+    )
+    assert again == {"_id": "i1", "study_id": "s", "n": 1}
+    col.insert_one({"_id": "i2", "study_id": "s", "n": 5})
+    first = col.find_one_and_update(
+        {"study_id": "s"},
+        {"$set": {"picked": True}},
+        sort=[("n", -1)],
+        return_document=ReturnDocument.AFTER,
+    )
+    assert first == {"_id": "i2", "study_id": "s", "n": 5, "picked": True}
+    created = col.find_one_and_update(
+        {"_id": "i3", "state": "new"},
+        {"$inc": {"n": 1}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    assert created == {"_id": "i3", "state": "new", "n": 1}

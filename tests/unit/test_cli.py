@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from radpipe.cli import main
 from radpipe.common.auth import AuthService
-from radpipe.common.docstore import EmbeddedDocumentStore
+from radpipe.common.docstore import open_embedded
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def auth(tmp_path: Path) -> AuthService:
-    return AuthService(EmbeddedDocumentStore(tmp_path / "data" / "documents", "radpipe"))
+    return AuthService(open_embedded(tmp_path / "data" / "documents", "radpipe"))
 
 
 def test_token_create_prints_a_working_token_as_last_line(
