@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, StringConstraints
 from pymongo import ReturnDocument
 
+from .dicomindex import INDEX
 from .errors import NotFound
 from .ports import Document, DocumentStore
 
@@ -141,6 +142,7 @@ class StudyRepository:
         self.studies = documents.collection(STUDIES)
         self.instances = documents.collection(INSTANCES)
         self.alerts = documents.collection(ALERTS)
+        self.dicom_index = documents.collection(INDEX)
 
     def ensure_indexes(self) -> None:
         """The indexes behind every query of the product (the same on MongoDB and embedded)."""
@@ -151,6 +153,9 @@ class StudyRepository:
         self.instances.create_index([("study_id", 1), ("received_at", 1)])
         self.alerts.create_index([("acknowledged_at", 1), ("created_at", -1)])
         self.alerts.create_index([("created_at", -1)])
+        # WADO-RS retrieves by study and series UID (QIDO matching is not in the store yet).
+        self.dicom_index.create_index("attributes.StudyInstanceUID")
+        self.dicom_index.create_index("attributes.SeriesInstanceUID")
 
     def get(self, study_id: str) -> Document:
         doc = self.studies.find_one({"_id": study_id})

@@ -53,6 +53,12 @@ def test_product_queries_are_answered_by_indexes(store: SqliteDocumentStore) -> 
         "instances of a study": _plan(
             instances, instances.find({"study_id": "s1"}).sort("received_at", 1)
         ),
+        "WADO-RS series": _plan(
+            repo.dicom_index,
+            repo.dicom_index.find(
+                {"attributes.StudyInstanceUID": "1.2", "attributes.SeriesInstanceUID": "1.2.3"}
+            ),
+        ),
     }
     for name, plan in plans.items():
         assert _indexed(plan), f"{name}: {plan}"
