@@ -172,11 +172,11 @@ class SqliteCollection:
     # writes (BEGIN IMMEDIATE: read-modify-write under the single writer lock)
 
     def insert_one(self, document: Document) -> InsertOneResult:
-        doc = dict(document)
-        doc.setdefault("_id", str(ObjectId()))
+        if "_id" not in document:
+            document["_id"] = str(ObjectId())  # pymongo, too, adds the id to the caller's dict
         with self.store.write() as db:
-            self._insert(db, doc)
-        return InsertOneResult(doc["_id"])
+            self._insert(db, document)
+        return InsertOneResult(document["_id"])
 
     def _insert(self, db: sqlite3.Connection, doc: Document) -> None:
         key = scalar(doc["_id"], "_id")
@@ -222,7 +222,10 @@ class SqliteCollection:
             apply_update(after, update, inserting=False)
             written = dumps(after)
             if written != text:
-                db.execute(f"UPDATE {self.table} SET doc = ? WHERE rowid = ?", (written, rowid))
+                try:
+                    db.execute(f"UPDATE {self.table} SET doc = ? WHERE rowid = ?", (written, rowid))
+                except sqlite3.IntegrityError as exc:  # a unique index
+                    raise DuplicateKeyError(f"E11000 duplicate key in {self.name}: {exc}") from exc
             return loads(text), after, None
 
     def update_one(

@@ -280,3 +280,18 @@ def test_documents_find_one_and_update_before_after_upsert_sort(
         return_document=ReturnDocument.AFTER,
     )
     assert created == {"_id": "i3", "state": "new", "n": 1}
+
+
+def test_documents_unique_index_and_generated_ids(documents: DocumentStore) -> None:
+    col = documents.collection("c" + secrets.token_hex(4))
+    col.create_index("email", unique=True)
+    entry = {"email": "a@example.org", "at": datetime(2026, 1, 1, tzinfo=UTC)}
+    inserted = col.insert_one(entry)
+    assert entry["_id"] == inserted.inserted_id  # the caller's dict gets its id, as in pymongo
+    assert col.find_one({"_id": entry["_id"]})["email"] == "a@example.org"
+    col.insert_one({"email": "b@example.org"})
+    with pytest.raises(DuplicateKeyError):
+        col.insert_one({"email": "a@example.org"})
+    with pytest.raises(DuplicateKeyError):
+        col.update_one({"email": "b@example.org"}, {"$set": {"email": "a@example.org"}})
+    assert col.count_documents({}) == 2
