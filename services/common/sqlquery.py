@@ -132,7 +132,10 @@ def _equals(field: str, expr: str, value: Any, params: list[Any]) -> str:
     if isinstance(value, bool):
         if field == "_id":
             raise UnsupportedQuery("a boolean _id is not supported")
-        return f"json_type(doc, '$.{field}') = '{'true' if value else 'false'}'"
+        # json_extract yields 1/0 for true/false (what an index on the field holds): the
+        # equality uses the index, json_type tells a boolean from the number.
+        kind = "true" if value else "false"
+        return f"{expr} = {int(value)} AND json_type(doc, '$.{field}') = '{kind}'"
     params.append(scalar(value, field))
     return f"{expr} = ?"
 

@@ -62,6 +62,12 @@ def test_product_queries_are_answered_by_indexes(store: SqliteDocumentStore) -> 
     }
     for name, plan in plans.items():
         assert _indexed(plan), f"{name}: {plan}"
+    flagged = store.collection("flagged")
+    flagged.create_index([("open", 1), ("created_at", -1)])
+    flagged.insert_one({"_id": "t", "open": True})
+    flagged.insert_one({"_id": "one", "open": 1})
+    open_first = flagged.find({"open": True}).sort("created_at", -1).limit(5)
+    assert _indexed(_plan(flagged, open_first)) and [d["_id"] for d in open_first] == ["t"]
     assert "risk_score" in plans["worklist"] and "state" in plans["worklist by state"]
     assert "acknowledged_at" in plans["open alerts"]
 
