@@ -271,7 +271,7 @@ def _convert(folder: Path, database: str, target: Path) -> None:
     checkpoint = sqlite3.connect(partial)
     checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     checkpoint.close()
-    for suffix in ("-wal", "-shm"):
+    for suffix in ("-wal", "-shm", ".writers.lock"):
         partial.with_name(partial.name + suffix).unlink(missing_ok=True)
     partial.rename(target)
 

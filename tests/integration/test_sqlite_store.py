@@ -144,7 +144,13 @@ def test_a_litemongo_data_dir_is_converted_once_with_a_backup(tmp_path: Path) ->
     store.close()
     again = open_embedded(folder, "radpipe")  # opening again converts nothing
     assert again.collection("studies").find_one({"_id": "s0"})["note"] == "written after"
-    assert sorted(p.name for p in folder.iterdir() if "backup" in p.name) == [backup.name]
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        backup.name,
+        "radpipe.sqlite3",
+        "radpipe.sqlite3-shm",
+        "radpipe.sqlite3-wal",
+        "radpipe.sqlite3.writers.lock",
+    ]
     again.close()
 
 
