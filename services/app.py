@@ -9,13 +9,14 @@ from radpipe.common.context import Context
 from radpipe.common.logging import configure_logging
 from radpipe.ingest.api import router as ingest_router
 from radpipe.ingest.read_api import router as dicomweb_read_router
+from radpipe.notify.api import link_router as notify_link_router
 from radpipe.notify.api import router as notify_router
 from radpipe.portal.api import router as portal_router
 
 ROUTERS: dict[str, list[APIRouter]] = {
     "ingest": [ingest_router, dicomweb_read_router],
     "portal": [portal_router],
-    "notify": [notify_router],
+    "notify": [notify_router, notify_link_router],
 }
 
 

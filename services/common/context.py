@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .alerts import ensure_alert_indexes
 from .docstore import make_document_store
 from .objectstore import bucket_names, make_object_store
 from .ports import DocumentStore, ObjectStore, TaskDispatcher
@@ -46,6 +47,7 @@ def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Co
         buckets=bucket_names(settings),
     )
     context.studies.ensure_indexes()
+    ensure_alert_indexes(documents)
     return context
 
 

@@ -40,6 +40,37 @@ class Settings(BaseSettings):
     study_stable_seconds: float = Field(10.0, ge=0.0)
     alert_webhook_url: AnyHttpUrl | None = None
     alert_timeout_seconds: float = Field(10.0, gt=0)
+    #: HMAC-SHA256 key for webhook signatures (``X-Radpipe-Signature``, docs/security.md).
+    webhook_secret: SecretStr | None = None
+    #: Overrides the acknowledgement deadline of every alert (tests and small sites).
+    ack_timeout_seconds: float | None = Field(None, gt=0)
+    #: Rules, urgency deadlines, schedules and silences (TOML, see docs/operations.md).
+    alert_config: Path | None = None
+    #: Pages per alert (the first and its re-pages) before escalation stops.
+    alert_max_pages: int = Field(6, ge=1)
+    #: Delivery attempts per page and channel, with exponential backoff from the base delay.
+    alert_delivery_attempts: int = Field(4, ge=1)
+    alert_retry_seconds: float = Field(2.0, gt=0)
+    #: How often the notify worker's sweeper looks for due timers.
+    alert_sweep_seconds: float = Field(5.0, gt=0)
+    #: A claimed page not finished in this time is taken over by another sweeper.
+    alert_lease_seconds: float = Field(60.0, gt=0)
+    #: The same study and rule within this window is one alert with a count.
+    alert_group_seconds: float = Field(3600.0, ge=0)
+    #: Lifetime of the signed, single-use acknowledgement links in messages.
+    ack_link_seconds: float = Field(86400.0, gt=0)
+    #: E-mail channel (SMTP; STARTTLS whenever the server offers it).
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "radpipe@localhost"
+    #: CA bundle that signs the SMTP server's certificate (default: the system's).
+    smtp_ca_file: Path | None = None
+    alert_email_to: list[str] = []
+    #: Chat channels (incoming webhooks; the URLs are secrets).
+    slack_webhook_url: SecretStr | None = None
+    teams_webhook_url: SecretStr | None = None
     models_dir: Path | None = None
     inference_device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Queue the deid stage hands studies to; GPU deployments set ``inference-gpu``.

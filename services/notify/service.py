@@ -1,38 +1,40 @@
-"""Alerts for high-risk studies: one JSON webhook per analysed version, no PHI in it.
+"""Closed-loop alerts: open an alert for a high-risk study, page until someone acknowledges.
 
-Idempotent: the alert document's id is the study id plus its version, and the webhook is
-posted only while that alert is not yet marked delivered.
+The ``notify`` stage (:func:`notify_study`) decides with the rules (``rules.py``) whether the
+study's analysis opens an alert, groups it with an open alert of the same study and rule, or
+retracts an open one when a re-analysis fell under the threshold. Paging lives in
+``paging.py``: every timer is a field of the alert document (``next_page_at``), so timers
+survive worker and broker restarts. Every step is recorded twice: in the alert's ``history``
+and as an ``alert.*`` event on the study timeline (so TAT covers flag -> acknowledgement ->
+communication).
+
+Idempotent: the alert id is the study id plus the version that opened it; a redelivered task
+finds the study ``alerted`` (or the alert already holding its version) and changes nothing.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from pymongo import ReturnDocument
 
+from radpipe.common.alerts import ALERT_CONFIG, OPEN_QUERY, AlertState, alerts_of
 from radpipe.common.context import Context
-from radpipe.common.errors import NotFound, TransientError
+from radpipe.common.errors import Conflict, NotFound
 from radpipe.common.logging import get_logger
-from radpipe.common.studies import ALERTS, StudyState, now
+from radpipe.common.studies import StudyState, now
+
+from . import paging
+from .rules import AlertConfig, decide, load_config, silenced_by
 
 log = get_logger("radpipe.notify")
-DISCLAIMER = "AI triage notification for prioritisation only; not for diagnosis."
+DISCLAIMER = paging.DISCLAIMER
 
 
-def alert_payload(ctx: Context, alert: dict[str, Any]) -> dict[str, Any]:
-    """The webhook body: pseudonymous ids, risk and a portal link, never an identifier."""
-    return {
-        "type": "radpipe.alert",
-        "alert_id": alert["_id"],
-        "study_id": alert["study_id"],
-        "version": alert["version"],
-        "risk": alert["risk"],
-        "summary": alert["summary"],
-        "link": ctx.settings.public(f"studies/{alert['study_id']}"),
-        "created_at": alert["created_at"].isoformat(),
-        "disclaimer": DISCLAIMER,
-    }
+def config_of(ctx: Context) -> AlertConfig:
+    stored = ctx.documents.collection(ALERT_CONFIG).find_one({"_id": "config"}) or {}
+    return load_config(ctx.settings.alert_config, {k: v for k, v in stored.items() if k != "_id"})
 
 
 def _summary(analysis: dict[str, Any]) -> str:
@@ -43,89 +45,245 @@ def _summary(analysis: dict[str, Any]) -> str:
     return f"{len(findings)} finding(s); largest {largest.get('diameter_mm', 0.0):.1f} mm"
 
 
-def post_webhook(url: str, payload: dict[str, Any], timeout: float) -> None:
-    try:
-        response = httpx.post(url, json=payload, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise TransientError(f"alert webhook unreachable: {type(exc).__name__}") from exc
-    if response.status_code >= 300:
-        raise TransientError(f"alert webhook answered HTTP {response.status_code}")
+def _source_of(ctx: Context, study_id: str) -> str | None:
+    instance = ctx.studies.instances.find_one({"study_id": study_id})
+    return (instance or {}).get("source")
 
 
-def notify_study(ctx: Context, study_id: str) -> None:
-    """The ``notify`` stage: alert when the risk is at or above ``RADPIPE_RISK_THRESHOLD``."""
+def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> None:
+    """The ``notify`` stage: open (or group, or retract) the study's alert, send the first page."""
+    at = at or now()
     study = ctx.studies.get(study_id)
     if study["state"] != StudyState.ANALYZED:
-        return
-    analysis = study.get("analysis") or {}
-    risk = analysis.get("risk") or {}
-    threshold = ctx.settings.risk_threshold
-    if float(risk.get("score", 0.0)) < threshold:
+        return  # signed, failed, re-opened, or already alerted (a redelivered task)
+    config = config_of(ctx)
+    decision = decide(config, ctx.settings.risk_threshold, study)
+    risk = (study.get("analysis") or {}).get("risk") or {}
+    if decision is None:
         if not any(
             e["type"] == "alert.not-required" and e.get("version") == study["version"]
             for e in study.get("events", [])
         ):
             ctx.studies.add_event(
-                study_id, "alert.not-required", {"risk": risk.get("score"), "threshold": threshold}
+                study_id,
+                "alert.not-required",
+                {"risk": risk.get("score"), "threshold": ctx.settings.risk_threshold},
             )
+        for alert in _open_alerts_of(ctx, study_id):
+            paging.retract(ctx, alert, f"re-analysis v{study['version']} under the threshold", at)
         return
-    alerts = ctx.documents.collection(ALERTS)
-    alert_id = f"{study_id}-v{study['version']}"
-    alerts.update_one(
-        {"_id": alert_id},
-        {
-            "$setOnInsert": {
-                "study_id": study_id,
-                "version": study["version"],
-                "risk": {k: risk.get(k) for k in ("score", "category", "rule")},
-                "summary": _summary(analysis),
-                "created_at": now(),
-                "delivered_at": None,
-                "acknowledged_at": None,
-                "acknowledged_by": None,
-            }
-        },
-        upsert=True,
-    )
-    alert = alerts.find_one({"_id": alert_id})
-    assert alert is not None
-    channel = "portal"
-    if ctx.settings.alert_webhook_url is not None and alert.get("delivered_at") is None:
-        post_webhook(
-            str(ctx.settings.alert_webhook_url),
-            alert_payload(ctx, alert),
-            ctx.settings.alert_timeout_seconds,
-        )
-        channel = "webhook"
-    alerts.update_one({"_id": alert_id}, {"$set": {"delivered_at": now(), "channel": channel}})
+    alert = _group(ctx, study, decision.rule, at) or _open(ctx, study, decision, config, at)
     ctx.studies.transition(
         study_id,
         StudyState.ALERTED,
-        detail={"alert_id": alert_id, "channel": channel},
-        fields={"alert": {"id": alert_id, "channel": channel}},
+        detail={"alert_id": alert["_id"], "urgency": alert["urgency"]},
+        fields={
+            "alert": {"id": alert["_id"], "channel": alert["channel"], "urgency": alert["urgency"]}
+        },
     )
-    log.info("alert.sent", study_id=study_id, alert_id=alert_id, channel=channel)
+    if alert["created_version"] == study["version"]:
+        paging.page_due(ctx, alert["_id"], at)
+    log.info("alert.opened", study_id=study_id, alert_id=alert["_id"], urgency=alert["urgency"])
 
 
-def list_alerts(ctx: Context, *, open_only: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-    query: dict[str, Any] = {"acknowledged_at": None} if open_only else {}
-    return list(ctx.documents.collection(ALERTS).find(query).sort("created_at", -1).limit(limit))
+def _open_alerts_of(ctx: Context, study_id: str) -> list[dict[str, Any]]:
+    cursor = alerts_of(ctx.documents).find({"study_id": study_id, **OPEN_QUERY})
+    return list(cursor.sort("created_at", -1).limit(20))
 
 
-def acknowledge(ctx: Context, alert_id: str, who: str, note: str = "") -> dict[str, Any]:
-    """Close the loop: who acknowledged, when, and what was communicated."""
-    alerts = ctx.documents.collection(ALERTS)
-    if alerts.find_one({"_id": alert_id}) is None:
+def _group(ctx: Context, study: dict[str, Any], rule: str, at: datetime) -> dict[str, Any] | None:
+    """Count a re-analysis into an open alert of the same study and rule within the window."""
+    window = timedelta(seconds=ctx.settings.alert_group_seconds)
+    for alert in _open_alerts_of(ctx, study["_id"]):
+        if alert.get("rule") != rule or alert["created_at"] < at - window:
+            continue
+        if alert.get("last_version", 0) >= study["version"]:
+            return alert  # this version was counted already (a redelivered task)
+        analysis = study.get("analysis") or {}
+        grouped: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
+            {"_id": alert["_id"], "last_version": {"$lt": study["version"]}},
+            {
+                "$inc": {"count": 1},
+                "$set": {
+                    "last_version": study["version"],
+                    "last_seen_at": at,
+                    "risk": _risk(analysis),
+                    "summary": _summary(analysis),
+                },
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if grouped is not None:
+            paging.record(ctx, grouped, "alert.grouped", {"count": grouped["count"]}, at)
+        return grouped or alert
+    return None
+
+
+def _risk(analysis: dict[str, Any]) -> dict[str, Any]:
+    risk = analysis.get("risk") or {}
+    return {k: risk.get(k) for k in ("score", "category", "rule")}
+
+
+def _open(
+    ctx: Context, study: dict[str, Any], decision: Any, config: AlertConfig, at: datetime
+) -> dict[str, Any]:
+    analysis = study.get("analysis") or {}
+    seconds = config.deadline_seconds(decision.urgency, ctx.settings.ack_timeout_seconds)
+    silence = silenced_by(config, study, _source_of(ctx, study["_id"]), at)
+    targets = paging.targets_for(ctx, config, 1, at)
+    alert_id = f"{study['_id']}-v{study['version']}"
+    alerts = alerts_of(ctx.documents)
+    before = alerts.find_one_and_update(
+        {"_id": alert_id},
+        {
+            "$setOnInsert": {
+                "kind": "clinical",
+                "study_id": study["_id"],
+                "version": study["version"],
+                "created_version": study["version"],
+                "last_version": study["version"],
+                "count": 1,
+                "rule": decision.rule,
+                "urgency": decision.urgency,
+                "threshold": decision.threshold,
+                "risk": _risk(analysis),
+                "summary": _summary(analysis),
+                "deadline_seconds": seconds,
+                "state": str(AlertState.OPEN),
+                "open": True,
+                "silenced": silence.name if silence else None,
+                "created_at": at,
+                "last_seen_at": at,
+                "channel": targets[0].channel if targets else "portal",
+                **paging.first_page(at, seconds, paged=silence is None),
+                "delivered_at": None,
+                "acknowledged_at": None,
+                "acknowledged_by": None,
+                "history": [],
+            }
+        },
+        upsert=True,
+        return_document=ReturnDocument.BEFORE,
+    )
+    alert: dict[str, Any] = alerts.find_one({"_id": alert_id}) or {}
+    if before is None:
+        detail = {"urgency": decision.urgency, "rule": decision.rule, "deadline_s": seconds}
+        paging.record(ctx, alert, "alert.opened", detail, at)
+        if silence is not None:
+            paging.record(ctx, alert, "alert.silenced", {"silence": silence.name}, at)
+    return alert
+
+
+def list_alerts(
+    ctx: Context,
+    *,
+    open_only: bool = False,
+    state: str | None = None,
+    study_id: str | None = None,
+    urgency: int | None = None,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Alerts newest first; each filter has an index (``common/alerts.py``)."""
+    query: dict[str, Any] = dict(OPEN_QUERY) if open_only else {}
+    if state:
+        query["state"] = state
+    if study_id:
+        query["study_id"] = study_id
+    if urgency:
+        query["urgency"] = urgency
+    if kind:
+        query["kind"] = kind
+    created: dict[str, Any] = {}
+    if since:
+        created["$gte"] = since
+    if until:
+        created["$lt"] = until
+    if created:
+        query["created_at"] = created
+    return list(alerts_of(ctx.documents).find(query).sort("created_at", -1).limit(limit))
+
+
+def get_alert(ctx: Context, alert_id: str) -> dict[str, Any]:
+    alert: dict[str, Any] | None = alerts_of(ctx.documents).find_one({"_id": alert_id})
+    if alert is None:
         raise NotFound(f"alert {alert_id} does not exist")
-    first = alerts.find_one_and_update(
-        {"_id": alert_id, "acknowledged_at": None},
-        {"$set": {"acknowledged_at": now(), "acknowledged_by": who, "note": note[:1000]}},
+    return alert
+
+
+def acknowledge(
+    ctx: Context,
+    alert_id: str,
+    who: str,
+    note: str = "",
+    via: str = "api",
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """A person took the alert: no further page. The first acknowledgement stands."""
+    at = at or now()
+    get_alert(ctx, alert_id)
+    first: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
+        {"_id": alert_id, "state": str(AlertState.OPEN)},
+        {
+            "$set": {
+                "state": str(AlertState.ACKNOWLEDGED),
+                "open": False,
+                "next_page_at": None,
+                "acknowledged_at": at,
+                "acknowledged_by": who,
+                "acknowledged_via": via,
+                "note": note[:1000],
+            }
+        },
         return_document=ReturnDocument.AFTER,
     )
-    if first is None:  # acknowledged before: the first acknowledgement stands
-        alert: dict[str, Any] = alerts.find_one({"_id": alert_id}) or {}
-        return alert
-    ctx.studies.add_event(
-        first["study_id"], "alert.acknowledged", {"alert_id": alert_id, "by": who}
+    if first is None:  # acknowledged, closed or retracted before: that stands
+        return get_alert(ctx, alert_id)
+    paging.record(ctx, first, "alert.acknowledged", {"by": who, "via": via}, at)
+    log.info("alert.acknowledged", alert_id=alert_id, via=via)
+    return get_alert(ctx, alert_id)
+
+
+def close(
+    ctx: Context,
+    alert_id: str,
+    who: str,
+    *,
+    told: str,
+    method: str,
+    read_back: bool,
+    note: str = "",
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """Document the communication (who was told, how, when, read-back) and close the alert."""
+    at = at or now()
+    alert = get_alert(ctx, alert_id)
+    if alert["state"] == AlertState.OPEN:
+        acknowledge(ctx, alert_id, who, note, at=at)
+    communication = {
+        "by": who,
+        "told": told[:200],
+        "method": method[:50],
+        "read_back": read_back,
+        "at": at,
+        "note": note[:1000],
+    }
+    closed: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
+        {"_id": alert_id, "state": str(AlertState.ACKNOWLEDGED)},
+        {
+            "$set": {
+                "state": str(AlertState.CLOSED),
+                "closed_at": at,
+                "communication": communication,
+            }
+        },
+        return_document=ReturnDocument.AFTER,
     )
-    return dict(first)
+    if closed is None:
+        raise Conflict(f"alert {alert_id} is {get_alert(ctx, alert_id)['state']}; it cannot close")
+    detail = {k: v for k, v in communication.items() if k not in ("at", "note")}
+    paging.record(ctx, closed, "alert.communicated", detail, at)
+    paging.record(ctx, closed, "alert.closed", {"by": who}, at)
+    return get_alert(ctx, alert_id)

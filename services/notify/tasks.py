@@ -1,11 +1,28 @@
-"""Celery adapter for the notify worker (queue ``notify``)."""
+"""Celery adapter for the notify worker (queue ``notify``), and its alert sweeper."""
 
 from __future__ import annotations
 
-from radpipe.common.bus import app, stage_task
+from typing import Any
 
-from . import service
+from celery.signals import worker_ready
+
+from radpipe.common.bus import app, stage_task
+from radpipe.common.context import Context
+from radpipe.common.settings import get_settings
+
+from . import service, sweeper
 
 celery = app()
 
-run = stage_task(celery, "radpipe.notify.run", "notify")(service.notify_study)
+
+def _notify(ctx: Context, study_id: str) -> None:
+    service.notify_study(ctx, study_id)
+
+
+run = stage_task(celery, "radpipe.notify.run", "notify")(_notify)
+
+
+@worker_ready.connect(weak=False)
+def _start_sweeper(**_: Any) -> None:
+    """Every notify worker drives the alert timers (claims keep several of them apart)."""
+    sweeper.start(get_settings().alert_sweep_seconds)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from radpipe.common import alerts
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
 from radpipe.common.errors import Forbidden, NotFound
 from radpipe.common.identity import study_id_for
 from radpipe.common.settings import CLINICAL_ROLES
-from radpipe.common.studies import ALERTS, StudyPublic
+from radpipe.common.studies import StudyPublic
 
 
 def public_study(ctx: Context, doc: dict[str, Any]) -> StudyPublic:
@@ -77,6 +78,6 @@ def read_identity(ctx: Context, caller: Principal, study_id: str) -> dict[str, A
 
 
 def open_alerts(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:
-    """Unacknowledged alerts, newest first, for the worklist banner."""
-    cursor = ctx.documents.collection(ALERTS).find({"acknowledged_at": None})
-    return list(cursor.sort("created_at", -1).limit(limit))
+    """Alerts still paging (not acknowledged, closed or retracted), newest first, for the
+    worklist banner; answered by the ``open, created_at`` index."""
+    return alerts.open_alerts(ctx.documents, limit)

@@ -207,18 +207,21 @@ def test_notify_below_threshold_sends_nothing(ctx: Context) -> None:
     assert study["events"][-1]["type"] == "alert.not-required"
 
 
-def test_unreachable_webhook_is_transient_and_alert_not_marked_delivered(ctx: Context) -> None:
-    from radpipe.common.errors import TransientError
-
+def test_unreachable_webhook_is_recorded_retried_and_alert_not_marked_delivered(
+    ctx: Context,
+) -> None:
     study_id = analyzed(ctx, 0.9)
     with webhook_receiver() as receiver:
         receiver.status = 503
         ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
-        with pytest.raises(TransientError, match="503"):
-            notify_study(ctx, study_id)
+        notify_study(ctx, study_id)
     alert = ctx.documents.collection("alerts").find_one({"study_id": study_id})
-    assert alert["delivered_at"] is None
-    assert ctx.studies.get(study_id)["state"] == "analyzed"
+    assert alert["delivered_at"] is None and alert["attempt"] == 1 and not alert["page_done"]
+    # The next attempt is due after the first backoff delay, long before the deadline.
+    assert alert["next_page_at"] < alert["deadline_at"]
+    failed = [e for e in ctx.studies.get(study_id)["events"] if e["type"] == "alert.failed"]
+    assert [e["detail"]["reason"] for e in failed] == ["answered HTTP 503"]
+    assert ctx.studies.get(study_id)["state"] == "alerted"  # open in the portal meanwhile
 
 
 def test_alert_list_and_acknowledgement_over_the_api(client, ctx: Context, tokens) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,88 @@
+"""Pipeline alerts (the operations side): failed (dead-lettered) and stuck studies page the
+admins through the same channels, with the stage and the reason.
+
+Run by the sweeper. Each finding is one alert whose id names the study, version and problem,
+upserted with ``$setOnInsert``, so a study is paged about once however often the sweeper
+looks. Queries go through the study indexes (``state``, ``updated_at``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+
+from radpipe.common.alerts import AlertState, alerts_of
+from radpipe.common.context import Context
+from radpipe.common.studies import StudyState
+
+from . import paging
+
+#: A study waiting longer than this in a state is stuck (seconds).
+#: (``analyzed`` is where a study under the threshold rests until it is signed.)
+STUCK_AFTER: dict[str, float] = {
+    StudyState.RECEIVED: 6 * 3600,
+    StudyState.STABLE: 1800,
+    StudyState.DEIDENTIFIED: 3600,
+}
+#: Failed studies are looked for back to this far (older ones were paged before).
+LOOKBACK = timedelta(days=2)
+
+
+def check_pipeline(ctx: Context, at: datetime) -> int:
+    """Open a pipeline alert for each newly failed or stuck study; returns how many."""
+    opened = 0
+    failed = ctx.studies.studies.find(
+        {"state": str(StudyState.FAILED), "updated_at": {"$gte": at - LOOKBACK}}
+    ).limit(500)
+    for study in failed:
+        failure = study.get("failure") or {}
+        reason = f"failed in {failure.get('stage', '?')}: {failure.get('reason', '')}"[:300]
+        opened += _open(ctx, study, "failed", failure.get("stage", "?"), reason, at)
+    for state, seconds in STUCK_AFTER.items():
+        cutoff = at - timedelta(seconds=seconds)
+        stuck = ctx.studies.studies.find({"state": str(state), "updated_at": {"$lt": cutoff}})
+        for study in stuck.limit(100):
+            reason = f"stuck in {state} for more than {seconds:.0f} s"
+            opened += _open(ctx, study, f"stuck-{state}", str(state), reason, at)
+    return opened
+
+
+def _open(
+    ctx: Context, study: dict[str, Any], problem: str, stage: str, reason: str, at: datetime
+) -> int:
+    alert_id = f"pipeline-{problem}-{study['_id']}-v{study.get('version', 1)}"
+    seconds = ctx.settings.ack_timeout_seconds or 4 * 3600
+    before = alerts_of(ctx.documents).find_one_and_update(
+        {"_id": alert_id},
+        {
+            "$setOnInsert": {
+                "kind": "pipeline",
+                "study_id": study["_id"],
+                "version": study.get("version", 1),
+                "urgency": 2,
+                "rule": f"pipeline-{problem}",
+                "stage": stage,
+                "summary": f"Pipeline: study {study['_id']} {reason}",
+                "count": 1,
+                "deadline_seconds": seconds,
+                "state": str(AlertState.OPEN),
+                "open": True,
+                "created_at": at,
+                "channel": "pipeline",
+                **paging.first_page(at, seconds, paged=True),
+                "delivered_at": None,
+                "acknowledged_at": None,
+                "acknowledged_by": None,
+                "history": [],
+            }
+        },
+        upsert=True,
+        return_document=ReturnDocument.BEFORE,
+    )
+    if before is not None:
+        return 0
+    alert = alerts_of(ctx.documents).find_one({"_id": alert_id}) or {"_id": alert_id}
+    paging.record(ctx, alert, "alert.opened", {"kind": "pipeline", "stage": stage}, at)
+    return 1
