@@ -352,6 +352,12 @@ class SqliteDocumentStore:
     def ensure_table(self, table: str) -> None:
         if table in self._tables:
             return
+        exists = self.connection().execute(  # a read: no writer's lock for known tables
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.strip('"'),)
+        )
+        if exists.fetchone() is not None:
+            self._tables.add(table)
+            return
         with self.write() as db:
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id PRIMARY KEY NOT NULL, doc TEXT)")
         self._tables.add(table)

@@ -87,6 +87,8 @@ def test_reader_is_not_blocked_by_another_process_writing(tmp_path: Path) -> Non
         begin = time.monotonic()
         docs, total = repo.list()
         study = repo.get("s1")
+        opened = StudyRepository(_sqlite(folder))  # a process starting now reads at once, too
+        assert opened.get("s1")["state"] == "received"
         waited = time.monotonic() - begin
         assert waited < 1.0, f"a read waited {waited:.1f} s behind another process's write"
         assert total == 1 and docs[0]["_id"] == "s1"
