@@ -132,12 +132,19 @@ def study_document(n: int, rng: random.Random, start: datetime) -> tuple[dict[st
                 "created_at": at + timedelta(minutes=3, seconds=5),
                 "delivered_at": at + timedelta(minutes=3, seconds=6),
                 "channel": "webhook",
+                "kind": "clinical",
+                "urgency": 2,
+                "state": "open",
+                "open": True,
+                "next_page_at": at + timedelta(minutes=18),
                 "acknowledged_at": None,
                 "acknowledged_by": None,
+                "history": [{"type": "opened", "at": at + timedelta(minutes=3, seconds=5)}],
             }
             events.append({"type": "alerted", "at": alert["created_at"], "version": 1})
             doc["alert"] = {"id": alert["_id"], "channel": "webhook"}
             if state == "signed":
+                alert.update(state="closed", open=False, next_page_at=None)
                 alert["acknowledged_at"] = at + timedelta(minutes=20)
                 alert["acknowledged_by"] = "dr-bench"
         if state == "signed":
@@ -165,11 +172,13 @@ def generate(engine: str, size: int, data: Path) -> None:
     """Write ``size`` studies and their alerts through the store, as the pipeline would."""
     from rich.progress import Progress
 
+    from radpipe.common.alerts import ensure_alert_indexes
     from radpipe.common.studies import StudyRepository, with_sort_fields
 
     store = open_store(engine, data)
     repo = StudyRepository(store)
     repo.ensure_indexes()
+    ensure_alert_indexes(store)
     rng = random.Random(size)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     batch = 500
@@ -205,6 +214,7 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
     from fastapi.testclient import TestClient
 
     from radpipe.app import build_app
+    from radpipe.common.alerts import ensure_alert_indexes
     from radpipe.common.auth import AuthService
     from radpipe.common.context import Context
     from radpipe.common.objectstore import FolderObjectStore, bucket_names
@@ -220,6 +230,7 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
         buckets=bucket_names(settings),
     )
     ctx.studies.ensure_indexes()
+    ensure_alert_indexes(store)
     token = AuthService(store).create_token("bench", "radiologist")
     ids = [d["_id"] for d in ctx.studies.studies.find({}).limit(200)]
     rng = random.Random(1)
@@ -253,6 +264,7 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
             }
         page = client.get("/api/studies", headers=headers).json()
         results["total"] = page["total"]
+        results["open_alerts"] = len(client.get("/api/alerts?open=true", headers=headers).json())
     results["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store.close()
     return results
@@ -308,7 +320,8 @@ def main() -> None:
                 figures[engine, size] = result
                 print(
                     f"{engine} {size:>7,}: written in {written:,.0f} s, peak RSS "
-                    f"{result['rss_mib']:,.0f} MiB, total {result['total']:,}",
+                    f"{result['rss_mib']:,.0f} MiB, total {result['total']:,}, "
+                    f"open alerts listed {result['open_alerts']}",
                     file=sys.stderr,
                 )
     _report(figures, sizes, engines)

@@ -151,8 +151,7 @@ class StudyRepository:
         self.studies.create_index(WORKLIST_ORDER)
         self.studies.create_index([("state", 1), *WORKLIST_ORDER])
         self.instances.create_index([("study_id", 1), ("received_at", 1)])
-        self.alerts.create_index([("acknowledged_at", 1), ("created_at", -1)])
-        self.alerts.create_index([("created_at", -1)])
+        self.alerts.create_index([("created_at", -1)])  # all alerts, newest first
         # WADO-RS retrieves by study and series UID (QIDO matching is not in the store yet).
         self.dicom_index.create_index("attributes.StudyInstanceUID")
         self.dicom_index.create_index("attributes.SeriesInstanceUID")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from radpipe.common.alerts import NEWEST_FIRST, OPEN_QUERY, ensure_alert_indexes
 from radpipe.common.docstore import EmbeddedDocumentStore, make_document_store, open_embedded
 from radpipe.common.settings import Settings
 from radpipe.common.sqlitedocs import SqliteCollection, SqliteDocumentStore, UnsupportedQuery
@@ -19,6 +20,7 @@ from radpipe.common.studies import WORKLIST_ORDER, StudyRepository
 def store(tmp_path: Path) -> SqliteDocumentStore:
     documents = SqliteDocumentStore(tmp_path / "radpipe.sqlite3")
     StudyRepository(documents).ensure_indexes()
+    ensure_alert_indexes(documents)
     return documents
 
 
@@ -40,14 +42,18 @@ def test_product_queries_are_answered_by_indexes(store: SqliteDocumentStore) -> 
     studies, alerts, instances = repo.studies, repo.alerts, repo.instances
     worklist = studies.find({}).sort(WORKLIST_ORDER).skip(100).limit(50)
     by_state = studies.find({"state": "alerted"}).sort(WORKLIST_ORDER).limit(50)
-    open_alerts = alerts.find({"acknowledged_at": None}).sort("created_at", -1).limit(50)
-    all_alerts = alerts.find({}).sort("created_at", -1).limit(100)
+    open_alerts = alerts.find(OPEN_QUERY).sort(NEWEST_FIRST).limit(100)
+    banner = alerts.find({**OPEN_QUERY, "kind": "clinical"}).sort(NEWEST_FIRST).limit(50)
+    due = alerts.find({**OPEN_QUERY, "next_page_at": {"$lte": datetime.now(UTC)}})
+    all_alerts = alerts.find({}).sort(NEWEST_FIRST).limit(100)
     plans = {
         "worklist": _plan(studies, worklist),
         "worklist by state": _plan(studies, by_state),
         "count by state": _plan(studies, {"state": "alerted"}),
         "count all": _plan(studies, {}),
         "open alerts": _plan(alerts, open_alerts),
+        "open alerts banner": _plan(alerts, banner),
+        "due alert timers": _plan(alerts, due),
         "alerts": _plan(alerts, all_alerts),
         "study by id": _plan(studies, studies.find({"_id": "s1"})),
         "instances of a study": _plan(
@@ -69,7 +75,7 @@ def test_product_queries_are_answered_by_indexes(store: SqliteDocumentStore) -> 
     open_first = flagged.find({"open": True}).sort("created_at", -1).limit(5)
     assert _indexed(_plan(flagged, open_first)) and [d["_id"] for d in open_first] == ["t"]
     assert "risk_score" in plans["worklist"] and "state" in plans["worklist by state"]
-    assert "acknowledged_at" in plans["open alerts"]
+    assert "open" in plans["open alerts"] and "next_page_at" in plans["due alert timers"]
 
 
 def test_unsupported_queries_and_updates_are_refused_clearly(store: SqliteDocumentStore) -> None:
