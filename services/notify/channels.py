@@ -9,6 +9,7 @@ their backoff belong to the caller (``service.py``), which records every attempt
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import ssl
 from dataclasses import dataclass, field
@@ -110,9 +111,21 @@ def teams_body(message: Message) -> dict[str, Any]:
     }
 
 
+_clients: dict[int, httpx.Client] = {}
+
+
+def _client() -> httpx.Client:
+    """One pooled client per process (building one loads the CA bundle: tens of ms)."""
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients.clear()  # a forked child must not share its parent's connections
+        _clients[pid] = httpx.Client(headers={"User-Agent": "radpipe-notify"})
+    return _clients[pid]
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+        response = _client().post(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         raise DeliveryFailed(f"unreachable: {type(exc).__name__}") from exc
     if response.status_code >= 300:
