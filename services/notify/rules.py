@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from radpipe.common.errors import BadRequest
 
 Urgency = Literal[1, 2, 3]
+#: A time without a zone is read as UTC (TOML allows both).
+Time = Annotated[datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=UTC))]
 
 #: Default acknowledgement deadlines per ACR category (seconds).
 DEADLINES: dict[int, float] = {1: 15 * 60, 2: 4 * 3600, 3: 72 * 3600}
@@ -46,8 +48,8 @@ class Silence(BaseModel):
     modality: str | None = None
     bundle: str | None = None
     source: str | None = None  # the sender: a modality's token name or calling AE title
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: Time
+    ends_at: Time
     reason: str = ""
 
 
@@ -55,14 +57,14 @@ class Rotation(BaseModel):
     """People on call in turn, each for ``shift_hours`` from ``starts_at``."""
 
     people: list[str] = Field(min_length=1)
-    starts_at: datetime
+    starts_at: Time
     shift_hours: float = Field(24.0, gt=0)
 
 
 class Override(BaseModel):
     person: str
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: Time
+    ends_at: Time
 
 
 class Schedule(BaseModel):
