@@ -53,3 +53,33 @@ def open_alerts(documents: DocumentStore, limit: int = 50) -> list[Document]:
     query = {**OPEN_QUERY, "kind": "clinical"}
     cursor = alerts_of(documents).find(query).sort(NEWEST_FIRST).limit(limit)
     return list(cursor)
+
+
+def upgrade_legacy_alerts(documents: DocumentStore, batch: int = 1000) -> int:
+    """Give alerts written before closed-loop alerting (0.1.x: one webhook, no state) the
+    fields the indexes and the sweeper read; returns how many. They never page again: they
+    were sent once, and paging a backlog after an upgrade would flood the on-call."""
+    alerts = alerts_of(documents)
+    upgraded = 0
+    while True:
+        legacy = list(alerts.find({"open": {"$exists": False}}).limit(batch))
+        for doc in legacy:
+            acknowledged = doc.get("acknowledged_at") is not None
+            state = AlertState.ACKNOWLEDGED if acknowledged else AlertState.OPEN
+            alerts.update_one(
+                {"_id": doc["_id"], "open": {"$exists": False}},
+                {
+                    "$set": {
+                        "open": not acknowledged,
+                        "state": str(state),
+                        "kind": "clinical",
+                        "urgency": doc.get("urgency", 2),
+                        "count": doc.get("count", 1),
+                        "next_page_at": None,
+                        "legacy": True,
+                    }
+                },
+            )
+        upgraded += len(legacy)
+        if len(legacy) < batch:
+            return upgraded

@@ -22,6 +22,7 @@ from pymongo import ReturnDocument
 
 from radpipe.common.alerts import AlertState, alerts_of
 from radpipe.common.context import Context
+from radpipe.common.errors import NotFound
 from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState, now
 
@@ -58,7 +59,10 @@ def record(
     entry = {"type": event, "at": at, **detail}
     alerts_of(ctx.documents).update_one({"_id": alert["_id"]}, {"$push": {"history": entry}})
     if alert.get("study_id"):
-        ctx.studies.add_event(alert["study_id"], event, {"alert_id": alert["_id"], **detail})
+        try:
+            ctx.studies.add_event(alert["study_id"], event, {"alert_id": alert["_id"], **detail})
+        except NotFound:  # the study was removed (restore of an older backup): history stays
+            log.warning("alert.study-missing", alert_id=alert["_id"], step=event)
 
 
 def channel_targets(ctx: Context) -> list[Target]:

@@ -28,6 +28,9 @@ STUCK_AFTER: dict[str, float] = {
 }
 #: Failed studies are looked for back to this far (older ones were paged before).
 LOOKBACK = timedelta(days=2)
+#: A stage's queue without a consumer this long pages (workers take a while to start).
+NO_WORKER_GRACE = timedelta(minutes=2)
+_missing_since: dict[str, datetime] = {}
 
 
 def check_pipeline(ctx: Context, at: datetime) -> int:
@@ -39,32 +42,65 @@ def check_pipeline(ctx: Context, at: datetime) -> int:
     for study in failed:
         failure = study.get("failure") or {}
         reason = f"failed in {failure.get('stage', '?')}: {failure.get('reason', '')}"[:300]
-        opened += _open(ctx, study, "failed", failure.get("stage", "?"), reason, at)
+        opened += _open(ctx, study, "failed", failure.get("stage", "?"), reason, at, "failed")
     for state, seconds in STUCK_AFTER.items():
         cutoff = at - timedelta(seconds=seconds)
         stuck = ctx.studies.studies.find({"state": str(state), "updated_at": {"$lt": cutoff}})
         for study in stuck.limit(100):
             reason = f"stuck in {state} for more than {seconds:.0f} s"
-            opened += _open(ctx, study, f"stuck-{state}", str(state), reason, at)
+            opened += _open(ctx, study, f"stuck-{state}", str(state), reason, at, "stuck")
+    return opened
+
+
+def check_workers(ctx: Context, at: datetime, live: set[str]) -> int:
+    """Page when a stage's queue has had no live consumer for ``NO_WORKER_GRACE`` (one alert
+    per queue and day while it lasts); ``live`` are the queues some worker consumes now."""
+    expected = {"deid", ctx.settings.inference_queue, "notify"}
+    if ctx.settings.export_stow_url or ctx.settings.export_dimse:
+        expected.add("export")
+    opened = 0
+    for queue in sorted(expected):
+        if queue in live:
+            _missing_since.pop(queue, None)
+            continue
+        since = _missing_since.setdefault(queue, at)
+        if at - since < NO_WORKER_GRACE:
+            continue
+        reason = f"no live worker consumes queue {queue} since {since.isoformat()}"
+        problem = f"no-worker-{queue}-{at:%Y%m%d}"
+        opened += _open(ctx, None, problem, queue, reason, at, "no-worker")
     return opened
 
 
 def _open(
-    ctx: Context, study: dict[str, Any], problem: str, stage: str, reason: str, at: datetime
+    ctx: Context,
+    study: dict[str, Any] | None,
+    problem: str,
+    stage: str,
+    reason: str,
+    at: datetime,
+    rule: str,
 ) -> int:
-    alert_id = f"pipeline-{problem}-{study['_id']}-v{study.get('version', 1)}"
+    if study is None:
+        alert_id, study_id, version, summary = f"pipeline-{problem}", None, None, reason
+    else:
+        study_id, version = study["_id"], study.get("version", 1)
+        alert_id = f"pipeline-{problem}-{study_id}-v{version}"
+        summary = f"Pipeline: study {study_id} {reason}"
+    if alerts_of(ctx.documents).find_one({"_id": alert_id}) is not None:
+        return 0  # paged before (a read: the sweeper looks every few seconds)
     seconds = ctx.settings.ack_timeout_seconds or 4 * 3600
     before = alerts_of(ctx.documents).find_one_and_update(
         {"_id": alert_id},
         {
             "$setOnInsert": {
                 "kind": "pipeline",
-                "study_id": study["_id"],
-                "version": study.get("version", 1),
+                "study_id": study_id,
+                "version": version,
                 "urgency": 2,
-                "rule": f"pipeline-{problem}",
+                "rule": f"pipeline-{rule}",
                 "stage": stage,
-                "summary": f"Pipeline: study {study['_id']} {reason}",
+                "summary": summary,
                 "count": 1,
                 "deadline_seconds": seconds,
                 "state": str(AlertState.OPEN),

@@ -11,10 +11,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from radpipe.common.alerts import upgrade_legacy_alerts
 from radpipe.common.context import Context, get_context
 from radpipe.common.logging import get_logger
+from radpipe.common.studies import now
 
 from .paging import sweep
+from .pipeline import check_workers
+
+#: How often the sweeper asks the broker which queues have a live consumer.
+WORKER_CHECK_SECONDS = 30.0
 
 log = get_logger("radpipe.notify.sweeper")
 
@@ -23,6 +29,13 @@ def run_forever(
     stop: threading.Event, interval: float, context: Callable[[], Context] = get_context
 ) -> None:
     log.info("sweeper.start", interval_s=interval)
+    try:
+        upgraded = upgrade_legacy_alerts(context().documents)
+    except Exception:
+        log.error("alerts.upgrade-failed", exc_info=True)  # retried at the next start
+    else:
+        if upgraded:
+            log.info("alerts.upgraded", alerts=upgraded)
     while not stop.wait(interval):
         try:
             handled = sweep(context())
@@ -35,11 +48,33 @@ def run_forever(
             log.info("sweeper.handled", alerts=handled)
 
 
+def watch_workers(
+    stop: threading.Event, interval: float, context: Callable[[], Context] = get_context
+) -> None:
+    """Page when a stage has no live worker (its own thread: a broadcast waits a second)."""
+    while not stop.wait(interval):
+        try:
+            check_workers(context(), now(), live_queues())
+        except Exception:
+            # As above: a broker briefly away must not end the watch.
+            log.error("sweeper.worker-check-failed", exc_info=True)
+
+
+def live_queues() -> set[str]:
+    """Queues some worker consumes now (Celery remote control: every worker answers a ping
+    broadcast with its queues within a second)."""
+    from radpipe.common.bus import app
+
+    replies = app().control.inspect(timeout=1.0).active_queues() or {}
+    return {queue["name"] for queues in replies.values() for queue in queues}
+
+
 def start(interval: float) -> threading.Event:
     """Start the sweeper thread; set the returned event to stop it."""
     stop = threading.Event()
-    thread = threading.Thread(
-        target=run_forever, args=(stop, interval), name="alert-sweeper", daemon=True
-    )
-    thread.start()
+    for target, name, every in (
+        (run_forever, "alert-sweeper", interval),
+        (watch_workers, "worker-watch", WORKER_CHECK_SECONDS),
+    ):
+        threading.Thread(target=target, args=(stop, every), name=name, daemon=True).start()
     return stop

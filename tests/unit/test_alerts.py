@@ -410,3 +410,49 @@ def test_open_alerts_and_due_timers_are_answered_by_indexes(ctx: Context) -> Non
         steps = plan.split(" | ")
         assert "TEMP B-TREE" not in plan, plan
         assert all("USING" in s for s in steps if s.startswith(("SCAN", "SEARCH"))), plan
+
+
+def test_a_stage_without_a_live_worker_pages_after_a_grace_period(ctx: Context) -> None:
+    from radpipe.notify import pipeline
+
+    pipeline._missing_since.clear()
+    start = now()
+    live = {"deid", "notify"}  # no inference worker
+    with webhook_receiver() as receiver:
+        ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
+        assert pipeline.check_workers(ctx, start, live) == 0
+        assert pipeline.check_workers(ctx, start + timedelta(seconds=60), live) == 0
+        assert pipeline.check_workers(ctx, start + timedelta(seconds=121), live) == 1
+        assert pipeline.check_workers(ctx, start + timedelta(seconds=200), live) == 0  # once
+        paging.sweep(ctx, start + timedelta(seconds=201))
+        # Back, then gone again: the grace period starts over.
+        both = live | {"inference-cpu"}
+        assert pipeline.check_workers(ctx, start + timedelta(seconds=300), both) == 0
+    [alert] = list_alerts(ctx, kind="pipeline")
+    assert alert["stage"] == "inference-cpu" and alert["study_id"] is None
+    assert "no live worker consumes queue inference-cpu" in receiver.posts[0]["summary"]
+    pipeline._missing_since.clear()
+
+
+def test_alerts_of_the_earlier_version_are_upgraded_without_paging(ctx: Context) -> None:
+    from radpipe.common.alerts import alerts_of, open_alerts, upgrade_legacy_alerts
+
+    legacy = alerts_of(ctx.documents)
+    for n, acknowledged in enumerate((None, now())):
+        legacy.insert_one(
+            {
+                "_id": f"old{n}-v1",
+                "study_id": f"old{n}",
+                "version": 1,
+                "summary": "1 finding(s)",
+                "created_at": now(),
+                "delivered_at": now(),
+                "acknowledged_at": acknowledged,
+            }
+        )
+    assert upgrade_legacy_alerts(ctx.documents) == 2
+    assert upgrade_legacy_alerts(ctx.documents) == 0
+    assert [a["_id"] for a in open_alerts(ctx.documents)] == ["old0-v1"]
+    assert alert_of(ctx, "old1")["state"] == "acknowledged"
+    assert paging.sweep(ctx, now() + timedelta(days=10)) == 0  # no timer: never re-paged
+    assert acknowledge(ctx, "old0-v1", "dr-x")["state"] == "acknowledged"
