@@ -30,6 +30,8 @@ from .rules import AlertConfig, decide, load_config, silenced_by
 
 log = get_logger("radpipe.notify")
 DISCLAIMER = paging.DISCLAIMER
+#: Steps to record on the alert and the study timeline: (event, detail).
+Steps = list[tuple[str, dict[str, Any]]]
 
 
 def config_of(ctx: Context) -> AlertConfig:
@@ -72,7 +74,9 @@ def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> Non
         for alert in _open_alerts_of(ctx, study_id):
             paging.retract(ctx, alert, f"re-analysis v{study['version']} under the threshold", at)
         return
-    alert = _group(ctx, study, decision.rule, at) or _open(ctx, study, decision, config, at)
+    # The steps are recorded after the ``alerted`` transition, so the timeline reads
+    # analyzed -> alerted -> alert.opened -> alert.sent ...
+    alert, steps = _group(ctx, study, decision.rule, at) or _open(ctx, study, decision, config, at)
     ctx.studies.transition(
         study_id,
         StudyState.ALERTED,
@@ -81,6 +85,8 @@ def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> Non
             "alert": {"id": alert["_id"], "channel": alert["channel"], "urgency": alert["urgency"]}
         },
     )
+    for event, detail in steps:
+        paging.record(ctx, alert, event, detail, at)
     if alert["created_version"] == study["version"]:
         paging.page_due(ctx, alert["_id"], at)
     log.info("alert.opened", study_id=study_id, alert_id=alert["_id"], urgency=alert["urgency"])
@@ -91,14 +97,16 @@ def _open_alerts_of(ctx: Context, study_id: str) -> list[dict[str, Any]]:
     return list(cursor.sort("created_at", -1).limit(20))
 
 
-def _group(ctx: Context, study: dict[str, Any], rule: str, at: datetime) -> dict[str, Any] | None:
+def _group(
+    ctx: Context, study: dict[str, Any], rule: str, at: datetime
+) -> tuple[dict[str, Any], Steps] | None:
     """Count a re-analysis into an open alert of the same study and rule within the window."""
     window = timedelta(seconds=ctx.settings.alert_group_seconds)
     for alert in _open_alerts_of(ctx, study["_id"]):
         if alert.get("rule") != rule or alert["created_at"] < at - window:
             continue
         if alert.get("last_version", 0) >= study["version"]:
-            return alert  # this version was counted already (a redelivered task)
+            return alert, []  # this version was counted already (a redelivered task)
         analysis = study.get("analysis") or {}
         grouped: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
             {"_id": alert["_id"], "last_version": {"$lt": study["version"]}},
@@ -113,9 +121,9 @@ def _group(ctx: Context, study: dict[str, Any], rule: str, at: datetime) -> dict
             },
             return_document=ReturnDocument.AFTER,
         )
-        if grouped is not None:
-            paging.record(ctx, grouped, "alert.grouped", {"count": grouped["count"]}, at)
-        return grouped or alert
+        if grouped is None:
+            return alert, []
+        return grouped, [("alert.grouped", {"count": grouped["count"]})]
     return None
 
 
@@ -126,7 +134,7 @@ def _risk(analysis: dict[str, Any]) -> dict[str, Any]:
 
 def _open(
     ctx: Context, study: dict[str, Any], decision: Any, config: AlertConfig, at: datetime
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Steps]:
     analysis = study.get("analysis") or {}
     seconds = config.deadline_seconds(decision.urgency, ctx.settings.ack_timeout_seconds)
     silence = silenced_by(config, study, _source_of(ctx, study["_id"]), at)
@@ -166,12 +174,13 @@ def _open(
         return_document=ReturnDocument.BEFORE,
     )
     alert: dict[str, Any] = alerts.find_one({"_id": alert_id}) or {}
-    if before is None:
-        detail = {"urgency": decision.urgency, "rule": decision.rule, "deadline_s": seconds}
-        paging.record(ctx, alert, "alert.opened", detail, at)
-        if silence is not None:
-            paging.record(ctx, alert, "alert.silenced", {"silence": silence.name}, at)
-    return alert
+    if before is not None:
+        return alert, []  # opened by an earlier delivery of this task
+    detail = {"urgency": decision.urgency, "rule": decision.rule, "deadline_s": seconds}
+    steps: Steps = [("alert.opened", detail)]
+    if silence is not None:
+        steps.append(("alert.silenced", {"silence": silence.name}))
+    return alert, steps
 
 
 def list_alerts(

@@ -138,6 +138,7 @@ def test_signed_webhook_repages_until_acknowledged_then_stops(ctx: Context) -> N
             assert all(value not in h for h in headers.values())
     assert {p["link"] for p in receiver.posts} == {"http://127.0.0.1:8000/studies/s1"}
     timeline = events(ctx, "s1")
+    assert timeline[3:7] == ["analyzed", "alerted", "alert.opened", "alert.sent"]
     assert timeline.count("alert.opened") == 1
     assert timeline.count("alert.re-paged") == 2
     assert timeline.count("alert.delivered") == 3 and timeline.count("alert.sent") == 3
