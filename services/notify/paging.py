@@ -119,7 +119,7 @@ def all_targets(ctx: Context, config: AlertConfig) -> dict[str, Target]:
 
 
 def message_for(
-    ctx: Context, alert: dict[str, Any], page: int, kind: str, recipient: str
+    ctx: Context, alert: dict[str, Any], page: int, kind: str, recipient: str, attempt: int = 1
 ) -> Message:
     """The message of one page to one recipient: pseudonymous ids and links, never PHI."""
     settings = ctx.settings
@@ -157,6 +157,7 @@ def message_for(
         "summary": alert.get("summary"),
         "count": alert.get("count", 1),
         "page": page,
+        "attempt": attempt,
         "repage": kind == "re-page",
         "deadline_at": alert["deadline_at"].isoformat() if alert.get("deadline_at") else None,
         "link": links.get("Open study"),
@@ -271,7 +272,7 @@ def _deliver_page(ctx: Context, config: AlertConfig, alert: dict[str, Any], at: 
         record(ctx, alert, "alert.sent", detail, now())
         try:
             channels.send(
-                ctx.settings, target, message_for(ctx, alert, page, kind, target.recipient)
+                ctx.settings, target, message_for(ctx, alert, page, kind, target.recipient, attempt)
             )
         except DeliveryFailed as exc:
             failures += 1

@@ -117,6 +117,7 @@ def test_signed_webhook_repages_until_acknowledged_then_stops(ctx: Context) -> N
         assert alert["state"] == "acknowledged" and alert["next_page_at"] is None
         assert paging.sweep(ctx, start + timedelta(hours=5)) == 0  # acknowledged: no page
     assert receiver.rejected == 0
+    assert [p["attempt"] for p in receiver.posts] == [1, 1, 1]
     assert [(p["page"], p["repage"], p["type"]) for p in receiver.posts] == [
         (1, False, "radpipe.alert"),
         (2, True, "radpipe.re-page"),
@@ -165,7 +166,7 @@ def test_failed_deliveries_retry_with_backoff_and_stop_at_the_page_cap(ctx: Cont
         assert paging.sweep(ctx, start + timedelta(seconds=101)) == 1  # page 2
         assert paging.sweep(ctx, start + timedelta(seconds=300)) == 1  # cap: exhausted
         assert paging.sweep(ctx, start + timedelta(seconds=900)) == 0
-    assert [p["page"] for p in receiver.posts] == [1, 2]
+    assert [(p["page"], p["attempt"]) for p in receiver.posts] == [(1, 3), (2, 1)]
     failed = [e for e in ctx.studies.get("s2")["events"] if e["type"] == "alert.failed"]
     assert [e["detail"]["attempt"] for e in failed] == [1, 2]
     alert = alert_of(ctx, "s2")
