@@ -52,11 +52,16 @@ def get_principal(request: Request, ctx: Ctx) -> Principal:
 Caller = Annotated[Principal, Depends(get_principal)]
 
 
-def require(*roles: str) -> Callable[[Principal], Principal]:
-    """A dependency that admits only ``roles`` (``admin`` is always admitted)."""
+def require(*roles: str, admin: bool = True) -> Callable[..., Principal]:
+    """A dependency that admits only ``roles`` (and ``admin``, unless ``admin=False``: clinical
+    acts such as signing are not the administrator's); every refusal is written to the audit
+    log (``access.denied``, the method and path as target)."""
 
-    def check(principal: Caller) -> Principal:
-        if principal.role not in roles and principal.role != "admin":
+    def check(principal: Caller, request: Request, ctx: Ctx) -> Principal:
+        if principal.role not in roles and not (admin and principal.role == "admin"):
+            AuthService(ctx.documents).audit(
+                principal, "access.denied", f"{request.method} {request.url.path}"
+            )
             raise Forbidden(
                 f"role {principal.role!r} may not do this; it needs one of: {', '.join(roles)}"
             )

@@ -21,8 +21,9 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, TM
+
+from radpipe.common.report import CATEGORY, LUNG, MANUFACTURER, NODULE
 
 from .findings import Finding
 from .volume import Volume
@@ -37,12 +38,7 @@ __all__ = [
     "center_index",
 ]
 
-MANUFACTURER = "Radpipe"
 AI_LABEL = "AI result, not for diagnosis"
-
-CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
-NODULE = codes.SCT.Nodule
-LUNG = codes.SCT.Lung
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
+from radpipe.common.report import QUALITATIVE_EVALUATIONS
+
 from .findings import Finding
 from .result_context import (
     AI_LABEL,
@@ -28,9 +30,6 @@ from .service import Analysis
 from .volume import Volume
 
 __all__ = ["QUALITATIVE_EVALUATIONS", "report"]
-
-# TID 1500 row 12; pydicom's code dictionary does not name this UMLS concept.
-QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def report(

@@ -14,7 +14,7 @@ from radpipe.common.auth import AuthService, Principal
 from radpipe.common.errors import Unauthorized
 from radpipe.common.studies import StudyPublic, StudyState
 
-from . import service
+from . import review, service
 
 router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -22,6 +22,7 @@ Reader = Annotated[
     Principal,
     Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
 ]
+Radiologist = Annotated[Principal, Depends(require("radiologist", admin=False))]
 
 
 @router.get("/api/studies")
@@ -51,6 +52,21 @@ def get_study(study_id: str, ctx: Ctx, _: Reader) -> StudyPublic:
 def get_identity(study_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
     """The re-identification vault, for clinical roles; every read is audited."""
     return service.read_identity(ctx, caller, study_id)
+
+
+@router.post("/api/studies/{study_id}/findings/{number}/decision")
+def decide(
+    study_id: str, number: int, body: review.DecisionIn, ctx: Ctx, caller: Radiologist
+) -> dict[str, Any]:
+    """Accept, reject (with a reason) or edit (with a diameter) finding ``number`` (from 1)."""
+    return review.decide(ctx, caller, study_id, number, body)
+
+
+@router.post("/api/studies/{study_id}/sign")
+def sign(study_id: str, ctx: Ctx, caller: Radiologist) -> dict[str, Any]:
+    """409 while a finding is undecided; then 200, the study ``signed``, the report stored."""
+    signed = review.sign(ctx, caller, study_id)
+    return {"study_id": study_id, "state": "signed", **signed}
 
 
 @router.get("/login", response_class=HTMLResponse)
