@@ -41,8 +41,8 @@ class Rule(BaseModel):
 
 
 class Silence(BaseModel):
-    """No page while ``starts_at <= now < ends_at`` for studies the matchers all match (the
-    alert is still opened and shown, marked silenced)."""
+    """An alert opened while ``starts_at <= now < ends_at`` for a study the matchers all match
+    pages nobody, ever (it is still opened and shown, marked silenced)."""
 
     name: str = Field(min_length=1, max_length=64)
     modality: str | None = None
