@@ -8,7 +8,7 @@ makes transitions idempotent when a task is delivered twice.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -110,6 +110,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+#: How long past its due time a queued stability check still counts as pending: a later
+#: instance arms a new one only once this has passed (the earlier task was lost or is stuck).
+STABILITY_GRACE = timedelta(seconds=60)
+
 #: The worklist order: highest AI risk first, then longest waiting (received earliest).
 #: Unanalysed studies have no ``risk_score`` and follow the analysed ones, oldest first.
 WORKLIST_ORDER = [("risk_score", -1), ("created_at", 1)]
@@ -210,6 +214,32 @@ class StudyRepository:
         if added and study["state"] not in (StudyState.RECEIVED, StudyState.FAILED):
             study = self._reopen(study_id, study["version"]) or study
         return study, added
+
+    def claim_stability_check(self, study_id: str, due: datetime) -> bool:
+        """Whether the caller is to queue the study's stability check, due at ``due``.
+
+        At most one check per study is pending: this atomically sets ``stable_check_until``
+        (``due`` plus :data:`STABILITY_GRACE`) where none is set or where it has passed. A later
+        instance only moves ``last_instance_at``; the pending check re-arms itself for the
+        remaining time (:meth:`rearm_stability_check`). A lost task never leaves the study in
+        ``received`` for good: once its time has passed, the next instance claims a new check
+        (and the pipeline check pages about a study in ``received`` for hours).
+        """
+        until = due + STABILITY_GRACE
+        for pending in (None, {"$lt": now()}):  # none yet (or cleared), or a lost one
+            claimed = self.studies.find_one_and_update(
+                {"_id": study_id, "stable_check_until": pending},
+                {"$set": {"stable_check_until": until}},
+            )
+            if claimed is not None:
+                return True
+        return False
+
+    def rearm_stability_check(self, study_id: str, due: datetime) -> None:
+        """The pending check, queued again by itself for ``due``, keeps its claim."""
+        self.studies.update_one(
+            {"_id": study_id}, {"$set": {"stable_check_until": due + STABILITY_GRACE}}
+        )
 
     def _reopen(self, study_id: str, version: int) -> Document | None:
         at = now()

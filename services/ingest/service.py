@@ -6,6 +6,7 @@ No FastAPI here: ``api.py`` is the thin HTTP adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pydicom
@@ -19,7 +20,7 @@ from radpipe.common.identity import instance_key_for, study_id_for
 from radpipe.common.logging import get_logger
 from radpipe.common.metrics import INSTANCES_RECEIVED
 from radpipe.common.mime import parse_media_type
-from radpipe.common.studies import UID_PATTERN
+from radpipe.common.studies import UID_PATTERN, now
 
 from .multipart import Part
 
@@ -238,7 +239,7 @@ class StowSession:
         return outcome
 
     def commit(self) -> StowResult:
-        """Record every stored instance and arm one stability check per touched study."""
+        """Record every stored instance and arm the stability check of each touched study."""
         by_study: dict[str, list[_Pending]] = {}
         for item in self.pending:
             by_study.setdefault(item.study_id, []).append(item)
@@ -249,11 +250,11 @@ class StowSession:
                     [(item.instance_key, item.record) for item in items],
                     next((item.modality for item in items if item.modality), None),
                 )
-        # The check re-arms itself while instances keep arriving.
+        # At most one pending check per study: it re-arms itself while instances keep arriving.
+        quiet = self.ctx.settings.study_stable_seconds
         for study_id in dict.fromkeys(item.study_id for item in self.pending):
-            self.ctx.tasks.send(
-                "stable", study_id, countdown=self.ctx.settings.study_stable_seconds
-            )
+            if self.ctx.studies.claim_stability_check(study_id, now() + timedelta(seconds=quiet)):
+                self.ctx.tasks.send("stable", study_id, countdown=quiet)
         log.info(
             "stow.done",
             stored=len(self.result.stored),

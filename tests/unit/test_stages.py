@@ -44,6 +44,34 @@ def test_stability_waits_for_quiet_then_hands_on_once(ctx: Context) -> None:
     assert events == ["received", "stable"]
 
 
+def test_twenty_requests_to_one_study_queue_one_stability_check(ctx: Context) -> None:
+    series = ct_series(seed=23)  # 16 instances, 4 of them sent twice: 20 STOW requests
+    for n in range(20):
+        ingest(ctx, [series[n % len(series)]])
+    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    assert ctx.tasks.sent == [("stable", study_id, 0.5)]  # type: ignore[attr-defined]
+    # The one pending check re-arms itself for the time left after the last instance...
+    last = ctx.studies.get(study_id)["last_instance_at"]
+    check_stable(ctx, study_id, clock=lambda: last + timedelta(seconds=0.2))
+    assert ctx.tasks.sent[-1] == ("stable", study_id, pytest.approx(0.3))  # type: ignore[attr-defined]
+    ingest(ctx, series[:1])  # ...and a re-sent instance meanwhile queues nothing more
+    assert len(ctx.tasks.sent) == 2  # type: ignore[attr-defined]
+    check_stable(ctx, study_id, clock=after_quiet_time(ctx))
+    assert ctx.studies.get(study_id)["state"] == "stable"
+
+
+def test_a_lost_stability_check_is_replaced_by_the_next_instance(ctx: Context) -> None:
+    series = ct_series(seed=24)
+    study_id = ingest(ctx, series[:1])
+    ctx.tasks.sent.clear()  # type: ignore[attr-defined]  # the broker lost the check
+    ingest(ctx, series[1:2])  # still pending (due + grace not passed): nothing queued
+    assert ctx.tasks.sent == []  # type: ignore[attr-defined]
+    past = now() - timedelta(seconds=1)
+    ctx.studies.studies.update_one({"_id": study_id}, {"$set": {"stable_check_until": past}})
+    ingest(ctx, series[2:3])  # its time has passed: this instance queues a new check
+    assert ctx.tasks.sent == [("stable", study_id, 0.5)]  # type: ignore[attr-defined]
+
+
 def after_quiet_time(ctx: Context) -> Callable[[], datetime]:
     """A clock just past the study's quiet time: stability is decided without sleeping."""
     ahead = timedelta(seconds=ctx.settings.study_stable_seconds + 0.001)
@@ -270,7 +298,9 @@ def test_late_instance_reopens_the_study_as_a_new_version(client, ctx: Context, 
     deidentify_study(ctx, study_id)
     analysis = {"findings": [], "risk": {"score": 0.1, "category": "none", "rule": "v1"}}
     ctx.studies.transition(study_id, "analyzed", fields={"analysis": analysis})  # type: ignore[arg-type]
+    ctx.tasks.sent.clear()  # type: ignore[attr-defined]
     ingest(ctx, series[4:6])  # late instances
+    assert ctx.tasks.sent == [("stable", study_id, 0.5)]  # type: ignore[attr-defined]
     study = ctx.studies.get(study_id)
     assert (study["state"], study["version"], study["instance_count"]) == ("received", 2, 6)
     assert study["history"][0]["version"] == 1
