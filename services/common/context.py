@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from . import blinding
 from .alerts import ensure_alert_indexes
 from .docstore import make_document_store
 from .objectstore import bucket_names, make_object_store
@@ -48,6 +49,7 @@ def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Co
     )
     context.studies.ensure_indexes()
     ensure_alert_indexes(documents)
+    blinding.ensure_indexes(documents)
     return context
 
 

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from radpipe.common import dicomjson
+from radpipe.common import blinding, dicomjson
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import BadRequest
+from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.mime import BodyPart, choose, encode_multipart
 
 from . import bulkdata, media, qido, retrieve
@@ -26,12 +26,25 @@ def _audited_reader(
 ) -> Principal:
     """Every search and retrieval is audited by token name (paths carry de-identified UIDs)."""
     AuthService(ctx.documents).audit(caller, "dicomweb.read", request.url.path)
+    request.state.viewer = caller
     return caller
 
 
 Reader = Annotated[Principal, Depends(_audited_reader)]
 #: PS3.18 8.7.4: rendered media types offered, the default first.
 RENDERED_TYPES = ("image/jpeg", "image/png")
+
+
+def _entries(request: Request, ctx: Ctx, *uids: str | None) -> list[dict[str, Any]]:
+    """Index entries under the path's UIDs as the caller may see them: a resident sees no AI
+    result series of a study before posting a read (``radpipe.common.blinding``)."""
+    found = retrieve.entries(ctx, *uids)
+    shown = blinding.visible_entries(
+        ctx.documents, ctx.buckets["results"], request.state.viewer, found
+    )
+    if not shown and any(uids):
+        raise NotFound("no such study, series or instance in the de-identified store")
+    return shown
 
 
 def _read(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -70,7 +83,7 @@ async def _search(
 ) -> Response:
     query = qido.parse_query(level, request.query_params.multi_items())
     media_type = _json_type(request)
-    found = await run_in_threadpool(lambda: retrieve.entries(ctx, study, series))
+    found = await run_in_threadpool(lambda: _entries(request, ctx, study, series))
     return _json(qido.search(found, query, _base(ctx)), media_type)
 
 
@@ -133,26 +146,26 @@ def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: st
 
 @_read("/studies/{study}")
 def retrieve_study(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _instances_response(request, ctx, retrieve.entries(ctx, study), "study")
+    return _instances_response(request, ctx, _entries(request, ctx, study), "study")
 
 
 @_read("/studies/{study}/series/{series}")
 def retrieve_series(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _instances_response(request, ctx, retrieve.entries(ctx, study, series), "series")
+    return _instances_response(request, ctx, _entries(request, ctx, study, series), "series")
 
 
 @_read("/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     return _instances_response(request, ctx, found, "instance")
 
 
 @_read("/studies/{study}/metadata")
 def study_metadata(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
     media_type = _json_type(request)
-    found = retrieve.entries(ctx, study)
+    found = _entries(request, ctx, study)
     location = _location(request, ctx, found, "study", "/metadata")
     return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
@@ -160,7 +173,7 @@ def study_metadata(study: str, request: Request, ctx: Ctx, _: Reader) -> Respons
 @_read("/studies/{study}/series/{series}/metadata")
 def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
     media_type = _json_type(request)
-    found = retrieve.entries(ctx, study, series)
+    found = _entries(request, ctx, study, series)
     location = _location(request, ctx, found, "series", "/metadata")
     return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
@@ -170,7 +183,7 @@ def instance_metadata(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     media_type = _json_type(request)
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     location = _location(request, ctx, found, "instance", "/metadata")
     return _json(retrieve.metadata(ctx, found, _base(ctx)), media_type, location)
 
@@ -203,7 +216,7 @@ def instance_frames(
     study: str, series: str, instance: str, numbers: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     wanted = bulkdata.frame_numbers(numbers)
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     binaries = bulkdata.frames(retrieve.read_dataset(ctx, found[0]), wanted)
     return _binary_response(request, ctx, found, binaries, f"/frames/{numbers}")
 
@@ -213,7 +226,7 @@ def instance_bulkdata(
     study: str, series: str, instance: str, path: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
     """A BulkDataURI from the metadata (PS3.18 10.4.1.1.5): the element's value bytes."""
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     binaries = bulkdata.bulk_value(retrieve.read_dataset(ctx, found[0]), path)
     return _binary_response(request, ctx, found, binaries, f"/bulkdata/{path}")
 
@@ -233,7 +246,7 @@ def _render(
     quality_raw = request.query_params.get("quality", "90")
     if not (quality_raw.isascii() and quality_raw.isdigit()) or not 1 <= int(quality_raw) <= 100:
         raise BadRequest(f"quality is an integer from 1 to 100, got {quality_raw!r}")
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     data = retrieve.render(
         ctx, found[0], frame=frame, media_type=media_type, window=window, quality=int(quality_raw)
     )
@@ -302,17 +315,17 @@ def _thumbnail(request: Request, ctx: Ctx, found: list[dict], level: str) -> Res
 
 @_read("/studies/{study}/thumbnail")
 def study_thumbnail(study: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _thumbnail(request, ctx, retrieve.entries(ctx, study), "study")
+    return _thumbnail(request, ctx, _entries(request, ctx, study), "study")
 
 
 @_read("/studies/{study}/series/{series}/thumbnail")
 def series_thumbnail(study: str, series: str, request: Request, ctx: Ctx, _: Reader) -> Response:
-    return _thumbnail(request, ctx, retrieve.entries(ctx, study, series), "series")
+    return _thumbnail(request, ctx, _entries(request, ctx, study, series), "series")
 
 
 @_read("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 def instance_thumbnail(
     study: str, series: str, instance: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    found = retrieve.entries(ctx, study, series, instance)
+    found = _entries(request, ctx, study, series, instance)
     return _thumbnail(request, ctx, found, "instance")

@@ -12,8 +12,10 @@ from fastapi import APIRouter, Body, Depends, Form, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from radpipe.common import blinding
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
+from radpipe.common.errors import NotFound
 
 from . import links, service
 from .rules import AlertConfig
@@ -35,7 +37,7 @@ def _public(alert: dict[str, Any]) -> dict[str, Any]:
 @router.get("")
 def list_alerts(
     ctx: Ctx,
-    _: Reader,
+    caller: Reader,
     open: bool = False,
     state: Literal["open", "acknowledged", "closed", "retracted"] | None = None,
     study: str | None = None,
@@ -56,7 +58,11 @@ def list_alerts(
         until=until,
         limit=max(1, min(limit, 500)),
     )
-    return [_public(a) for a in found]
+    # Residents read first: no alert of a study they have not read yet (common/blinding.py).
+    hidden = blinding.hidden_studies(
+        ctx.documents, caller, {a.get("study_id") or "" for a in found}
+    )
+    return [_public(a) for a in found if (a.get("study_id") or "") not in hidden]
 
 
 @router.get("/config")
@@ -78,8 +84,11 @@ def put_config(ctx: Ctx, caller: Admin, config: AlertConfig) -> dict[str, Any]:
 
 
 @router.get("/{alert_id}")
-def get_alert(alert_id: str, ctx: Ctx, _: Reader) -> dict[str, Any]:
-    return _public(service.get_alert(ctx, alert_id))
+def get_alert(alert_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
+    alert = service.get_alert(ctx, alert_id)
+    if blinding.hidden_studies(ctx.documents, caller, [alert.get("study_id") or ""]):
+        raise NotFound(f"no alert {alert_id}")  # as if absent: its existence is the AI's
+    return _public(alert)
 
 
 @router.post("/{alert_id}/ack")

@@ -12,9 +12,10 @@ from fastapi.templating import Jinja2Templates
 from radpipe.common.api import SESSION_COOKIE, Ctx, require
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.errors import Unauthorized
-from radpipe.common.studies import StudyPublic, StudyState
+from radpipe.common.studies import StudyState
 
-from . import review, service
+from . import reading, review, service
+from .service import StudyView
 
 router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -23,6 +24,7 @@ Reader = Annotated[
     Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
 ]
 Radiologist = Annotated[Principal, Depends(require("radiologist", admin=False))]
+ReadingRole = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
 
 
 @router.get("/api/studies")
@@ -38,14 +40,36 @@ def list_studies(
         studies = service.lookup_source_study(ctx, caller, source_study_uid)
         return {"total": len(studies), "offset": 0, "limit": limit, "studies": studies}
     studies, total = service.list_studies(
-        ctx, state=str(state) if state else None, offset=offset, limit=limit
+        ctx, state=str(state) if state else None, offset=offset, limit=limit, viewer=caller
     )
     return {"total": total, "offset": offset, "limit": limit, "studies": studies}
 
 
 @router.get("/api/studies/{study_id}")
-def get_study(study_id: str, ctx: Ctx, _: Reader) -> StudyPublic:
-    return service.public_study(ctx, ctx.studies.get(study_id))
+def get_study(study_id: str, ctx: Ctx, caller: Reader) -> StudyView:
+    study = service.public_study(ctx, ctx.studies.get(study_id), caller)
+    AuthService(ctx.documents).audit(caller, "study.view", study_id)
+    return study
+
+
+@router.post("/api/studies/{study_id}/reads", status_code=201)
+def post_read(study_id: str, body: reading.ReadIn, ctx: Ctx, caller: ReadingRole) -> dict[str, Any]:
+    """Commit a read (resident or radiologist); answers it with its comparison to the AI."""
+    return reading.post_read(ctx, caller, study_id, body)
+
+
+@router.get("/api/studies/{study_id}/reads")
+def list_reads(study_id: str, ctx: Ctx, caller: Reader) -> list[dict[str, Any]]:
+    AuthService(ctx.documents).audit(caller, "study.reads.view", study_id)
+    return reading.list_reads(ctx, caller, study_id)
+
+
+@router.post("/api/studies/{study_id}/reads/{read_id}/score")
+def score_read(
+    study_id: str, read_id: str, body: reading.ScoreIn, ctx: Ctx, caller: Radiologist
+) -> dict[str, Any]:
+    """The attending's RADPEER score (1, 2a, 2b, 3a, 3b; a comment from 2b)."""
+    return reading.score_read(ctx, caller, study_id, read_id, body)
 
 
 @router.get("/api/studies/{study_id}/identity")
@@ -105,7 +129,7 @@ def logout(request: Request, ctx: Ctx) -> Response:
 def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
     # Highest AI risk first, across all studies (the store's worklist order): reordering,
     # not just flagging, is what shortens waits.
-    studies, total = service.list_studies(ctx, state=None, offset=0, limit=200)
+    studies, total = service.list_studies(ctx, state=None, offset=0, limit=200, viewer=caller)
     return templates.TemplateResponse(
         request,
         "worklist.html",
@@ -113,12 +137,13 @@ def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
             "studies": studies,
             "total": total,
             "user": caller,
-            "alerts": service.open_alerts(ctx),
+            "alerts": service.open_alerts(ctx, viewer=caller),
         },
     )
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(study_id: str, request: Request, ctx: Ctx, caller: Reader) -> Response:
-    study = service.public_study(ctx, ctx.studies.get(study_id))
+    study = service.public_study(ctx, ctx.studies.get(study_id), caller)
+    AuthService(ctx.documents).audit(caller, "study.view", study_id)
     return templates.TemplateResponse(request, "study.html", {"study": study, "user": caller})

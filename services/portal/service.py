@@ -4,34 +4,92 @@ from __future__ import annotations
 
 from typing import Any
 
-from radpipe.common import alerts
+from radpipe.common import alerts, blinding
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
-from radpipe.common.errors import Forbidden, NotFound
+from radpipe.common.errors import BadRequest, Forbidden, NotFound
 from radpipe.common.identity import study_id_for
 from radpipe.common.settings import CLINICAL_ROLES
-from radpipe.common.studies import StudyPublic
+from radpipe.common.studies import StudyPublic, StudyState
 
 
-def public_study(ctx: Context, doc: dict[str, Any]) -> StudyPublic:
-    study = StudyPublic.from_document(doc)
+class StudyView(StudyPublic):
+    """A study as one person may see it: ``ai_hidden`` when a resident has not read it yet."""
+
+    ai_hidden: bool = False
+
+
+#: Timeline events that tell what the AI found (alerts, decisions on its findings).
+_AI_EVENTS = ("alert", "finding.", "read.scored")
+
+
+def public_study(
+    ctx: Context, doc: dict[str, Any], viewer: Principal | None = None, hidden: bool | None = None
+) -> StudyView:
+    """The study for ``viewer``; before a resident's read, without its AI result: no findings,
+    risk, model, alert, superseded analyses, AI events or details, and ``alerted`` shown as
+    ``analyzed`` (``radpipe.common.blinding``)."""
+    study = StudyView.model_validate(StudyPublic.from_document(doc).model_dump())
     study.links = {
         "self": ctx.settings.public(f"api/studies/{study.id}"),
         "portal": ctx.settings.public(f"studies/{study.id}"),
     }
-    return study
+    if hidden is None:
+        hidden = viewer is not None and not blinding.sees_ai(ctx.documents, viewer, study.id)
+    if not hidden:
+        return study
+    events = [e for e in study.events if not e.type.startswith(_AI_EVENTS)]
+    for event in events:
+        if event.type in (StudyState.ANALYZED, StudyState.SIGNED):
+            event.detail = {}
+    state = StudyState.ANALYZED if study.state == StudyState.ALERTED else study.state
+    return study.model_copy(
+        update={
+            "state": state,
+            "risk": None,
+            "findings": [],
+            "model": None,
+            "timings": {},
+            "alert": None,
+            "superseded": [],
+            "events": events,
+            "ai_hidden": True,
+            "links": {**study.links, "read": ctx.settings.public(f"api/studies/{study.id}/reads")},
+        }
+    )
 
 
 def list_studies(
-    ctx: Context, *, state: str | None, offset: int, limit: int
-) -> tuple[list[StudyPublic], int]:
-    docs, total = ctx.studies.list(state=state, offset=offset, limit=limit)
-    return [public_study(ctx, doc) for doc in docs], total
+    ctx: Context,
+    *,
+    state: str | None,
+    offset: int,
+    limit: int,
+    viewer: Principal | None = None,
+) -> tuple[list[StudyView], int]:
+    """One worklist page. Residents get theirs in waiting order, not by AI risk (the order would
+    tell the risk), and ``alerted`` studies among the ``analyzed`` ones."""
+    if viewer is None or not blinding.is_blinded(viewer):
+        docs, total = ctx.studies.list(state=state, offset=offset, limit=limit)
+        return [public_study(ctx, doc) for doc in docs], total
+    query: dict[str, Any] = {}
+    if state == StudyState.ALERTED:
+        raise BadRequest("residents filter analysed studies with state=analyzed")
+    if state == StudyState.ANALYZED:
+        query["state"] = {"$in": [str(StudyState.ANALYZED), str(StudyState.ALERTED)]}
+    elif state:
+        query["state"] = state
+    total = ctx.studies.studies.count_documents(query)
+    docs = list(
+        ctx.studies.studies.find(query).sort(blinding.RESIDENT_ORDER).skip(offset).limit(limit)
+    )
+    hidden = blinding.hidden_studies(ctx.documents, viewer, [d["_id"] for d in docs])
+    return [public_study(ctx, doc, hidden=doc["_id"] in hidden) for doc in docs], total
 
 
 def lookup_source_study(
     ctx: Context, caller: Principal, source_study_uid: str
-) -> list[StudyPublic]:
+) -> list[StudyView]:
     """Find a study by its original Study Instance UID: clinical roles only, always audited."""
     if caller.role not in CLINICAL_ROLES:
         raise Forbidden(
@@ -43,7 +101,7 @@ def lookup_source_study(
     AuthService(ctx.documents).audit(
         caller, "study.lookup-source-uid", study_id, found=doc is not None
     )
-    return [public_study(ctx, doc)] if doc else []
+    return [public_study(ctx, doc, caller)] if doc else []
 
 
 def read_identity(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
@@ -77,7 +135,16 @@ def read_identity(ctx: Context, caller: Principal, study_id: str) -> dict[str, A
     }
 
 
-def open_alerts(ctx: Context, limit: int = 50) -> list[dict[str, Any]]:
+def open_alerts(
+    ctx: Context, limit: int = 50, viewer: Principal | None = None
+) -> list[dict[str, Any]]:
     """Alerts still paging (not acknowledged, closed or retracted), newest first, for the
-    worklist banner; answered by the ``open, created_at`` index."""
-    return alerts.open_alerts(ctx.documents, limit)
+    worklist banner; answered by the ``open, created_at`` index. A resident sees none of a
+    study not read yet."""
+    found = alerts.open_alerts(ctx.documents, limit)
+    if viewer is None:
+        return found
+    hidden = blinding.hidden_studies(
+        ctx.documents, viewer, {a.get("study_id") or "" for a in found}
+    )
+    return [a for a in found if (a.get("study_id") or "") not in hidden]

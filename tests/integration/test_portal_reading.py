@@ -1,0 +1,179 @@
+"""Residents read first (DESIGN §4): before a resident's read no answer they can get carries the
+AI (studies, study, alerts, the result series over QIDO-RS/WADO-RS); then the read's comparison
+with the AI and the attending, and the attending's RADPEER score, with exact status codes."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from radpipe.common.context import Context
+from radpipe.demo import make_phantom, phantom_to_datasets
+from radpipe.notify.service import notify_study
+from radpipe.portal.reading import overlap_scores
+
+from .test_inference_results import bearer, run_pipeline
+
+
+@pytest.fixture
+def alerted(ctx: Context, client: TestClient, tokens) -> str:
+    phantom = make_phantom(101, nodules=[12.0], shape=(40, 160, 160), spacing=(2.0, 1.2, 1.2))
+    study_id = run_pipeline(ctx, client, tokens["modality"], phantom_to_datasets(phantom))
+    notify_study(ctx, study_id)
+    assert ctx.studies.get(study_id)["state"] == "alerted"
+    return study_id
+
+
+def series_modalities(client: TestClient, token: str, study_uid: str) -> list[str]:
+    answer = client.get(
+        f"/dicom-web/studies/{study_uid}/series",
+        headers={**bearer(token), "Accept": "application/dicom+json"},
+    )
+    assert answer.status_code == 200, answer.text
+    return sorted(s["00080060"]["Value"][0] for s in answer.json())
+
+
+def test_resident_sees_no_ai_until_the_read_then_the_comparison(
+    ctx: Context, client: TestClient, tokens, alerted: str
+) -> None:
+    study_id, res, rad = alerted, tokens["resident"], tokens["radiologist"]
+    study = ctx.studies.get(study_id)
+    ai = study["analysis"]
+    uid = study["deid"]["study_uid"]
+    outputs = {o["kind"]: o for o in ai["outputs"] if o["kind"] != "png"}
+
+    # Before the read: no AI in any answer the resident can get.
+    [listed] = client.get("/api/studies", headers=bearer(res)).json()["studies"]
+    detail = client.get(f"/api/studies/{study_id}", headers=bearer(res)).json()
+    for view in (listed, detail):
+        assert view["ai_hidden"] is True and view["state"] == "analyzed"
+        assert view["risk"] is None and view["findings"] == [] and view["model"] is None
+        assert view["alert"] is None
+        text = str(view)
+        assert "alert" not in [e["type"][:5] for e in view["events"]]
+        for leak in ("score", "high", "diameter", "probability", "finding", "sha256", "alert"):
+            assert leak not in text.replace("'findings': []", "").replace("'alert': None", ""), leak
+    assert client.get("/api/alerts", headers=bearer(res)).json() == []
+    [alert] = client.get("/api/alerts", headers=bearer(rad)).json()
+    assert client.get(f"/api/alerts/{alert['id']}", headers=bearer(res)).status_code == 404
+    assert client.get("/api/studies?state=alerted", headers=bearer(res)).status_code == 400
+    assert client.get("/api/studies?state=analyzed", headers=bearer(res)).json()["total"] == 1
+    assert client.get(f"/api/studies/{study_id}/reads", headers=bearer(res)).json() == []
+    assert series_modalities(client, res, uid) == ["CT"]
+    assert {"CT", "SEG", "SR"} <= set(series_modalities(client, rad, uid))
+    for kind in ("seg", "sr"):
+        o = outputs[kind]
+        path = f"/dicom-web/studies/{uid}/series/{o['series_uid']}"
+        assert client.get(f"{path}/metadata", headers=bearer(res)).status_code == 404
+        assert client.get(f"{path}/metadata", headers=bearer(rad)).status_code == 200
+    page = client.get(f"/studies/{study_id}", headers=bearer(res))
+    assert page.status_code == 200 and "mm³" in page.text and "Probability" in page.text
+    assert f"{ai['findings'][0]['diameter_mm']:.1f}" not in page.text
+    # The radiologist sees all of it.
+    full = client.get(f"/api/studies/{study_id}", headers=bearer(rad)).json()
+    assert full["state"] == "alerted" and len(full["findings"]) == len(ai["findings"])
+
+    # Bad reads and the roles that may not read: exact codes.
+    reads = f"/api/studies/{study_id}/reads"
+    bad = {"finding_present": False, "diameter_mm": 5.0}
+    assert client.post(reads, json=bad, headers=bearer(res)).status_code == 400
+    assert (
+        client.post(reads, json={"finding_present": "maybe"}, headers=bearer(res)).status_code
+        == 422
+    )
+    for role in ("oncall", "manager", "auditor", "admin", "modality"):
+        refused = client.post(reads, json={"finding_present": True}, headers=bearer(tokens[role]))
+        assert refused.status_code == 403, role
+    assert (
+        client.post(
+            "/api/studies/nope/reads", json={"finding_present": True}, headers=bearer(res)
+        ).status_code
+        == 404
+    )
+
+    # The read, placed on the AI's finding: 201 and the comparison.
+    finding = ai["findings"][0]
+    z, y, x = finding["center_voxel_zyx"]
+    read = {
+        "finding_present": True,
+        "diameter_mm": round(finding["diameter_mm"] - 1.0, 1),
+        "slice": round(z),
+        "center_yx": [y, x],
+    }
+    posted = client.post(reads, json=read, headers=bearer(res))
+    assert posted.status_code == 201, posted.text
+    versus_ai = posted.json()["comparison"]["ai"]
+    assert versus_ai["finding_present_agree"] is True
+    assert versus_ai["diameter_difference_mm"] == pytest.approx(-1.0, abs=0.06)
+    assert versus_ai["risk_category"] == {"read": "high", "other": "high"}
+    assert versus_ai["risk_category_agree"] is True
+    assert 0.7 < versus_ai["dice"] <= 1.0 and 0.5 < versus_ai["iou"] <= versus_ai["dice"]
+    assert client.post(reads, json=read, headers=bearer(res)).status_code == 409
+
+    # After the read: the AI, the alert and the result series.
+    detail = client.get(f"/api/studies/{study_id}", headers=bearer(res)).json()
+    assert detail["ai_hidden"] is False and detail["state"] == "alerted"
+    assert detail["findings"] and detail["risk"]["category"] == "high"
+    assert [a["id"] for a in client.get("/api/alerts", headers=bearer(res)).json()] == [alert["id"]]
+    assert {"SEG", "SR"} <= set(series_modalities(client, res, uid))
+
+    # The attending scores the read (RADPEER; a comment from 2b on) and signs.
+    [mine] = client.get(reads, headers=bearer(res)).json()
+    score = f"{reads}/{mine['id']}/score"
+    assert client.post(score, json={"score": "2b"}, headers=bearer(rad)).status_code == 400
+    assert client.post(score, json={"score": "4"}, headers=bearer(rad)).status_code == 422
+    assert client.post(score, json={"score": "1"}, headers=bearer(res)).status_code == 403
+    assert (
+        client.post(f"{reads}/nope/score", json={"score": "1"}, headers=bearer(rad)).status_code
+        == 404
+    )
+    scored = client.post(score, json={"score": "2a", "comment": " "}, headers=bearer(rad))
+    assert scored.status_code == 200 and scored.json()["score"]["score"] == "2a"
+    scored = client.post(
+        score, json={"score": "3a", "comment": "size under-called"}, headers=bearer(rad)
+    )
+    assert scored.status_code == 200 and scored.json()["score"]["comment"] == "size under-called"
+    for n in range(1, len(ai["findings"]) + 1):
+        body = {"decision": "accept"} if n == 1 else {"decision": "reject", "reason": "fp"}
+        decided = client.post(
+            f"/api/studies/{study_id}/findings/{n}/decision", json=body, headers=bearer(rad)
+        )
+        assert decided.status_code == 200
+    assert client.post(f"/api/studies/{study_id}/sign", headers=bearer(rad)).status_code == 200
+    [mine] = client.get(reads, headers=bearer(res)).json()
+    versus = mine["comparison"]["attending"]
+    assert versus["by"] == "test-radiologist" and versus["finding_present_agree"] is True
+    assert versus["risk_category_agree"] is True and versus["dice"] > 0.7
+    assert mine["score"]["score"] == "3a"
+
+    actions = [a["action"] for a in ctx.documents.collection("audit").find({"target": study_id})]
+    assert "study.read" in actions and "read.score" in actions and "study.view" in actions
+
+
+def test_the_resident_worklist_is_not_in_risk_order(
+    ctx: Context, client: TestClient, tokens
+) -> None:
+    from ..dicom import ct_series
+    from ..unit.test_ingest_api import stow
+
+    stow(client, tokens["modality"], ct_series(seed=3)[:2])  # the oldest, no risk yet
+    [plain] = client.get("/api/studies", headers=bearer(tokens["radiologist"])).json()["studies"]
+    phantom = make_phantom(101, nodules=[12.0], shape=(40, 160, 160), spacing=(2.0, 1.2, 1.2))
+    risky = run_pipeline(ctx, client, tokens["modality"], phantom_to_datasets(phantom))
+    res = client.get("/api/studies", headers=bearer(tokens["resident"])).json()["studies"]
+    rad = client.get("/api/studies", headers=bearer(tokens["radiologist"])).json()["studies"]
+    assert [s["id"] for s in res] == [plain["id"], risky]  # longest waiting first
+    assert [s["id"] for s in rad] == [risky, plain["id"]]  # highest AI risk first
+    assert all(s["risk"] is None and s["ai_hidden"] for s in res)
+
+
+def test_overlap_scores() -> None:
+    sphere = (10.0, 10.0, 10.0, 4.0)
+    assert overlap_scores([], []) == {"dice": "n/a", "iou": "n/a"}
+    assert overlap_scores(None, [sphere]) == {"dice": "n/a", "iou": "n/a"}
+    assert overlap_scores([], [sphere]) == {"dice": 0.0, "iou": 0.0}
+    assert overlap_scores([sphere], [sphere]) == {"dice": 1.0, "iou": 1.0}
+    assert overlap_scores([sphere], [(30.0, 10.0, 10.0, 4.0)]) == {"dice": 0.0, "iou": 0.0}
+    half = overlap_scores([sphere], [(10.0, 10.0, 10.0, 4.0 / 2 ** (1 / 3))])
+    assert half["dice"] == pytest.approx(2 * 0.5 / 1.5, abs=1e-3)
+    assert half["iou"] == pytest.approx(0.5, abs=1e-3)
