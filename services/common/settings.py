@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     alert_retry_seconds: float = Field(2.0, gt=0)
     #: How often the notify worker's sweeper looks for due timers.
     alert_sweep_seconds: float = Field(5.0, gt=0)
-    #: A claimed page not finished in this time is taken over by another sweeper.
+    #: A claimed page not finished in this time is taken over by another sweeper (renewed
+    #: before each delivery; never shorter than two ``alert_timeout_seconds``).
     alert_lease_seconds: float = Field(60.0, gt=0)
     #: The same study and rule within this window is one alert with a count.
     alert_group_seconds: float = Field(3600.0, ge=0)

@@ -168,15 +168,31 @@ def message_for(
     return Message(kind, f"{alert['_id']}:{page}:{kind}", subject, lines, payload, links)
 
 
+def lease_of(ctx: Context) -> timedelta:
+    """How long a claim holds: never shorter than two channel timeouts, so one slow delivery
+    cannot outlive its claim and be sent again by another worker."""
+    settings = ctx.settings
+    return timedelta(seconds=max(settings.alert_lease_seconds, 2 * settings.alert_timeout_seconds))
+
+
+def _renew(ctx: Context, alert: dict[str, Any]) -> dict[str, Any] | None:
+    """Extend the claim before each delivery; ``None`` once it is lost or acknowledged."""
+    renewed: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
+        {"_id": alert["_id"], "claim": alert["claim"], "open": True},
+        {"$set": {"next_page_at": now() + lease_of(ctx)}},
+        return_document=ReturnDocument.AFTER,
+    )
+    return renewed
+
+
 def claim(ctx: Context, at: datetime, alert_id: str | None = None) -> dict[str, Any] | None:
     """Take the earliest due open alert (or ``alert_id`` if due) for one lease."""
     query: dict[str, Any] = {"open": True, "next_page_at": {"$lte": at}}
     if alert_id is not None:
         query["_id"] = alert_id
-    lease = timedelta(seconds=ctx.settings.alert_lease_seconds)
     claimed: dict[str, Any] | None = alerts_of(ctx.documents).find_one_and_update(
         query,
-        {"$set": {"next_page_at": at + lease, "claim": secrets.token_hex(8)}},
+        {"$set": {"next_page_at": at + lease_of(ctx), "claim": secrets.token_hex(8)}},
         sort=[("next_page_at", 1)],
         return_document=ReturnDocument.AFTER,
     )
@@ -266,7 +282,10 @@ def _deliver_page(ctx: Context, config: AlertConfig, alert: dict[str, Any], at: 
     alerts = alerts_of(ctx.documents)
     for target in targets_for(ctx, config, page, at):
         delivered_key = f"{page}|{target.key}"
-        if delivered_key in alert["delivered"]:
+        current = _renew(ctx, alert)
+        if current is None:
+            return  # acknowledged meanwhile (no further page), or the claim was taken over
+        if delivered_key in current["delivered"]:
             continue
         detail = {"page": page, "attempt": attempt, "channel": target.channel, "to": target.key}
         record(ctx, alert, "alert.sent", detail, now())
