@@ -458,3 +458,24 @@ def test_alerts_of_the_earlier_version_are_upgraded_without_paging(ctx: Context)
     assert alert_of(ctx, "old1")["state"] == "acknowledged"
     assert paging.sweep(ctx, now() + timedelta(days=10)) == 0  # no timer: never re-paged
     assert acknowledge(ctx, "old0-v1", "dr-x")["state"] == "acknowledged"
+
+
+def test_slack_and_teams_channels_post_their_formats_with_links(ctx: Context) -> None:
+    with webhook_receiver() as slack, webhook_receiver() as teams:
+        ctx.settings.slack_webhook_url = SecretStr(slack.url)
+        ctx.settings.teams_webhook_url = SecretStr(teams.url)
+        analysed(ctx, "chat", 0.9)
+        notify_study(ctx, "chat")
+    [slack_post], [teams_post] = slack.posts, teams.posts
+    assert slack_post["text"].startswith("[Radpipe] AI alert: ACR category 2, alert chat-v1")
+    buttons = slack_post["blocks"][-1]["elements"]
+    assert [b["text"]["text"] for b in buttons] == ["Open study", "Acknowledge"]
+    assert "/alerts/ack/" in buttons[1]["url"]
+    card = teams_post["attachments"][0]["content"]
+    assert [a["title"] for a in card["actions"]] == ["Open study", "Acknowledge"]
+    for body in (*slack.raw, *teams.raw):
+        for value in PHI.values():
+            assert value.encode() not in body
+    events_ = ctx.studies.get("chat")["events"]
+    delivered = [e["detail"]["to"] for e in events_ if e["type"] == "alert.delivered"]
+    assert delivered == ["slack", "teams"]
