@@ -45,6 +45,7 @@ SECRET_KEYS = {
     "RADPIPE_S3_ACCESS_KEY",
     "RADPIPE_S3_SECRET_KEY",
     "RADPIPE_MONGO_URL",
+    "RADPIPE_WEBHOOK_SECRET",
 }
 RENDER_TARGETS = ("base", "overlays/dev", "overlays/gpu", "overlays/keda")
 #: The oldest Kubernetes release the manifests promise to work on; the newest one the
