@@ -6,8 +6,9 @@ adapters with ``app.dependency_overrides``.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -17,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .auth import AuthService, Principal
+from .auth import AuthService, Principal, csrf_token
 from .context import Context
 from .errors import Forbidden, RadpipeError, Unauthorized
 from .logging import get_logger
@@ -153,7 +154,45 @@ def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> Fa
         allow_credentials=False,
         max_age=600,
     )
+    app.middleware("http")(_csrf_and_no_store)
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)
     return app
+
+
+#: State-changing requests that carry no session to protect: the login form, and the signed
+#: single-use acknowledgement links (their token is the credential).
+_CSRF_EXEMPT = ("/login", "/alerts/ack/")
+CSRF_HEADER = "X-CSRF-Token"
+
+
+async def _csrf_and_no_store(request: Request, call_next: Callable[..., Any]) -> Response:
+    """CSRF: a state-changing request authenticated by the session cookie must carry the
+    session's token (header ``X-CSRF-Token``, or ``?csrf=`` on a form's action); bearer-token
+    requests are not sent by browsers on their own and need none. Every answer but the static
+    scripts is ``Cache-Control: no-store`` (no clinical data in a browser or proxy cache)."""
+    session = request.cookies.get(SESSION_COOKIE)
+    if (
+        request.method not in ("GET", "HEAD", "OPTIONS")
+        and session
+        and not request.headers.get("authorization", "").lower().startswith("bearer ")
+        and not request.url.path.startswith(_CSRF_EXEMPT)
+    ):
+        context: Context = request.app.state.context
+        expected = csrf_token(context.settings.secret, session)
+        sent = request.headers.get(CSRF_HEADER) or request.query_params.get("csrf") or ""
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            return JSONResponse(
+                {
+                    "error": "Forbidden",
+                    "detail": f"missing or wrong CSRF token: send the page's token in "
+                    f"{CSRF_HEADER} (reload the page if the session changed)",
+                },
+                403,
+                headers={"Cache-Control": "no-store"},
+            )
+    response: Response = await call_next(request)
+    if not request.url.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-store"
+    return response

@@ -7,6 +7,7 @@ the right tool); passwords are stored with Argon2id. Sessions are server-side an
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,10 @@ from .studies import now
 
 TOKENS, USERS, SESSIONS, AUDIT = "tokens", "users", "sessions", "audit"
 SESSION_LIFETIME = timedelta(hours=12)
+#: A portal session ends after this long without a request (the page logs out too).
+SESSION_IDLE = timedelta(minutes=15)
+#: How stale ``last_seen`` may get before a request writes it again (limits writes).
+_SEEN_EVERY = timedelta(seconds=30)
 _hasher = PasswordHasher()
 
 
@@ -35,6 +40,12 @@ class Principal:
 
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def csrf_token(secret: bytes, session: str) -> str:
+    """The CSRF token of a portal session: an HMAC of the session cookie, so it needs no
+    storage and a page of another origin, which cannot read the cookie, cannot forge it."""
+    return hmac.new(secret, b"csrf:" + session.encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def _check_role(role: str) -> None:
@@ -89,14 +100,23 @@ class AuthService:
                 "name": name,
                 "role": user["role"],
                 "expires_at": now() + SESSION_LIFETIME,
+                "last_seen": now(),
             }
         )
         return session
 
     def authenticate_session(self, session: str) -> Principal:
+        """The session's user; ``Unauthorized`` once it expired or sat idle ``SESSION_IDLE``."""
         entry = self.sessions.find_one({"_id": _sha256(session)})
-        if entry is None or entry["expires_at"] < now():
+        at = now()
+        if entry is None or entry["expires_at"] < at:
             raise Unauthorized("session expired; log in again at /login")
+        last_seen = entry.get("last_seen") or at
+        if at - last_seen > SESSION_IDLE:
+            self.sessions.delete_one({"_id": entry["_id"]})
+            raise Unauthorized("logged out after inactivity; log in again at /login")
+        if at - last_seen > _SEEN_EVERY:
+            self.sessions.update_one({"_id": entry["_id"]}, {"$set": {"last_seen": at}})
         return Principal(entry["name"], entry["role"], "session")
 
     def logout(self, session: str) -> None:

@@ -6,19 +6,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from radpipe.common.api import SESSION_COOKIE, Ctx, require
-from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import Unauthorized
+from radpipe.common.auth import SESSION_IDLE, AuthService, Principal, csrf_token
+from radpipe.common.errors import NotFound, Unauthorized
 from radpipe.common.studies import StudyState
 
-from . import reading, review, service
+from . import reading, review, service, viewer
 from .service import StudyView
 
 router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATIC = Path(__file__).parent / "static"
+STATIC_FILES = frozenset({"viewer.js", "session.js"})
 Reader = Annotated[
     Principal,
     Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
@@ -111,7 +113,8 @@ def login(ctx: Ctx, username: Annotated[str, Form()], password: Annotated[str, F
         httponly=True,
         samesite="strict",
         secure=str(ctx.settings.public_url).startswith("https"),
-        max_age=12 * 3600,
+        # No Max-Age/Expires: the cookie ends with the browser; the server ends the session
+        # after SESSION_LIFETIME, or SESSION_IDLE without a request.
     )
     return response
 
@@ -130,20 +133,48 @@ def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
     # Highest AI risk first, across all studies (the store's worklist order): reordering,
     # not just flagging, is what shortens waits.
     studies, total = service.list_studies(ctx, state=None, offset=0, limit=200, viewer=caller)
-    return templates.TemplateResponse(
+    return _page(
         request,
+        ctx,
         "worklist.html",
-        {
-            "studies": studies,
-            "total": total,
-            "user": caller,
-            "alerts": service.open_alerts(ctx, viewer=caller),
-        },
+        caller,
+        studies=studies,
+        total=total,
+        alerts=service.open_alerts(ctx, viewer=caller),
+    )
+
+
+def _page(request: Request, ctx: Ctx, name: str, caller: Principal, **context: Any) -> Response:
+    """A page for a signed-in user, with the session's CSRF token for its forms and scripts."""
+    session = request.cookies.get(SESSION_COOKIE)
+    token = csrf_token(ctx.settings.secret, session) if session else ""
+    idle = int(SESSION_IDLE.total_seconds())
+    return templates.TemplateResponse(
+        request, name, {"user": caller, "csrf_token": token, "idle_seconds": idle, **context}
     )
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(study_id: str, request: Request, ctx: Ctx, caller: Reader) -> Response:
-    study = service.public_study(ctx, ctx.studies.get(study_id), caller)
+    doc = ctx.studies.get(study_id)
+    study = service.public_study(ctx, doc, caller)
     AuthService(ctx.documents).audit(caller, "study.view", study_id)
-    return templates.TemplateResponse(request, "study.html", {"study": study, "user": caller})
+    return _page(request, ctx, "study.html", caller, **service.study_page(ctx, doc, study, caller))
+
+
+@router.get("/api/studies/{study_id}/overlay/{sop_uid}.png")
+def overlay(study_id: str, sop_uid: str, ctx: Ctx, caller: Reader) -> Response:
+    """The AI segmentation on one slice as a transparent PNG (for the viewer)."""
+    return Response(viewer.overlay_png(ctx, caller, study_id, sop_uid), media_type="image/png")
+
+
+@router.get("/static/{name}")
+def static(name: str, _: Reader) -> Response:
+    """The portal's own scripts (no CDN); only the files shipped in ``static/``."""
+    if name not in STATIC_FILES:
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(
+        STATIC / name,
+        media_type="text/javascript",
+        headers={"Cache-Control": "private, max-age=300"},
+    )

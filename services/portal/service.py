@@ -12,6 +12,8 @@ from radpipe.common.identity import study_id_for
 from radpipe.common.settings import CLINICAL_ROLES
 from radpipe.common.studies import StudyPublic, StudyState
 
+from . import reading, review, viewer
+
 
 class StudyView(StudyPublic):
     """A study as one person may see it: ``ai_hidden`` when a resident has not read it yet."""
@@ -87,9 +89,7 @@ def list_studies(
     return [public_study(ctx, doc, hidden=doc["_id"] in hidden) for doc in docs], total
 
 
-def lookup_source_study(
-    ctx: Context, caller: Principal, source_study_uid: str
-) -> list[StudyView]:
+def lookup_source_study(ctx: Context, caller: Principal, source_study_uid: str) -> list[StudyView]:
     """Find a study by its original Study Instance UID: clinical roles only, always audited."""
     if caller.role not in CLINICAL_ROLES:
         raise Forbidden(
@@ -148,3 +148,26 @@ def open_alerts(
         ctx.documents, viewer, {a.get("study_id") or "" for a in found}
     )
     return [a for a in found if (a.get("study_id") or "") not in hidden]
+
+
+def study_page(
+    ctx: Context, doc: dict[str, Any], study: StudyView, caller: Principal
+) -> dict[str, Any]:
+    """What the study page shows beside ``study``: the viewer's data, the decisions, the key
+    images and the reads, each only where ``caller`` may see the AI."""
+    ai = not study.ai_hidden
+    outputs = (doc.get("analysis") or {}).get("outputs") or [] if ai else []
+    return {
+        "study": study,
+        "data": {
+            "id": study.id,
+            "study_uid": study.deid_study_uid,
+            "slices": viewer.slices(ctx, doc),
+            "overlay": any(o.get("kind") == "seg" for o in outputs),
+        },
+        "decisions": review.decisions_of(doc) if ai else {},
+        "can_review": caller.role == "radiologist" and doc["state"] in review.REVIEWABLE,
+        "signed": doc.get("signed") if doc["state"] == StudyState.SIGNED else None,
+        "key_images": [o for o in outputs if o.get("kind") == "key-image"],
+        "reads": reading.list_reads(ctx, caller, study.id) if ai else [],
+    }

@@ -67,7 +67,12 @@ def test_resident_sees_no_ai_until_the_read_then_the_comparison(
         assert client.get(f"{path}/metadata", headers=bearer(res)).status_code == 404
         assert client.get(f"{path}/metadata", headers=bearer(rad)).status_code == 200
     page = client.get(f"/studies/{study_id}", headers=bearer(res))
-    assert page.status_code == 200 and "mm³" in page.text and "Probability" in page.text
+    assert page.status_code == 200 and "Commit read" in page.text
+    assert 'id="findings"' not in page.text and "AI risk" not in page.text
+    assert '"overlay": false' in page.text
+    overlay = f"/api/studies/{study_id}/overlay/{ai['input_sop_uids'][0]}.png"
+    assert client.get(overlay, headers=bearer(res)).status_code == 404
+    assert client.get(overlay, headers=bearer(rad)).status_code == 200
     assert f"{ai['findings'][0]['diameter_mm']:.1f}" not in page.text
     # The radiologist sees all of it.
     full = client.get(f"/api/studies/{study_id}", headers=bearer(rad)).json()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
@@ -79,10 +81,40 @@ def test_login_session_and_worklist_page(client: TestClient, ctx: Context) -> No
         follow_redirects=False,
     )
     assert ok.status_code == 303 and "radpipe_session" in ok.cookies
+    cookie = ok.headers["set-cookie"].lower()
+    assert "max-age" not in cookie and "expires" not in cookie  # ends with the browser
+    assert "httponly" in cookie and "samesite=strict" in cookie
     page = client.get("/")
     assert page.status_code == 200 and "Worklist" in page.text and "ana" in page.text
-    client.post("/logout")
+    assert page.headers["cache-control"] == "no-store"
+    assert client.get("/api/studies").headers["cache-control"] == "no-store"
+    token = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+    # A cookie-authenticated state change without the session's CSRF token is refused.
+    assert client.post("/logout").status_code == 403
+    assert client.post("/logout", headers={"X-CSRF-Token": "0" * 40}).status_code == 403
+    assert client.get("/api/studies").status_code == 200
+    done = client.post(f"/logout?csrf={token}", follow_redirects=False)
+    assert done.status_code == 303
     assert client.get("/api/studies").status_code == 401
+
+
+def test_idle_session_is_logged_out(client: TestClient, ctx: Context) -> None:
+    from datetime import timedelta
+
+    from radpipe.common.auth import SESSION_IDLE, SESSIONS
+    from radpipe.common.studies import now
+
+    AuthService(ctx.documents).add_user("ana", "radiologist", "correct horse battery")
+    client.post("/login", data={"username": "ana", "password": "correct horse battery"})
+    assert client.get("/api/studies").status_code == 200
+    stale = now() - SESSION_IDLE - timedelta(seconds=1)
+    for session in list(ctx.documents.collection(SESSIONS).find({})):
+        ctx.documents.collection(SESSIONS).update_one(
+            {"_id": session["_id"]}, {"$set": {"last_seen": stale}}
+        )
+    answer = client.get("/api/studies")
+    assert answer.status_code == 401 and "inactivity" in answer.json()["detail"]
+    assert ctx.documents.collection(SESSIONS).count_documents({}) == 0
 
 
 def test_tokens_and_passwords_are_stored_hashed(ctx: Context) -> None:

@@ -1,0 +1,220 @@
+"""The reading room in headless Chromium, on a phantom analysed by the real demo bundle: a
+radiologist from login through the worklist into the viewer (keyboard scroll, a window preset
+and the overlay's opacity checked on the canvas pixels), a refused then an accepted sign-off
+after rejecting the finding; a resident who sees no AI, in the page or the API, until the read,
+then the comparison; a role denial answered 403 and audited. Screenshots in test-artifacts/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from radpipe.common.auth import AuthService
+from radpipe.common.context import Context
+from radpipe.demo import make_phantom, phantom_to_datasets
+from radpipe.notify.service import notify_study
+
+from ..integration.test_inference_results import run_pipeline
+from ..servers import require_tool
+from .test_portal_browser import ARTIFACTS, CHROMIUM_FLAGS
+
+CANVAS = 512
+
+
+@pytest.fixture
+def alerted(ctx: Context, client: TestClient, tokens) -> str:
+    phantom = make_phantom(101, nodules=[12.0], shape=(40, 160, 160), spacing=(2.0, 1.2, 1.2))
+    study_id = run_pipeline(ctx, client, tokens["modality"], phantom_to_datasets(phantom))
+    notify_study(ctx, study_id)
+    return study_id
+
+
+@pytest.fixture
+def browser() -> Any:
+    chromium = require_tool("chromium", "apt-get install chromium")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+def login(browser: Any, url: str, name: str, password: str) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 950})
+    page.goto(url + "/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
+    return page
+
+
+def drawn(page: Any, value: str) -> None:
+    page.wait_for_function(f"document.getElementById('view').dataset.drawn === {value!r}")
+
+
+def shows_slice(page: Any, text: str) -> None:
+    page.wait_for_function(f"document.getElementById('slice-indicator').textContent === {text!r}")
+
+
+def pixel(page: Any, y: float, x: float, size: int = 160) -> list[int]:
+    """The canvas RGBA at image pixel (y, x) of a ``size``-square slice at zoom 1."""
+    fit = CANVAS / size
+    cx, cy = int((x + 0.5) * fit), int((y + 0.5) * fit)
+    return page.evaluate(
+        f"Array.from(document.getElementById('view').getContext('2d')"
+        f".getImageData({cx}, {cy}, 1, 1).data)"
+    )
+
+
+def mean_grey(page: Any) -> float:
+    return page.evaluate(
+        """(() => { const d = document.getElementById('view').getContext('2d')
+            .getImageData(0, 0, 512, 512).data; let s = 0;
+            for (let i = 0; i < d.length; i += 4) s += d[i + 1]; return s / (d.length / 4); })()"""
+    )
+
+
+def test_radiologist_reads_reviews_and_signs(
+    ctx: Context, live_url: str, browser: Any, alerted: str
+) -> None:
+    study = ctx.studies.get(alerted)
+    findings = study["analysis"]["findings"]
+    slices = len(dict.fromkeys(u.split("#")[0] for u in study["analysis"]["input_sop_uids"]))
+    AuthService(ctx.documents).add_user("rad", "radiologist", "reading-room-2")
+    page = login(browser, live_url, "rad", "reading-room-2")
+
+    rows = page.locator("table#studies tbody tr")
+    assert rows.nth(0).get_attribute("data-study") == alerted
+    page.screenshot(path=str(ARTIFACTS / "reading-room-worklist.png"), full_page=True)
+    page.click(f"a[href='/studies/{alerted}']")
+    page.wait_for_selector("#view")
+
+    # Keyboard only: the canvas has the focus; arrows scroll, 1-4 choose the window.
+    middle = slices // 2
+    drawn(page, f"{middle}|2|0.5")
+    assert page.evaluate("document.activeElement.id") == "view"
+    page.keyboard.press("ArrowDown")
+    shows_slice(page, f"Slice {middle + 2} / {slices}")
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    assert page.inner_text("#slice-indicator") == f"Slice {middle} / {slices}"
+    page.mouse.move(200, 400)
+    page.locator("#view").hover()
+    page.mouse.wheel(0, 120)
+    shows_slice(page, f"Slice {middle + 1} / {slices}")
+
+    # The finding's slice, from the finding list; lung window first, then soft tissue (key 1).
+    z, y, x = findings[0]["center_voxel_zyx"]
+    k = round(z)
+    page.click(f"button[data-goto='{k}']")
+    drawn(page, f"{k}|2|0.5")
+    lung = mean_grey(page)
+    page.keyboard.press("1")
+    drawn(page, f"{k}|1|0.5")
+    soft = mean_grey(page)
+    assert "soft tissue" in page.inner_text("#preset-indicator")
+    assert abs(lung - soft) > 5, (lung, soft)  # the window changed the grey levels
+
+    # The overlay's opacity, by keyboard on the slider: the nodule turns red at 100 %.
+    page.focus("#overlay-opacity")
+    page.keyboard.press("Home")
+    drawn(page, f"{k}|1|0")
+    clear = pixel(page, y, x)
+    page.keyboard.press("End")
+    drawn(page, f"{k}|1|1")
+    red = pixel(page, y, x)
+    page.screenshot(path=str(ARTIFACTS / "reading-room-viewer-overlay.png"), full_page=True)
+    assert red[0] > 200 and red[1] < 90 and red[2] < 90, red
+    assert abs(clear[0] - clear[1]) < 20, clear  # grey without the overlay
+    page.click("#overlay-toggle")
+    drawn(page, f"{k}|1|0")
+    assert pixel(page, y, x)[:3] == clear[:3]
+
+    # Zoom and pan by keyboard.
+    page.focus("#view")
+    page.keyboard.press("+")
+    assert page.inner_text("#zoom-indicator") == "125 %"
+    page.keyboard.press("0")
+
+    # Sign-off refused while the finding is undecided, then the finding rejected, then signed.
+    page.click("#sign")
+    page.wait_for_selector("#sign-msg.error")
+    assert "undecided" in page.inner_text("#sign-msg")
+    page.screenshot(path=str(ARTIFACTS / "reading-room-sign-refused.png"), full_page=True)
+    for n in range(1, len(findings) + 1):
+        form = page.locator(f"form.decision[data-finding='{n}']")
+        form.locator("input[name=reason]").fill("vessel, not a nodule")
+        form.locator("button[value=reject]").click()
+        page.wait_for_selector(f"tr[data-finding='{n}'][data-decision='reject']")
+    assert page.locator("form.decision[data-finding='1'] .msg").inner_text() == "rejected"
+    page.click("#sign")
+    page.wait_for_selector("#signed-by")
+    assert page.inner_text("#study-state") == "signed"
+    page.screenshot(path=str(ARTIFACTS / "reading-room-signed.png"), full_page=True)
+    signed = ctx.studies.get(alerted)
+    assert signed["state"] == "signed" and signed["signed"]["rejected"] == list(
+        range(1, len(findings) + 1)
+    )
+    decision = next(e for e in signed["events"] if e["type"] == "finding.decision")
+    assert decision["detail"]["reason"] == "vessel, not a nodule"
+
+
+def test_resident_reads_first_then_sees_the_comparison(
+    ctx: Context, live_url: str, browser: Any, alerted: str
+) -> None:
+    study = ctx.studies.get(alerted)
+    finding = study["analysis"]["findings"][0]
+    AuthService(ctx.documents).add_user("res", "resident", "first-read-1")
+    page = login(browser, live_url, "res", "first-read-1")
+    assert page.locator(".alert").count() == 0  # no alert banner before the read
+    assert "high" not in page.inner_text("table#studies")
+    page.click(f"a[href='/studies/{alerted}']")
+    page.wait_for_selector("#read-form")
+    assert page.locator("#findings").count() == 0 and page.locator("#overlay-toggle").count() == 0
+    html = page.content()
+    assert "AI risk" not in html and f"{finding['diameter_mm']:.1f}" not in html
+    api = page.request.get(f"{live_url}/api/studies/{alerted}").json()
+    assert api["ai_hidden"] is True and api["findings"] == [] and api["risk"] is None
+    assert page.request.get(f"{live_url}/api/alerts").json() == []
+    page.screenshot(path=str(ARTIFACTS / "reading-room-resident-before-read.png"), full_page=True)
+
+    # A role denial from the page: a resident may not decide a finding (403, audited).
+    token = page.get_attribute("meta[name=csrf-token]", "content")
+    denied = page.request.post(
+        f"{live_url}/api/studies/{alerted}/findings/1/decision",
+        data={"decision": "accept"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert denied.status == 403
+    forged = page.request.post(
+        f"{live_url}/api/studies/{alerted}/reads", data={"finding_present": True}
+    )
+    assert forged.status == 403 and "CSRF" in forged.json()["detail"]  # no token, no read
+    audit = list(ctx.documents.collection("audit").find({"action": "access.denied"}))
+    assert [(a["actor"], a["target"]) for a in audit] == [
+        ("res", f"POST /api/studies/{alerted}/findings/1/decision")
+    ]
+
+    # The read, by keyboard to the finding's slice and a click on the nodule.
+    z, y, x = finding["center_voxel_zyx"]
+    k = round(z)
+    page.evaluate(f"window.radpipeViewer.go({k})")
+    drawn(page, f"{k}|2|0")
+    box = page.locator("#view").bounding_box()
+    fit = CANVAS / 160
+    page.mouse.click(box["x"] + (x + 0.5) * fit, box["y"] + (y + 0.5) * fit)
+    assert page.input_value("#read-slice") == str(k + 1)  # shown from 1
+    page.fill("#read-diameter", f"{finding['diameter_mm']:.1f}")
+    page.click("#read-form button[type=submit]")
+    page.wait_for_selector("#comparison")
+    comparison = page.inner_text("#comparison")
+    assert "presence agrees" in comparison and "category high/high" in comparison
+    assert "Dice" in comparison
+    assert page.locator("#findings").count() == 1 and page.locator("#overlay-toggle").count() == 1
+    assert page.request.get(f"{live_url}/api/studies/{alerted}").json()["ai_hidden"] is False
+    assert len(page.request.get(f"{live_url}/api/alerts").json()) == 1
+    page.screenshot(path=str(ARTIFACTS / "reading-room-resident-comparison.png"), full_page=True)
