@@ -15,11 +15,19 @@ simpler and leaves the store's cost as the difference) and times sequential requ
 * ``GET /api/studies?state=alerted``,
 * ``GET /api/alerts?open=true`` and ``GET /api/alerts``,
 * ``GET /api/studies/{id}`` for random ids,
-* ``GET /`` (the HTML worklist: 200 studies and the open alerts).
+* ``GET /`` (the HTML worklist: 200 studies and the open alerts),
+* QIDO-RS: OHIF's study list (``limit=101``), studies by patient name wildcard and by a date
+  range, the series of one study, and all series of a modality (``limit=101``).
+
+The DICOM index is written through ``dicomindex.add_to_index`` (the entries and the study and
+series summaries) with two entries per series: the store's study and series searches read the
+summaries, whose cost does not depend on the instance count. The QIDO code before the store
+answered it read every entry into Python and matched there: "QIDO studies, pre-store code"
+times that path (OHIF's study list, rendering left out) on the same store.
 
 Reports p50/p95/max per request and size, the measuring process's peak RSS, and the ratios
 old/new. An endpoint stops early after ``--budget`` seconds (the old engine at 10,000 studies
-takes seconds per request). QIDO is not measured here: it is not answered by the store yet.
+takes seconds per request).
 
     .venv/bin/python bench/store.py [--sizes 1000,10000] [--requests 30] [--engines old,new]
     .venv/bin/python bench/store.py --sizes 100000 --engines new     # hospital scale
@@ -59,7 +67,17 @@ REQUESTS = [
     ("alerts", "/api/alerts"),
     ("study by id", None),
     ("worklist page", "/"),
+    (
+        "QIDO studies (OHIF list)",
+        "/dicom-web/studies?limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060",
+    ),
+    ("QIDO studies PatientName=wildcard", "/dicom-web/studies?PatientName={patient}*&limit=101"),
+    ("QIDO studies StudyDate=range", "/dicom-web/studies?StudyDate={dates}&limit=101"),
+    ("QIDO series of a study", "/dicom-web/studies/{study_uid}/series"),
+    ("QIDO series Modality=CT", "/dicom-web/series?Modality=CT&limit=101"),
 ]
+NAMES = [name for name, _ in REQUESTS] + ["QIDO studies, pre-store code"]
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -157,6 +175,56 @@ def study_document(n: int, rng: random.Random, start: datetime) -> tuple[dict[st
     return doc, alert
 
 
+def index_entries(doc: dict[str, Any], n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The DICOM index entries of a de-identified study (two per series; SEG and SR series of
+    the AI result for analysed studies), as deid and inference index them."""
+    deid = doc.get("deid")
+    if not deid:
+        return []
+    at = doc["created_at"]
+    study = {
+        "StudyInstanceUID": deid["study_uid"],
+        "PatientName": f"ANON^{n:06d}",
+        "PatientID": f"RP{n:08d}",
+        "PatientSex": rng.choice("FM"),
+        "AccessionNumber": f"A{n:08d}",
+        "StudyDate": at.strftime("%Y%m%d"),
+        "StudyTime": at.strftime("%H%M%S"),
+        "StudyDescription": "CT CHEST",
+        "StudyID": str(n),
+    }
+    series = [(s["series_uid"], "CT", "deid") for s in deid["series"]]
+    if "analysis" in doc:
+        series += [(_uid(rng), "SEG", "results"), (_uid(rng), "SR", "results")]
+    out = []
+    for number, (series_uid, modality, bucket) in enumerate(series, 1):
+        for instance in (1, 2):
+            uid = _uid(rng)
+            attributes = {
+                **study,
+                "Modality": modality,
+                "SeriesInstanceUID": series_uid,
+                "SeriesNumber": number,
+                "SeriesDescription": modality,
+                "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+                "SOPInstanceUID": uid,
+                "InstanceNumber": instance,
+                "Rows": 512,
+                "Columns": 512,
+            }
+            out.append(
+                {
+                    "_id": uid,
+                    "study_id": doc["_id"],
+                    "bucket": f"radpipe-{bucket}",
+                    "key": f"{deid['study_uid']}/{series_uid}/{uid}.dcm",
+                    "transfer_syntax": "1.2.840.10008.1.2.1",
+                    "attributes": attributes,
+                }
+            )
+    return out
+
+
 def open_store(engine: str, data: Path) -> Any:
     from radpipe.common.docstore import EmbeddedDocumentStore, open_embedded
 
@@ -173,6 +241,7 @@ def generate(engine: str, size: int, data: Path) -> None:
     from rich.progress import Progress
 
     from radpipe.common.alerts import ensure_alert_indexes
+    from radpipe.common.dicomindex import add_to_index
     from radpipe.common.studies import StudyRepository, with_sort_fields
 
     store = open_store(engine, data)
@@ -192,6 +261,8 @@ def generate(engine: str, size: int, data: Path) -> None:
                     repo.studies.insert_one(with_sort_fields(doc))
                     if alert is not None:
                         repo.alerts.insert_one(alert)
+                    for entry in index_entries(doc, n, rng):
+                        add_to_index(store, entry)
             progress.update(task, completed=min(size, first + batch))
     store.close()
 
@@ -217,6 +288,7 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
     from radpipe.common.alerts import ensure_alert_indexes
     from radpipe.common.auth import AuthService
     from radpipe.common.context import Context
+    from radpipe.common.dicomindex import STUDY_SUMMARIES
     from radpipe.common.objectstore import FolderObjectStore, bucket_names
     from radpipe.common.settings import Settings
 
@@ -233,15 +305,27 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
     ensure_alert_indexes(store)
     token = AuthService(store).create_token("bench", "radiologist")
     ids = [d["_id"] for d in ctx.studies.studies.find({}).limit(200)]
+    uids = [d["_id"] for d in store.collection(STUDY_SUMMARIES).find({}).limit(200)]
+    total = ctx.studies.studies.count_documents({})
     rng = random.Random(1)
     results: dict[str, Any] = {}
-    with TestClient(build_app(ctx, ["portal", "notify"])) as client:
+
+    def fill(path: str) -> str:
+        n = rng.randrange(total)
+        day = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n * 90)
+        return path.format(
+            study_uid=rng.choice(uids),
+            patient=f"ANON^{n // 100:04d}",  # 100 studies share the prefix
+            dates=f"{day:%Y%m%d}-{day + timedelta(days=1):%Y%m%d}",
+        )
+
+    with TestClient(build_app(ctx, ["ingest", "portal", "notify"])) as client:
         headers = {"Authorization": f"Bearer {token}"}
         for name, path in REQUESTS:
             times: list[float] = []
             began = time.perf_counter()
             for i in range(requests + 1):
-                url = path or f"/api/studies/{rng.choice(ids)}"
+                url = fill(path) if path else f"/api/studies/{rng.choice(ids)}"
                 t0 = time.perf_counter()
                 response = client.get(url, headers=headers)
                 elapsed = time.perf_counter() - t0
@@ -250,24 +334,56 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
                     times.append(elapsed)
                 if len(times) >= 3 and time.perf_counter() - began > budget:
                     break
-            times.sort()
-            p95 = (
-                statistics.quantiles(times, n=20, method="inclusive")[18]
-                if len(times) > 1
-                else times[0]
-            )
-            results[name] = {
-                "n": len(times),
-                "p50": statistics.median(times),
-                "p95": p95,
-                "max": times[-1],
-            }
+            results[name] = _summary(times)
+        results["QIDO studies, pre-store code"] = _timed(
+            lambda: _pre_store_study_list(store), requests, budget
+        )
         page = client.get("/api/studies", headers=headers).json()
         results["total"] = page["total"]
         results["open_alerts"] = len(client.get("/api/alerts?open=true", headers=headers).json())
     results["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     store.close()
     return results
+
+
+def _pre_store_study_list(store: Any) -> list[dict[str, Any]]:
+    """OHIF's study list as QIDO-RS answered it before the store did: every index entry read,
+    grouped by study in Python, sorted, the first 101 kept (as the code replaced in qido.py)."""
+    from radpipe.common.dicomindex import INDEX
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in store.collection(INDEX).find({}):
+        groups.setdefault(entry["attributes"].get("StudyInstanceUID", ""), []).append(
+            entry["attributes"]
+        )
+    rows = []
+    for members in groups.values():
+        row = dict(members[0])
+        row["ModalitiesInStudy"] = sorted({m.get("Modality") or "" for m in members} - {""})
+        row["NumberOfStudyRelatedSeries"] = len({m.get("SeriesInstanceUID") for m in members})
+        row["NumberOfStudyRelatedInstances"] = len(members)
+        rows.append(row)
+    rows.sort(key=lambda r: str(r.get("StudyDate") or ""))
+    return rows[:101]
+
+
+def _timed(call: Any, requests: int, budget: float) -> dict[str, Any]:
+    times: list[float] = []
+    began = time.perf_counter()
+    for i in range(requests + 1):
+        t0 = time.perf_counter()
+        call()
+        if i:
+            times.append(time.perf_counter() - t0)
+        if len(times) >= 3 and time.perf_counter() - began > budget:
+            break
+    return _summary(times)
+
+
+def _summary(times: list[float]) -> dict[str, Any]:
+    times.sort()
+    p95 = statistics.quantiles(times, n=20, method="inclusive")[18] if len(times) > 1 else times[0]
+    return {"n": len(times), "p50": statistics.median(times), "p95": p95, "max": times[-1]}
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -336,7 +452,7 @@ def _report(
         + (" | p95 old/new |" if len(engines) == 2 else " |")
     )
     print("|---|---|" + "---|" * len(engines) + ("---|" if len(engines) == 2 else ""))
-    for name, _ in REQUESTS:
+    for name in NAMES:
         for size in sizes:
             cells = []
             for engine in engines:
@@ -353,7 +469,7 @@ def _report(
         print(f"| peak RSS | {size:,} | {rss} | writing: {write} |")
     if "new" in engines and len(sizes) > 1:
         small, large = min(sizes), max(sizes)
-        for name, _ in REQUESTS:
+        for name in NAMES:
             growth = figures["new", large][name]["p95"] / figures["new", small][name]["p95"]
             print(f"new engine {name}: p95 grows {growth:.2f}x from {small:,} to {large:,}")
 

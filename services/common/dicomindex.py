@@ -3,10 +3,18 @@
 ``deid`` (and later the result writers) add one document per stored instance; the document
 holds the attributes QIDO-RS matches and returns (PS3.18 Table 10.6.1-5), so searches never
 open the objects themselves. Only de-identified values are ever indexed.
+
+Beside the instance entries, one summary document per study (``dicom_studies``) and per series
+(``dicom_series``), written in the same call, so a study-level search reads one indexed row per
+study and never the study's instances: the first instance's attributes, and per bucket the
+modalities, series and instance count (PS3.18 Table 10.6.3-3's computed attributes). Each
+document also carries ``folded``: its attributes as upper-case text, which wildcard and
+person-name matching (case-insensitive) compare against through an index.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pydicom
@@ -14,6 +22,10 @@ import pydicom
 from .ports import DocumentStore
 
 INDEX = "dicom_index"
+STUDY_SUMMARIES = "dicom_studies"
+SERIES_SUMMARIES = "dicom_series"
+_MIGRATIONS = "migrations"
+_SUMMARIES_DONE = "dicom_summaries_v1"
 
 STUDY_KEYWORDS = (
     "StudyDate",
@@ -59,6 +71,17 @@ def _value(element: pydicom.DataElement) -> Any:
     return str(value)
 
 
+def folded(attributes: dict[str, Any]) -> dict[str, str]:
+    """The attributes as upper-case text (values of a multi-valued one joined by ``\\``)."""
+    out = {}
+    for keyword, value in attributes.items():
+        if value is None:
+            continue
+        text = "\\".join(map(str, value)) if isinstance(value, list) else str(value)
+        out[keyword] = text.upper()
+    return out
+
+
 def index_document(ds: pydicom.Dataset, study_id: str, key: str, bucket: str) -> dict[str, Any]:
     """The index entry of one stored (de-identified) instance."""
     attributes = {kw: _value(ds[kw]) for kw in KEYWORDS if kw in ds}
@@ -69,8 +92,105 @@ def index_document(ds: pydicom.Dataset, study_id: str, key: str, bucket: str) ->
         "key": key,
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID),
         "attributes": attributes,
+        "folded": folded(attributes),
     }
 
 
+def bucket_field(bucket: str) -> str:
+    """A bucket name as a document field name (letters, digits, ``_`` and ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", bucket)
+
+
+#: A modality as a field name of ``has_modality`` (CS values: upper case, digits, _ and space).
+MODALITY_FIELD = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def add_to_index(documents: DocumentStore, entry: dict[str, Any]) -> None:
-    documents.collection(INDEX).update_one({"_id": entry["_id"]}, {"$set": entry}, upsert=True)
+    """Index one instance and count it in its study's and series' summaries (once)."""
+    entry = {**entry, "folded": folded(entry["attributes"])}
+    before = documents.collection(INDEX).find_one_and_update(
+        {"_id": entry["_id"]}, {"$set": entry}, upsert=True
+    )
+    _summarise(documents, entry, new=before is None)
+
+
+def _summarise(documents: DocumentStore, entry: dict[str, Any], *, new: bool) -> None:
+    attributes = entry["attributes"]
+    study, series = attributes.get("StudyInstanceUID"), attributes.get("SeriesInstanceUID")
+    if not study or not series:
+        return
+    part = "by_bucket." + bucket_field(entry["bucket"])
+    modality = attributes.get("Modality")
+    first = {
+        "study_id": entry["study_id"],
+        "attributes": attributes,
+        "folded": entry["folded"],
+    }
+    add: dict[str, Any] = {f"{part}.series": series}
+    flags: dict[str, Any] = {f"{part}.bucket": entry["bucket"]}
+    if modality:
+        add[f"{part}.modalities"] = modality
+        if MODALITY_FIELD.match(modality):
+            flags[f"has_modality.{modality}"] = True
+    documents.collection(STUDY_SUMMARIES).update_one(
+        {"_id": study},
+        {
+            "$setOnInsert": first,
+            "$set": flags,
+            "$addToSet": add,
+            "$inc": {f"{part}.instances": int(new)},
+        },
+        upsert=True,
+    )
+    documents.collection(SERIES_SUMMARIES).update_one(
+        {"_id": series},
+        {
+            "$setOnInsert": {**first, "bucket": entry["bucket"]},
+            "$inc": {"instances": int(new)},
+        },
+        upsert=True,
+    )
+
+
+def qido_indexes() -> dict[str, list[Any]]:
+    """The indexes QIDO-RS searches use: each level's result order (StudyDate, then series and
+    instance number), the study UID scope, and the study keys searched by most (patient id,
+    name and accession number: exact, and upper-case for wildcards and names)."""
+    date = ("attributes.StudyDate", 1)
+    return {
+        STUDY_SUMMARIES: [
+            [date, ("_id", 1)],
+            "attributes.PatientID",
+            "attributes.AccessionNumber",
+            "folded.PatientID",
+            "folded.PatientName",
+            "folded.AccessionNumber",
+        ],
+        SERIES_SUMMARIES: [
+            [date, ("attributes.SeriesNumber", 1), ("_id", 1)],
+            [("attributes.StudyInstanceUID", 1), ("attributes.SeriesNumber", 1)],
+            # Few values, many series each: the order follows the modality in the index.
+            [("attributes.Modality", 1), date, ("attributes.SeriesNumber", 1), ("_id", 1)],
+        ],
+        INDEX: [
+            [date, ("attributes.SeriesNumber", 1), ("attributes.InstanceNumber", 1), ("_id", 1)],
+        ],
+    }
+
+
+def ensure_summaries(documents: DocumentStore) -> None:
+    """Index entries written before the summaries existed get them, once (at start)."""
+    done = documents.collection(_MIGRATIONS)
+    if done.find_one({"_id": _SUMMARIES_DONE}) is not None:
+        return
+    # Summaries count each entry once: built in one transaction on the embedded engine, only
+    # where there are none yet (a process starting at the same time finds them built).
+    with documents.exclusive():
+        if documents.collection(STUDY_SUMMARIES).find_one({}) is None:
+            for entry in documents.collection(INDEX).find({}):
+                entry["folded"] = folded(entry.get("attributes") or {})
+                documents.collection(INDEX).update_one(
+                    {"_id": entry["_id"]}, {"$set": {"folded": entry["folded"]}}
+                )
+                _summarise(documents, entry, new=True)
+    done.update_one({"_id": _SUMMARIES_DONE}, {"$set": {"done": True}}, upsert=True)

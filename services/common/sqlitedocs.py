@@ -21,7 +21,9 @@ chronologically in SQL and is decoded back to a tz-aware UTC ``datetime`` (as ``
 The pymongo subset supported is what ``services/`` uses, and nothing else is accepted silently:
 
 * filters: equality on scalars (``None`` matches null or missing), ``$in``, ``$nin``, ``$ne``,
-  ``$exists``, ``$gt``/``$gte``/``$lt``/``$lte``, dotted paths. A filter value that is a list or
+  ``$exists``, ``$gt``/``$gte``/``$lt``/``$lte``, ``$regex`` only anchored (``^...$``) and of
+  literals, ``.`` and ``.*`` (DICOM wildcards; the literal prefix is an index range, the rest a
+  ``GLOB``), dotted paths. A filter value that is a list or
   a document, and equality against array elements, raise :class:`UnsupportedQuery`.
 * updates: ``$set``, ``$setOnInsert``, ``$unset``, ``$inc``, ``$push`` and ``$addToSet`` (both
   with ``$each``), dotted paths; upserts seed the new document from the filter's equalities.

@@ -160,6 +160,45 @@ def _membership(field: str, expr: str, values: Any, params: list[Any], negate: b
     return f"NOT {clause}" if wants_null else f"({expr} IS NULL OR NOT {clause})"
 
 
+#: The one ``$regex`` form accepted: anchored at both ends, of literal characters (escaped
+#: where special), ``.`` and ``.*`` (what a DICOM wildcard ``?``/``*`` becomes).
+_ANCHORED = re.compile(r"\^((?:\\[^A-Za-z0-9]|\.\*|\.|[^\\^$.|?*+()\[\]{}])*)\$", re.DOTALL)
+_TOKEN = re.compile(r"\\.|\.\*|\.|.", re.DOTALL)
+_GLOB_LITERAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
+
+
+def _regex(field: str, expr: str, pattern: Any, params: list[Any]) -> str:
+    """An anchored pattern as an index-usable range over its literal prefix, then ``GLOB``
+    (case-sensitive, as ``$regex`` without options)."""
+    found = _ANCHORED.fullmatch(pattern) if isinstance(pattern, str) else None
+    if found is None:
+        raise UnsupportedQuery(
+            f"{field}: $regex is supported only as ^...$ of literal characters, . and .* "
+            f"(a DICOM wildcard), not {pattern!r}"
+        )
+    glob, prefix, literal = [], [], True
+    for token in _TOKEN.findall(found.group(1)):
+        if token in (".*", "."):
+            glob.append("*" if token == ".*" else "?")
+            literal = False
+            continue
+        char = token[-1]
+        glob.append(_GLOB_LITERAL.get(char, char))
+        if literal:
+            prefix.append(char)
+    parts = [f"typeof({expr}) = 'text'"]
+    if prefix:
+        low = "".join(prefix)
+        parts.append(f"{expr} >= ?")
+        params.append(low)
+        if ord(low[-1]) < 0x10FFFF:  # UTF-8 text compares in code point order
+            parts.append(f"{expr} < ?")
+            params.append(low[:-1] + chr(ord(low[-1]) + 1))
+    parts.append(f"{expr} GLOB ?")
+    params.append("".join(glob))
+    return " AND ".join(parts)
+
+
 def _condition(field: str, spec: Any, params: list[Any]) -> str:
     expr = column(field)
     if not (isinstance(spec, Mapping) and spec and all(str(k).startswith("$") for k in spec)):
@@ -186,6 +225,8 @@ def _condition(field: str, spec: Any, params: list[Any]) -> str:
             else:
                 present = f"json_type(doc, '$.{field}') IS NOT NULL"
                 parts.append(present if value else f"NOT ({present})")
+        elif op == "$regex":
+            parts.append(_regex(field, expr, value, params))
         elif op in _RANGE:
             if value is None:
                 raise UnsupportedQuery(f"{field}: {op} None is not supported")
@@ -194,7 +235,7 @@ def _condition(field: str, spec: Any, params: list[Any]) -> str:
         else:
             raise UnsupportedQuery(
                 f"{field}: operator {op} is not supported by the embedded store (supported: "
-                "$in $nin $ne $exists $gt $gte $lt $lte)"
+                "$in $nin $ne $exists $gt $gte $lt $lte, $regex anchored)"
             )
     return " AND ".join(f"({p})" for p in parts)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, StringConstraints
 from pymongo import ReturnDocument
 
-from .dicomindex import INDEX
+from .dicomindex import INDEX, ensure_summaries, qido_indexes
 from .errors import NotFound
 from .ports import Document, DocumentStore
 
@@ -147,6 +147,7 @@ class StudyRepository:
         self.instances = documents.collection(INSTANCES)
         self.alerts = documents.collection(ALERTS)
         self.dicom_index = documents.collection(INDEX)
+        self._documents = documents
 
     def ensure_indexes(self) -> None:
         """The indexes behind every query of the product (the same on MongoDB and embedded)."""
@@ -156,9 +157,14 @@ class StudyRepository:
         self.studies.create_index([("state", 1), *WORKLIST_ORDER])
         self.instances.create_index([("study_id", 1), ("received_at", 1)])
         self.alerts.create_index([("created_at", -1)])  # all alerts, newest first
-        # WADO-RS retrieves by study and series UID (QIDO matching is not in the store yet).
+        # WADO-RS retrieves by study and series UID; QIDO-RS matches and orders in the store
+        # (services/ingest/qido.py): its result order, and the keys searched by most.
         self.dicom_index.create_index("attributes.StudyInstanceUID")
         self.dicom_index.create_index("attributes.SeriesInstanceUID")
+        for collection, keys in qido_indexes().items():
+            for key in keys:
+                self._documents.collection(collection).create_index(key)
+        ensure_summaries(self._documents)
 
     def get(self, study_id: str) -> Document:
         doc = self.studies.find_one({"_id": study_id})

@@ -1,23 +1,36 @@
 """QIDO-RS search over the index (PS3.18 10.6, matching per PS3.4 C.2.2.2).
 
-Pure functions: parameters in, DICOM JSON out. The query is evaluated over the index entries
-of the candidate studies; attribute matching supports single values, ``*``/``?`` wildcards,
-UID lists (``\\`` or ``,``) and DA/TM/DT ranges.
+The query runs in the document store (:func:`find`): study and series searches read one
+summary document per study or series (``dicomindex``), instance searches the index, and every
+form of matching (single values, ``*``/``?`` wildcards, UID lists (``\\`` or ``,``), DA/TM/DT
+ranges) becomes an indexed condition; ordering, ``offset`` and ``limit`` (at most
+:data:`MAX_RESULTS`) too. :func:`matches` is the reference semantics, kept for the rare forms
+the store does not express.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from radpipe.common.dicomindex import INSTANCE_KEYWORDS, SERIES_KEYWORDS, STUDY_KEYWORDS
-from radpipe.common.errors import BadRequest
+from radpipe.common.dicomindex import (
+    INDEX,
+    INSTANCE_KEYWORDS,
+    MODALITY_FIELD,
+    SERIES_KEYWORDS,
+    SERIES_SUMMARIES,
+    STUDY_KEYWORDS,
+    STUDY_SUMMARIES,
+)
+from radpipe.common.errors import BadRequest, NotFound
+from radpipe.common.ports import DocumentStore
 from radpipe.common.studies import UID_PATTERN
 
 from .retrieve import uid_path
@@ -214,60 +227,228 @@ def matches(keyword: str, wanted: str, actual: Any) -> bool:
     return any(v == wanted for v in values)
 
 
-def aggregate(entries: list[dict[str, Any]], level: str) -> list[dict[str, Any]]:
-    """Index entries -> one attribute dict per study, series or instance."""
-    key = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}.get(level)
-    if key is None:
-        return [dict(e["attributes"]) for e in entries]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for entry in entries:
-        groups.setdefault(entry["attributes"].get(key, ""), []).append(entry["attributes"])
-    results = []
-    for members in groups.values():
-        merged = dict(members[0])
-        if level == "study":
-            merged["ModalitiesInStudy"] = sorted({m.get("Modality") or "" for m in members} - {""})
-            merged["NumberOfStudyRelatedSeries"] = len(
-                {m.get("SeriesInstanceUID") for m in members}
-            )
-            merged["NumberOfStudyRelatedInstances"] = len(members)
-        else:
-            merged["NumberOfSeriesRelatedInstances"] = len(members)
-        results.append(merged)
-    return results
+#: The most results one search returns: a larger ``limit``, or none, is cut to it and the
+#: response carries :data:`TRUNCATED_WARNING` (PS3.18 8.3.4.4, 8.3.4.6); page with ``offset``.
+MAX_RESULTS = 1000
+TRUNCATED_WARNING = (
+    '299 radpipe "The number of results exceeded the maximum supported by the server '
+    f'({MAX_RESULTS}). Additional results can be requested with offset."'
+)
+_COLLECTION = {"study": STUDY_SUMMARIES, "series": SERIES_SUMMARIES, "instance": INDEX}
+_OWN_UID = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+#: Result order, each answered by an index (``StudyRepository.ensure_indexes``).
+ORDER = {
+    "study": [("attributes.StudyDate", 1), ("_id", 1)],
+    "series": [("attributes.StudyDate", 1), ("attributes.SeriesNumber", 1), ("_id", 1)],
+    "instance": [
+        ("attributes.StudyDate", 1),
+        ("attributes.SeriesNumber", 1),
+        ("attributes.InstanceNumber", 1),
+        ("_id", 1),
+    ],
+}
+_NUMBERS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
+_RESIDUAL = object()  # a condition the store does not express: matched after reading
 
 
-def search(entries: list[dict[str, Any]], query: Query, base_url: str) -> list[dict[str, Any]]:
-    """Filter, page and render the matching objects as DICOM JSON."""
-    rows = aggregate(entries, query.level)
+def _wildcard_regex(wanted: str) -> str:
+    """A DICOM wildcard value as the anchored ``$regex`` the stores answer from an index."""
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in wanted)
+    return f"^{body}$"
+
+
+def _store_condition(level: str, keyword: str, wanted: str) -> Any:
+    """``(field, spec)`` matching ``keyword`` as :func:`matches` does, ``None`` for universal
+    matching, or ``_RESIDUAL``."""
+    if wanted == "" or (set(wanted) == {"*"}):
+        return None
+    if keyword == "ModalitiesInStudy":
+        exact = level == "study" and "*" not in wanted and "?" not in wanted
+        if exact and MODALITY_FIELD.match(wanted):
+            return f"has_modality.{wanted}", True
+        return _RESIDUAL
+    if keyword in COMPUTED:
+        return _RESIDUAL
+    field = "_id" if _OWN_UID[level] == keyword else f"attributes.{keyword}"
+    vr = dictionary_VR(keyword)
+    if vr == "UI":
+        uids = sorted({u.strip() for u in re.split(r"[\\,]", wanted) if u.strip()})
+        return field, (uids[0] if len(uids) == 1 else {"$in": uids})
+    if vr in _FORMATS and (sides := _range(vr, wanted)) is not None:
+        low, high = (_moment_key(vr, side) for side in sides)
+        spec = {"$gte": low} if low else {}
+        if high:  # "~" sorts after digits: a value is in when its first len(high) are <= high
+            spec["$lte"] = high + "~"
+        return field, spec
+    if "*" in wanted or "?" in wanted:
+        return f"folded.{keyword}", {"$regex": _wildcard_regex(wanted.upper())}
+    if vr == "PN" or vr in _NUMBERS:  # person names case-insensitive; numbers as text
+        return f"folded.{keyword}", wanted.upper()
+    return field, wanted
+
+
+def store_filter(
+    query: Query, study: str | None = None, series: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The store filter for ``query`` under a study/series, and the filters left to match
+    after reading (rare forms: wildcards in ModalitiesInStudy, computed attributes)."""
+    filter: dict[str, Any] = {}
+    if study:
+        filter["_id" if query.level == "study" else "attributes.StudyInstanceUID"] = study
+    if series:
+        filter["_id" if query.level == "series" else "attributes.SeriesInstanceUID"] = series
+    residual: dict[str, str] = {}
     for keyword, wanted in query.filters.items():
-        if keyword == "ModalitiesInStudy":
-            rows = [r for r in rows if matches("Modality", wanted, r.get(keyword, []))]
-        else:
-            rows = [r for r in rows if matches(keyword, wanted, r.get(keyword))]
-    rows.sort(
-        key=lambda r: (
-            str(r.get("StudyDate") or ""),
-            str(r.get("SeriesNumber") or ""),
-            str(r.get("InstanceNumber") or ""),
-        )
-    )
-    rows = rows[query.offset :]
-    if query.limit is not None:
-        rows = rows[: query.limit]
-    return [_render(row, query, base_url) for row in rows]
+        condition = _store_condition(query.level, keyword, wanted)
+        if condition is None:
+            continue
+        if condition is _RESIDUAL or condition[0] in filter:
+            residual[keyword] = wanted
+            continue
+        filter[condition[0]] = condition[1]
+    return filter, residual
+
+
+def _row(doc: dict[str, Any], level: str, hidden: set[str]) -> dict[str, Any]:
+    """A summary or index document as the attributes of one result (computed ones added)."""
+    row = dict(doc.get("attributes") or {})
+    if level == "study":
+        parts = [p for p in (doc.get("by_bucket") or {}).values() if p.get("bucket") not in hidden]
+        modalities = {m for p in parts for m in p.get("modalities", [])} - {""}
+        row["ModalitiesInStudy"] = sorted(modalities)
+        row["NumberOfStudyRelatedSeries"] = len({s for p in parts for s in p.get("series", [])})
+        row["NumberOfStudyRelatedInstances"] = sum(p.get("instances", 0) for p in parts)
+    elif level == "series":
+        row["NumberOfSeriesRelatedInstances"] = doc.get("instances", 0)
+    return row
+
+
+def _holds(doc: dict[str, Any], bucket: str) -> bool:
+    """Whether an index entry, or a summary's parts, lie in ``bucket``."""
+    parts = (doc.get("by_bucket") or {}).values()
+    return doc.get("bucket") == bucket or any(p.get("bucket") == bucket for p in parts)
+
+
+def _matches_all(row: dict[str, Any], filters: dict[str, str]) -> bool:
+    for keyword, wanted in filters.items():
+        actual = row.get(keyword, []) if keyword == "ModalitiesInStudy" else row.get(keyword)
+        if not matches("Modality" if keyword == "ModalitiesInStudy" else keyword, wanted, actual):
+            return False
+    return True
+
+
+def find(
+    documents: DocumentStore,
+    query: Query,
+    study: str | None = None,
+    series: str | None = None,
+    *,
+    hide_results: Callable[[set[str]], set[str]] | None = None,
+    results_bucket: str | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of one page, in :data:`ORDER`, and whether :data:`MAX_RESULTS` cut it.
+
+    Filter, order, offset and limit run in the store over the summaries (study, series) or the
+    index (instance). ``hide_results(study_ids)`` names the studies whose objects in
+    ``results_bucket`` the caller may not see yet; they are left out after reading (a page
+    may then be shorter than ``limit``), and a search under such a series is NotFound.
+    """
+    if series and hide_results is not None and results_bucket is not None:
+        summary = documents.collection(SERIES_SUMMARIES).find_one({"_id": series}) or {}
+        if summary.get("bucket") == results_bucket and hide_results({summary["study_id"]}):
+            raise NotFound("no such study, series or instance in the de-identified store")
+    filter, residual = store_filter(query, study, series)
+    size = MAX_RESULTS if query.limit is None else min(query.limit, MAX_RESULTS)
+    if size == 0:
+        return [], False
+    cursor = documents.collection(_COLLECTION[query.level]).find(filter).sort(ORDER[query.level])
+    docs = list(cursor if residual else cursor.skip(query.offset).limit(size + 1))
+    hide: set[str] = set()
+    if hide_results is not None and results_bucket is not None:
+        with_results = {d.get("study_id", "") for d in docs if _holds(d, results_bucket)}
+        hide = hide_results(with_results) if with_results else set()
+        docs = [
+            d for d in docs if not (d.get("bucket") == results_bucket and d.get("study_id") in hide)
+        ]
+    hidden_parts = {results_bucket} if hide and results_bucket else set()
+    rows = [
+        _row(d, query.level, hidden_parts if d.get("study_id") in hide else set()) for d in docs
+    ]
+    if residual:
+        rows = [r for r in rows if _matches_all(r, residual)][query.offset :]
+    elif hide and "ModalitiesInStudy" in query.filters:  # matched on a hidden result's modality
+        rows = [
+            r
+            for r in rows
+            if _matches_all(r, {"ModalitiesInStudy": query.filters["ModalitiesInStudy"]})
+        ]
+    more = len(rows) > size
+    truncated = more and (query.limit is None or query.limit > MAX_RESULTS)
+    return rows[:size], truncated
+
+
+def search(
+    documents: DocumentStore,
+    query: Query,
+    base_url: str,
+    study: str | None = None,
+    series: str | None = None,
+    **visibility: Any,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The matching objects as DICOM JSON, and whether :data:`MAX_RESULTS` cut them."""
+    rows, truncated = find(documents, query, study, series, **visibility)
+    return [_render(row, query, base_url) for row in rows], truncated
 
 
 def _render(row: dict[str, Any], query: Query, base_url: str) -> dict[str, Any]:
+    """One result as DICOM JSON (PS3.18 F.2): the level's attributes, the query keys, the
+    ``includefield`` ones and the Retrieve URL; an attribute without a value is present and
+    empty, whatever its VR."""
     wanted = set(LEVEL_KEYWORDS[query.level]) | set(query.filters) | query.include
     wanted |= {k for k in COMPUTED if k in row}
     if query.include_all:
         wanted |= set(row)
-    ds = pydicom.Dataset()
-    for keyword in sorted(wanted):
+    out = {}
+    for keyword in wanted:
         value = row.get(keyword)
         if keyword in COMPUTED and value is None:
             continue
-        setattr(ds, keyword, value)  # None: present and empty, whatever the VR
-    ds.RetrieveURL = base_url + uid_path(row, query.level)
-    return ds.to_json_dict()
+        tag, attribute = json_attribute(keyword, value)
+        out[tag] = attribute
+    tag, attribute = json_attribute("RetrieveURL", base_url + uid_path(row, query.level))
+    out[tag] = attribute
+    return out
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[str, str]:
+    return f"{tag_for_keyword(keyword):08X}", dictionary_VR(keyword)
+
+
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI"})
+_TEXT_VRS |= {"UR", "UT"}
+_INT_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
+
+
+def json_attribute(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
+    """``(tag, attribute object)`` of one indexed value, as pydicom's ``to_json_dict`` writes
+    it; built directly for the value kinds the index holds (a pydicom Dataset per result cost
+    most of a search), through pydicom for anything else."""
+    tag, vr = _tag_and_vr(keyword)
+    if value is None or value == "" or value == []:
+        return tag, {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if all(type(v) is str and "\\" not in v for v in values):
+        if vr in _TEXT_VRS:
+            return tag, {"vr": vr, "Value": list(values)}
+        if vr == "PN" and not any("=" in v for v in values):
+            return tag, {"vr": vr, "Value": [{"Alphabetic": v} for v in values]}
+    elif vr in _INT_VRS and all(type(v) is int for v in values):
+        return tag, {"vr": vr, "Value": list(values)}
+    ds = pydicom.Dataset()
+    setattr(ds, keyword, value)
+    return tag, ds.to_json_dict()[tag]

@@ -81,10 +81,30 @@ def _location(
 async def _search(
     request: Request, ctx: Ctx, level: str, study: str | None = None, series: str | None = None
 ) -> Response:
+    """QIDO-RS in the store; a result cut at ``qido.MAX_RESULTS`` says so (PS3.18 8.3.4.6)."""
     query = qido.parse_query(level, request.query_params.multi_items())
     media_type = _json_type(request)
-    found = await run_in_threadpool(lambda: _entries(request, ctx, study, series))
-    return _json(qido.search(found, query, _base(ctx)), media_type)
+    viewer = request.state.viewer
+
+    def hide_results(study_ids: set[str]) -> set[str]:
+        return blinding.hidden_studies(ctx.documents, viewer, study_ids)
+
+    def run() -> tuple[list[dict[str, Any]], bool]:
+        scope = retrieve.scope(ctx, study, series)
+        return qido.search(
+            ctx.documents,
+            query,
+            _base(ctx),
+            *scope,
+            hide_results=hide_results,
+            results_bucket=ctx.buckets["results"],
+        )
+
+    found, truncated = await run_in_threadpool(run)
+    response = _json(found, media_type)
+    if truncated:
+        response.headers["Warning"] = qido.TRUNCATED_WARNING
+    return response
 
 
 @_read("/studies")

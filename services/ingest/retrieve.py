@@ -32,12 +32,7 @@ def entries(
 ) -> list[dict[str, Any]]:
     """Index entries under a study/series/instance; NotFound when a named one has none, and
     BadRequest when a path segment is not a UID at all (PS3.18 8.2: UIDs per PS3.5 9.1)."""
-    for name, uid in (("study", study), ("series", series), ("instance", instance)):
-        if uid is not None and (len(uid) > 64 or not UID_PATTERN.fullmatch(uid)):
-            raise BadRequest(
-                f"the {name} UID in the path, {uid[:80]!r}, is not a UID: digits and dots, "
-                "at most 64 characters"
-            )
+    check_path(study, series, instance)
     query: dict[str, Any] = {}
     if study:
         query["attributes.StudyInstanceUID"] = study
@@ -66,6 +61,40 @@ def entries(
         )
     )
     return found
+
+
+def check_path(study: str | None, series: str | None = None, instance: str | None = None) -> None:
+    """BadRequest when a path segment is not a UID (PS3.18 8.2: UIDs per PS3.5 9.1)."""
+    for name, uid in (("study", study), ("series", series), ("instance", instance)):
+        if uid is not None and (len(uid) > 64 or not UID_PATTERN.fullmatch(uid)):
+            raise BadRequest(
+                f"the {name} UID in the path, {uid[:80]!r}, is not a UID: digits and dots, "
+                "at most 64 characters"
+            )
+
+
+def scope(
+    ctx: Context, study: str | None, series: str | None = None
+) -> tuple[str | None, str | None]:
+    """The de-identified study/series UIDs a search under a path names (original UIDs from a
+    STOW-RS response are mapped to their pseudonyms, as in :func:`entries`); NotFound when the
+    index holds none, read from the index, not by loading the study."""
+    check_path(study, series)
+    if not study:
+        return None, None
+    index = ctx.documents.collection(INDEX)
+    secret = ctx.settings.secret
+    candidates = [(study, series)]
+    candidates.append(
+        (pseudonymous_uid(secret, study), pseudonymous_uid(secret, series) if series else None)
+    )
+    for uids in candidates:
+        query = {"attributes.StudyInstanceUID": uids[0]}
+        if uids[1]:
+            query["attributes.SeriesInstanceUID"] = uids[1]
+        if index.find_one(query) is not None:
+            return uids
+    raise NotFound("no such study, series or instance in the de-identified store")
 
 
 def read_bytes(ctx: Context, entry: dict[str, Any]) -> bytes:

@@ -78,11 +78,62 @@ def test_product_queries_are_answered_by_indexes(store: SqliteDocumentStore) -> 
     assert "open" in plans["open alerts"] and "next_page_at" in plans["due alert timers"]
 
 
+def _searched(plan: str) -> bool:
+    """Every table access goes through an index (a sort of what an index found is allowed:
+    the rows of one study, or those a selective key matched)."""
+    steps = plan.split(" | ")
+    return all("USING" in step for step in steps if step.startswith(("SCAN", "SEARCH")))
+
+
+@pytest.mark.parametrize(
+    ("level", "search", "scope", "plan"),
+    [
+        ("study", "limit=101", (), "SCAN ix_dicom_studies_attributes_StudyDate"),
+        ("study", "ModalitiesInStudy=CT&limit=101", (), "SCAN ix_dicom_studies_attributes_Study"),
+        ("study", "StudyDate=20240101-20240131", (), "SEARCH ix_dicom_studies_attributes_StudyD"),
+        ("study", "PatientName=doe*", (), "SEARCH ix_dicom_studies_folded_PatientName"),
+        ("study", "PatientName=doe^john", (), "SEARCH ix_dicom_studies_folded_PatientName"),
+        ("study", "PatientID=RP001", (), "SEARCH ix_dicom_studies_attributes_PatientID"),
+        ("study", "PatientID=RP00*", (), "SEARCH ix_dicom_studies_folded_PatientID"),
+        ("study", "AccessionNumber=A1*", (), "SEARCH ix_dicom_studies_folded_AccessionNumber"),
+        ("study", "StudyInstanceUID=1.2.3,1.2.4", (), "SEARCH sqlite_autoindex_docs_dicom_stud"),
+        ("series", "limit=101", (), "SCAN ix_dicom_series_attributes_StudyDate"),
+        ("series", "", ("1.2.3",), "SEARCH ix_dicom_series_attributes_StudyInstanceUID"),
+        ("series", "Modality=CT&limit=101", (), "SEARCH ix_dicom_series_attributes_Modality"),
+        ("instance", "", ("1.2.3", "1.2.3.4"), "SEARCH ix_dicom_index_attributes_SeriesInst"),
+        ("instance", "", ("1.2.3",), "SEARCH ix_dicom_index_attributes_StudyInstanceUID"),
+        ("instance", "limit=101", (), "SCAN ix_dicom_index_attributes_StudyDate"),
+    ],
+)
+def test_qido_searches_are_answered_by_indexes(
+    store: SqliteDocumentStore, level: str, search: str, scope: tuple[str, ...], plan: str
+) -> None:
+    """Each QIDO-RS search's store query, study and series level from their summaries; an
+    unfiltered or modality search walks the result order's index and stops at the limit."""
+    from urllib.parse import parse_qsl
+
+    from radpipe.ingest import qido
+
+    query = qido.parse_query(level, parse_qsl(search, keep_blank_values=True))
+    filter, residual = qido.store_filter(query, *scope)
+    assert residual == {}
+    collection = store.collection(qido._COLLECTION[level])
+    cursor = collection.find(filter).sort(qido.ORDER[level]).limit(101)
+    found = _plan(collection, cursor)
+    assert _searched(found), found
+    assert found.replace(f"docs_{collection.name} USING INDEX ", "").startswith(plan), found
+    if plan.startswith("SCAN") or "Modality" in plan:
+        assert "TEMP B-TREE" not in found  # in result order: reading stops at the limit
+
+
 def test_unsupported_queries_and_updates_are_refused_clearly(store: SqliteDocumentStore) -> None:
     col = store.collection("things")
     col.insert_one({"_id": "a", "tags": ["x"], "n": 1})
     refused = [
-        lambda: list(col.find({"n": {"$regex": "1"}})),
+        lambda: list(col.find({"n": {"$regex": "1"}})),  # only ^...$ is accepted
+        lambda: list(col.find({"n": {"$regex": "^a+$"}})),
+        lambda: list(col.find({"n": {"$regex": r"^\d$"}})),
+        lambda: list(col.find({"n": {"$regex": "^a.*$", "$options": "i"}})),
         lambda: list(col.find({"$or": [{"n": 1}]})),
         lambda: list(col.find({"tags": ["x"]})),
         lambda: list(col.find({"n": 1}, {"n": 1})),

@@ -295,3 +295,39 @@ def test_documents_unique_index_and_generated_ids(documents: DocumentStore) -> N
     with pytest.raises(DuplicateKeyError):
         col.update_one({"email": "b@example.org"}, {"$set": {"email": "a@example.org"}})
     assert col.count_documents({}) == 2
+
+
+def test_documents_anchored_regex_is_a_case_sensitive_wildcard(documents: DocumentStore) -> None:
+    """``$regex`` as QIDO-RS wildcards use it: ``^...$`` of literals, ``.`` and ``.*``."""
+    col = documents.collection("c" + secrets.token_hex(4))
+    names = {
+        "a": "DOE^JOHN",
+        "b": "DOE^JANE",
+        "c": "DOEX",
+        "d": "ROE^JOHN",
+        "e": "DOE*STAR",
+        "f": "doe^john",
+        "g": "DO[E]",
+    }
+    for key, name in names.items():
+        col.insert_one({"_id": key, "p": {"name": name}})
+    col.insert_one({"_id": "n", "p": {"name": 7}})
+    col.insert_one({"_id": "m"})
+    col.create_index("p.name")
+
+    def ids(pattern: str) -> list[str]:
+        return sorted(_ids(col.find({"p.name": {"$regex": pattern}})))
+
+    assert ids(r"^DOE\^.*$") == ["a", "b"]
+    assert ids(r"^DOE\^J.N.$") == ["b"]
+    assert ids(r"^.*JOHN$") == ["a", "d"]
+    assert ids(r"^DOE.*$") == ["a", "b", "c", "e"]  # case-sensitive: not "doe^john"
+    assert ids(r"^DOE\*.*$") == ["e"]  # an escaped * is a literal
+    assert ids(r"^DO\[E\]$") == ["g"]
+    assert ids(r"^DOE$") == []
+    assert ids(r"^.*$") == sorted(names)  # only strings, never a number or a missing field
+    assert sorted(_ids(col.find({"p.name": {"$regex": r"^DOE.*$"}, "_id": {"$ne": "c"}}))) == [
+        "a",
+        "b",
+        "e",
+    ]

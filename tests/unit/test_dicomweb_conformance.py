@@ -235,6 +235,27 @@ def test_well_formed_ranges_and_lists_match(
     assert len(response.json()) == count
 
 
+def test_a_search_cut_at_the_server_maximum_says_so(
+    client: TestClient,
+    auth: dict[str, str],
+    series: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PS3.18 8.3.4.6: a result cut at the server's maximum carries a ``Warning: 299``."""
+    from radpipe.ingest import qido
+
+    monkeypatch.setattr(qido, "MAX_RESULTS", 1)
+    cut = client.get("/dicom-web/instances", headers=auth)
+    assert cut.status_code == 200 and len(cut.json()) == 1
+    assert cut.headers["warning"].startswith("299 radpipe ")
+    assert "maximum" in cut.headers["warning"]
+    rest = client.get("/dicom-web/instances?limit=5&offset=1", headers=auth)
+    assert len(rest.json()) == 1 and "warning" not in rest.headers
+    own = client.get("/dicom-web/instances?limit=1", headers=auth)
+    assert len(own.json()) == 1 and "warning" not in own.headers  # the client's own limit
+    assert cut.json() != rest.json()
+
+
 # --- frames: 400 for a malformed list, 404 past the end ----------------------------------
 
 
