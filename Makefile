@@ -50,6 +50,7 @@ bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/deid.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/store.py
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py

@@ -1,0 +1,22 @@
+"""``make bench`` runs every benchmark that has figures in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_make_bench_runs_the_document_store_benchmark() -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        [make, "-n", "bench"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "bench/store.py" in dry
+    assert "bench/store.py" in (ROOT / "docs" / "benchmarks.md").read_text()
