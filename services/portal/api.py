@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 
 from radpipe.common.api import SESSION_COOKIE, Ctx, require
 from radpipe.common.auth import SESSION_IDLE, AuthService, Principal, csrf_token
-from radpipe.common.errors import NotFound, Unauthorized
+from radpipe.common.errors import BadRequest, NotFound, Unauthorized
 from radpipe.common.studies import StudyState
 
 from . import reading, review, service, viewer
@@ -20,11 +22,43 @@ from .service import StudyView
 router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC = Path(__file__).parent / "static"
-STATIC_FILES = frozenset({"viewer.js", "session.js"})
+STATIC_FILES = frozenset({"viewer.js", "session.js", "worklist.js"})
 Reader = Annotated[
     Principal,
     Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
 ]
+
+
+class Filters(BaseModel):
+    """Worklist filters (query parameters); empty strings, as a form sends them, mean none."""
+
+    modality: str = ""
+    risk: Literal["high", "moderate", "low", "none", "pending", ""] = ""
+    since: str = ""
+    until: str = ""
+
+    def to_filter(self) -> service.WorklistFilter:
+        return service.WorklistFilter(
+            modality=self.modality or None,
+            risk=self.risk or None,
+            since=_moment("since", self.since),
+            until=_moment("until", self.until),
+        )
+
+
+def _moment(name: str, text: str) -> datetime | None:
+    """An ISO 8601 date or date-time; UTC when it names no zone."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(
+            f"{name} is an ISO 8601 date or time, e.g. 2026-12-01; got {text!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 Radiologist = Annotated[Principal, Depends(require("radiologist", admin=False))]
 ReadingRole = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
 
@@ -33,6 +67,7 @@ ReadingRole = Annotated[Principal, Depends(require("resident", "radiologist", ad
 def list_studies(
     ctx: Ctx,
     caller: Reader,
+    filters: Annotated[Filters, Depends()],
     state: StudyState | None = None,
     source_study_uid: str | None = None,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -42,7 +77,12 @@ def list_studies(
         studies = service.lookup_source_study(ctx, caller, source_study_uid)
         return {"total": len(studies), "offset": 0, "limit": limit, "studies": studies}
     studies, total = service.list_studies(
-        ctx, state=str(state) if state else None, offset=offset, limit=limit, viewer=caller
+        ctx,
+        state=str(state) if state else None,
+        offset=offset,
+        limit=limit,
+        viewer=caller,
+        filters=filters.to_filter(),
     )
     return {"total": total, "offset": offset, "limit": limit, "studies": studies}
 
@@ -129,10 +169,26 @@ def logout(request: Request, ctx: Ctx) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
+def worklist(
+    request: Request,
+    ctx: Ctx,
+    caller: Reader,
+    filters: Annotated[Filters, Depends()],
+    state: StudyState | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
     # Highest AI risk first, across all studies (the store's worklist order): reordering,
     # not just flagging, is what shortens waits.
-    studies, total = service.list_studies(ctx, state=None, offset=0, limit=200, viewer=caller)
+    studies, total = service.list_studies(
+        ctx,
+        state=str(state) if state else None,
+        offset=offset,
+        limit=limit,
+        viewer=caller,
+        filters=filters.to_filter(),
+    )
+    shown = {k: v for k, v in request.query_params.items() if k not in ("offset", "limit")}
     return _page(
         request,
         ctx,
@@ -140,6 +196,11 @@ def worklist(request: Request, ctx: Ctx, caller: Reader) -> Response:
         caller,
         studies=studies,
         total=total,
+        offset=offset,
+        limit=limit,
+        params=shown,
+        states=[str(s) for s in StudyState],
+        can_ack=caller.role in ("oncall", "radiologist"),
         alerts=service.open_alerts(ctx, viewer=caller),
     )
 

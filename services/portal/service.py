@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from radpipe.common import alerts, blinding
@@ -10,7 +12,7 @@ from radpipe.common.context import Context
 from radpipe.common.errors import BadRequest, Forbidden, NotFound
 from radpipe.common.identity import study_id_for
 from radpipe.common.settings import CLINICAL_ROLES
-from radpipe.common.studies import StudyPublic, StudyState
+from radpipe.common.studies import WORKLIST_ORDER, StudyPublic, StudyState
 
 from . import reading, review, viewer
 
@@ -61,6 +63,33 @@ def public_study(
     )
 
 
+@dataclass(frozen=True)
+class WorklistFilter:
+    """The worklist's filters beyond ``state``: modality, AI risk category, received between."""
+
+    modality: str | None = None
+    risk: str | None = None  # "high" | "moderate" | "low" | "none" | "pending"
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def query(self) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if self.modality:
+            query["modality"] = self.modality
+        if self.risk == "pending":
+            query["risk_score"] = None
+        elif self.risk:
+            query["analysis.risk.category"] = self.risk
+        received: dict[str, datetime] = {}
+        if self.since:
+            received["$gte"] = self.since
+        if self.until:
+            received["$lt"] = self.until
+        if received:
+            query["created_at"] = received
+        return query
+
+
 def list_studies(
     ctx: Context,
     *,
@@ -68,23 +97,30 @@ def list_studies(
     offset: int,
     limit: int,
     viewer: Principal | None = None,
+    filters: WorklistFilter | None = None,
 ) -> tuple[list[StudyView], int]:
     """One worklist page. Residents get theirs in waiting order, not by AI risk (the order would
     tell the risk), and ``alerted`` studies among the ``analyzed`` ones."""
-    if viewer is None or not blinding.is_blinded(viewer):
+    extra = (filters or WorklistFilter()).query()
+    blinded = viewer is not None and blinding.is_blinded(viewer)
+    if not blinded and not extra:
         docs, total = ctx.studies.list(state=state, offset=offset, limit=limit)
         return [public_study(ctx, doc) for doc in docs], total
-    query: dict[str, Any] = {}
-    if state == StudyState.ALERTED:
+    query: dict[str, Any] = dict(extra)
+    if blinded and (filters and filters.risk):
+        raise BadRequest("residents cannot filter by AI risk: it is hidden until their read")
+    if blinded and state == StudyState.ALERTED:
         raise BadRequest("residents filter analysed studies with state=analyzed")
-    if state == StudyState.ANALYZED:
+    if blinded and state == StudyState.ANALYZED:
         query["state"] = {"$in": [str(StudyState.ANALYZED), str(StudyState.ALERTED)]}
     elif state:
         query["state"] = state
+    order = blinding.RESIDENT_ORDER if blinded else WORKLIST_ORDER
     total = ctx.studies.studies.count_documents(query)
-    docs = list(
-        ctx.studies.studies.find(query).sort(blinding.RESIDENT_ORDER).skip(offset).limit(limit)
-    )
+    docs = list(ctx.studies.studies.find(query).sort(order).skip(offset).limit(limit))
+    if not blinded:
+        return [public_study(ctx, doc) for doc in docs], total
+    assert viewer is not None
     hidden = blinding.hidden_studies(ctx.documents, viewer, [d["_id"] for d in docs])
     return [public_study(ctx, doc, hidden=doc["_id"] in hidden) for doc in docs], total
 
