@@ -106,12 +106,14 @@ MODALITY_FIELD = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def add_to_index(documents: DocumentStore, entry: dict[str, Any]) -> None:
-    """Index one instance and count it in its study's and series' summaries (once)."""
+    """Index one instance and count it in its study's and series' summaries (once), in one
+    transaction on the embedded engine (one commit, and never an entry without its count)."""
     entry = {**entry, "folded": folded(entry["attributes"])}
-    before = documents.collection(INDEX).find_one_and_update(
-        {"_id": entry["_id"]}, {"$set": entry}, upsert=True
-    )
-    _summarise(documents, entry, new=before is None)
+    with documents.exclusive():
+        before = documents.collection(INDEX).find_one_and_update(
+            {"_id": entry["_id"]}, {"$set": entry}, upsert=True
+        )
+        _summarise(documents, entry, new=before is None)
 
 
 def _summarise(documents: DocumentStore, entry: dict[str, Any], *, new: bool) -> None:

@@ -268,3 +268,34 @@ def test_results_are_rendered_as_pydicom_renders_them(keyword: str, value: Any) 
     setattr(ds, keyword, value)
     [(tag, expected)] = ds.to_json_dict().items()
     assert qido.json_attribute(keyword, value) == (tag, expected)
+
+
+def _index_some(args: tuple[str, list[dict[str, Any]]]) -> None:
+    store = SqliteDocumentStore(Path(args[0]))
+    for entry in args[1]:
+        add_to_index(store, entry)
+    store.close()
+
+
+def test_processes_indexing_one_study_at_once_count_each_instance_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "radpipe.sqlite3"
+    StudyRepository(SqliteDocumentStore(path)).ensure_indexes()
+    entries = []
+    for number in range(60):
+        entry = _entries()[0]
+        uid = f"1.2.1.1.{100 + number}"
+        entry["_id"] = entry["attributes"]["SOPInstanceUID"] = uid
+        entry["attributes"]["SeriesInstanceUID"] = f"1.2.1.{number % 3}"
+        entries.append(entry)
+    # Four processes, each indexing half of them (so every entry is indexed twice).
+    work = [(str(path), entries[i::2]) for i in range(2)] * 2
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_index_some, work)
+    store = SqliteDocumentStore(path)
+    [study] = qido.find(store, _query("study", ""))[0]
+    assert study["NumberOfStudyRelatedInstances"] == 60
+    assert study["NumberOfStudyRelatedSeries"] == 3
+    series = qido.find(store, _query("series", ""))[0]
+    assert [s["NumberOfSeriesRelatedInstances"] for s in series] == [20, 20, 20]
