@@ -16,7 +16,7 @@ from radpipe.common.auth import SESSION_IDLE, AuthService, Principal, csrf_token
 from radpipe.common.errors import BadRequest, NotFound, Unauthorized
 from radpipe.common.studies import StudyState
 
-from . import reading, review, service, viewer
+from . import agreement, reading, review, service, viewer
 from .service import StudyView
 
 router = APIRouter(tags=["portal"])
@@ -60,6 +60,7 @@ def _moment(name: str, text: str) -> datetime | None:
 
 
 Radiologist = Annotated[Principal, Depends(require("radiologist", admin=False))]
+Teaching = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
 ReadingRole = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
 
 
@@ -133,6 +134,17 @@ def sign(study_id: str, ctx: Ctx, caller: Radiologist) -> dict[str, Any]:
     """409 while a finding is undecided; then 200, the study ``signed``, the report stored."""
     signed = review.sign(ctx, caller, study_id)
     return {"study_id": study_id, "state": "signed", **signed}
+
+
+@router.get("/api/residents/{name}/agreement")
+def resident_agreement(name: str, ctx: Ctx, caller: Teaching) -> dict[str, Any]:
+    """A resident's reads over time, with Cohen's kappa against the AI and the attendings."""
+    return agreement.agreement(ctx, caller, name)
+
+
+@router.get("/residents/{name}", response_class=HTMLResponse)
+def resident_page(name: str, request: Request, ctx: Ctx, caller: Teaching) -> Response:
+    return _page(request, ctx, "resident.html", caller, **agreement.agreement(ctx, caller, name))
 
 
 @router.get("/login", response_class=HTMLResponse)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from radpipe.common.context import Context
 from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.notify.service import notify_study
+from radpipe.portal.agreement import cohen_kappa
 from radpipe.portal.reading import overlap_scores
 
 from .test_inference_results import bearer, run_pipeline
@@ -151,6 +152,23 @@ def test_resident_sees_no_ai_until_the_read_then_the_comparison(
     assert versus["risk_category_agree"] is True and versus["dice"] > 0.7
     assert mine["score"]["score"] == "3a"
 
+    # The resident's agreement page: one read, agreeing with the AI and the attending.
+    mine = client.get("/api/residents/test-resident/agreement", headers=bearer(res)).json()
+    assert [r["study_id"] for r in mine["reads"]] == [study_id]
+    assert mine["pairs"] == {"ai": 1, "attending": 1}
+    assert mine["kappa"] == {"ai": "n/a", "attending": "n/a"}  # one answer throughout
+    assert mine["weeks"][0]["ai"] == 1.0 and mine["weeks"][0]["attending"] == 1.0
+    other = client.get("/api/residents/someone-else/agreement", headers=bearer(res))
+    assert other.status_code == 403
+    assert (
+        client.get("/api/residents/test-resident/agreement", headers=bearer(rad)).status_code == 200
+    )
+    assert (
+        client.get("/api/residents/test-resident/agreement", headers=bearer(tokens["manager"]))
+    ).status_code == 403
+    page = client.get("/residents/test-resident", headers=bearer(res))
+    assert page.status_code == 200 and 'id="kappa"' in page.text and "kappa" in page.text
+
     actions = [a["action"] for a in ctx.documents.collection("audit").find({"target": study_id})]
     assert "study.read" in actions and "read.score" in actions and "study.view" in actions
 
@@ -182,3 +200,12 @@ def test_overlap_scores() -> None:
     half = overlap_scores([sphere], [(10.0, 10.0, 10.0, 4.0 / 2 ** (1 / 3))])
     assert half["dice"] == pytest.approx(2 * 0.5 / 1.5, abs=1e-3)
     assert half["iou"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_cohen_kappa() -> None:
+    t, f = True, False
+    assert cohen_kappa([(t, t), (t, f), (f, f), (f, f)]) == 0.5
+    assert cohen_kappa([(t, t), (f, f)]) == 1.0
+    assert cohen_kappa([(t, f), (f, t)]) == -1.0
+    assert cohen_kappa([(t, t), (t, t)]) == "n/a"
+    assert cohen_kappa([]) == "n/a"
