@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: install  ## the whole pipeline on this machine: http://127.0.0.1:8000
-	$(BIN)/radpipe up
+run: install ohif  ## the whole pipeline on this machine, OHIF included: http://127.0.0.1:8000
+	RADPIPE_OHIF_DIR=$(CURDIR)/.cache/ohif/package/dist $(BIN)/radpipe up
 
 demo: install  ## push a high-risk and a clean phantom into a running `make run`
 	$(BIN)/radpipe demo

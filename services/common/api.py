@@ -171,7 +171,8 @@ async def _csrf_and_no_store(request: Request, call_next: Callable[..., Any]) ->
     """CSRF: a state-changing request authenticated by the session cookie must carry the
     session's token (header ``X-CSRF-Token``, or ``?csrf=`` on a form's action); bearer-token
     requests are not sent by browsers on their own and need none. Every answer but the static
-    scripts is ``Cache-Control: no-store`` (no clinical data in a browser or proxy cache)."""
+    scripts and viewer bundles is ``Cache-Control: no-store`` (no clinical data in a browser or
+    proxy cache)."""
     session = request.cookies.get(SESSION_COOKIE)
     if (
         request.method not in ("GET", "HEAD", "OPTIONS")
@@ -193,6 +194,7 @@ async def _csrf_and_no_store(request: Request, call_next: Callable[..., Any]) ->
                 headers={"Cache-Control": "no-store"},
             )
     response: Response = await call_next(request)
-    if not request.url.path.startswith("/static/"):
+    own = request.url.path.startswith(("/static/", "/ohif/"))  # scripts set their own
+    if not (own and "cache-control" in response.headers):
         response.headers["Cache-Control"] = "no-store"
     return response

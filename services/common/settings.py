@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     ack_timeout_seconds: float | None = Field(None, gt=0)
     #: Rules, urgency deadlines, schedules and silences (TOML, see docs/operations.md).
     alert_config: Path | None = None
+    #: The prebuilt OHIF viewer (npm @ohif/app's ``dist``, ``make ohif``) the portal serves at
+    #: ``/ohif`` against its own DICOMweb; unset: no "Open in OHIF".
+    ohif_dir: Path | None = None
     #: Pages per alert (the first and its re-pages) before escalation stops.
     alert_max_pages: int = Field(6, ge=1)
     #: Delivery attempts per page and channel, with exponential backoff from the base delay.

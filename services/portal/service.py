@@ -206,4 +206,7 @@ def study_page(
         "signed": doc.get("signed") if doc["state"] == StudyState.SIGNED else None,
         "key_images": [o for o in outputs if o.get("kind") == "key-image"],
         "reads": reading.list_reads(ctx, caller, study.id) if ai else [],
+        "ohif": f"/ohif/viewer?StudyInstanceUIDs={study.deid_study_uid}"
+        if ctx.settings.ohif_dir and study.deid_study_uid
+        else None,
     }

@@ -218,3 +218,49 @@ def test_resident_reads_first_then_sees_the_comparison(
     assert page.request.get(f"{live_url}/api/studies/{alerted}").json()["ai_hidden"] is False
     assert len(page.request.get(f"{live_url}/api/alerts").json()) == 1
     page.screenshot(path=str(ARTIFACTS / "reading-room-resident-comparison.png"), full_page=True)
+
+
+def test_open_in_ohif_from_the_portal_with_the_session(
+    ctx: Context, live_url: str, browser: Any, alerted: str
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .test_ohif import DIST
+
+    if not (DIST / "index.html").exists():
+        pytest.skip("the OHIF viewer is not unpacked: run `make ohif`")
+    ctx.settings.ohif_dir = DIST
+    AuthService(ctx.documents).add_user("rad", "radiologist", "reading-room-2")
+    page = login(browser, live_url, "rad", "reading-room-2")
+    page.goto(f"{live_url}/studies/{alerted}")
+    href = page.get_attribute("#open-ohif", "href")
+    study_uid = ctx.studies.get(alerted)["deid"]["study_uid"]
+    assert href == f"/ohif/viewer?StudyInstanceUIDs={study_uid}"
+    config = page.request.get(f"{live_url}/ohif/app-config.js")
+    assert config.status == 200 and f"{live_url}/dicom-web" in config.text()
+    assert config.headers["cache-control"] == "no-store"
+    answers: list[tuple[int, str]] = []
+    page.on("response", lambda r: answers.append((r.status, r.url)))
+    page.goto(live_url + href, wait_until="domcontentloaded")
+    page.wait_for_selector("canvas", timeout=60_000)
+    page.wait_for_timeout(2_000)
+    for tour in ("Skip all", "Confirm and hide"):  # OHIF's first-visit tour and notice
+        if page.locator(f"text={tour}").count():
+            page.locator(f"text={tour}").first.click()
+    page.locator("text=CT CHEST PHANTOM").first.dblclick()  # the CT into the viewport
+    page.wait_for_timeout(6_000)  # cornerstone fetches and draws the first frame
+    viewport = page.locator(".cornerstone-viewport-element canvas, canvas.cornerstone-canvas")
+    shot = (viewport.first if viewport.count() else page.locator("canvas").first).screenshot()
+    page.screenshot(path=str(ARTIFACTS / "reading-room-ohif.png"))
+    failed = [(status, url) for status, url in answers if status >= 400]
+    assert failed == [], failed  # every bundle, font and DICOMweb answer, on the session
+    assert any("/dicom-web/studies/" in url and "/metadata" in url for _, url in answers)
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"))
+    assert pixels.std() > 5, "OHIF's viewport stayed blank: no image through the session"
+    # Without a session the viewer is not served.
+    anonymous = browser.new_page()
+    anonymous.goto(live_url + href)
+    assert anonymous.url == live_url + "/login"
