@@ -180,19 +180,68 @@ def qido_indexes() -> dict[str, list[Any]]:
     }
 
 
-def ensure_summaries(documents: DocumentStore) -> None:
-    """Index entries written before the summaries existed get them, once (at start)."""
+def ensure_summaries(documents: DocumentStore, batch: int = 1000) -> None:
+    """Index entries written before the summaries existed get them, once (at start).
+
+    Reads the index a page at a time in ``_id`` order, adds ``folded`` to each entry and
+    totals each study and series in memory (a few hundred bytes per study), then writes the
+    summaries with absolute values: running it twice, or in two processes at once, gives the
+    same summaries.
+    """
     done = documents.collection(_MIGRATIONS)
     if done.find_one({"_id": _SUMMARIES_DONE}) is not None:
         return
-    # Summaries count each entry once: built in one transaction on the embedded engine, only
-    # where there are none yet (a process starting at the same time finds them built).
-    with documents.exclusive():
-        if documents.collection(STUDY_SUMMARIES).find_one({}) is None:
-            for entry in documents.collection(INDEX).find({}):
+    index = documents.collection(INDEX)
+    studies: dict[str, dict[str, Any]] = {}
+    series: dict[str, dict[str, Any]] = {}
+    last: str | None = None
+    while True:
+        page = list(
+            index.find({"_id": {"$gt": last}} if last is not None else {})
+            .sort("_id", 1)
+            .limit(batch)
+        )
+        if not page:
+            break
+        last = page[-1]["_id"]
+        with documents.exclusive():  # one transaction per page on the embedded engine
+            for entry in page:
                 entry["folded"] = folded(entry.get("attributes") or {})
-                documents.collection(INDEX).update_one(
-                    {"_id": entry["_id"]}, {"$set": {"folded": entry["folded"]}}
-                )
-                _summarise(documents, entry, new=True)
-    done.update_one({"_id": _SUMMARIES_DONE}, {"$set": {"done": True}}, upsert=True)
+                index.update_one({"_id": entry["_id"]}, {"$set": {"folded": entry["folded"]}})
+                _total(studies, series, entry)
+    with documents.exclusive():
+        for uid, fields in studies.items():
+            documents.collection(STUDY_SUMMARIES).update_one(
+                {"_id": uid}, {"$set": fields}, upsert=True
+            )
+        for uid, fields in series.items():
+            documents.collection(SERIES_SUMMARIES).update_one(
+                {"_id": uid}, {"$set": fields}, upsert=True
+            )
+        done.update_one({"_id": _SUMMARIES_DONE}, {"$set": {"done": True}}, upsert=True)
+
+
+def _total(
+    studies: dict[str, dict[str, Any]], series: dict[str, dict[str, Any]], entry: dict[str, Any]
+) -> None:
+    """Count one entry in the in-memory totals :func:`ensure_summaries` writes."""
+    attributes = entry.get("attributes") or {}
+    study_uid, series_uid = attributes.get("StudyInstanceUID"), attributes.get("SeriesInstanceUID")
+    if not study_uid or not series_uid:
+        return
+    first = {"study_id": entry["study_id"], "attributes": attributes, "folded": entry["folded"]}
+    study = studies.setdefault(study_uid, {**first, "by_bucket": {}, "has_modality": {}})
+    part = study["by_bucket"].setdefault(
+        bucket_field(entry["bucket"]),
+        {"bucket": entry["bucket"], "modalities": [], "series": [], "instances": 0},
+    )
+    modality = attributes.get("Modality")
+    if modality and modality not in part["modalities"]:
+        part["modalities"].append(modality)
+        if MODALITY_FIELD.match(modality):
+            study["has_modality"][modality] = True
+    if series_uid not in part["series"]:
+        part["series"].append(series_uid)
+    part["instances"] += 1
+    one = series.setdefault(series_uid, {**first, "bucket": entry["bucket"], "instances": 0})
+    one["instances"] += 1
