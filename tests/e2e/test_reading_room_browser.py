@@ -2,7 +2,8 @@
 radiologist from login through the worklist into the viewer (keyboard scroll, a window preset
 and the overlay's opacity checked on the canvas pixels), a refused then an accepted sign-off
 after rejecting the finding; a resident who sees no AI, in the page or the API, until the read,
-then the comparison; a role denial answered 403 and audited. Screenshots in test-artifacts/."""
+then the comparison; a role denial answered 403 and audited; "Open in OHIF" on the session with
+the SEG overlay and the TID 1500 measurement shown. Screenshots in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -220,7 +221,7 @@ def test_resident_reads_first_then_sees_the_comparison(
     page.screenshot(path=str(ARTIFACTS / "reading-room-resident-comparison.png"), full_page=True)
 
 
-def test_open_in_ohif_from_the_portal_with_the_session(
+def test_open_in_ohif_from_the_portal_with_the_session_seg_and_sr(
     ctx: Context, live_url: str, browser: Any, alerted: str
 ) -> None:
     import io
@@ -260,6 +261,30 @@ def test_open_in_ohif_from_the_portal_with_the_session(
     assert any("/dicom-web/studies/" in url and "/metadata" in url for _, url in answers)
     pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"))
     assert pixels.std() > 5, "OHIF's viewport stayed blank: no image through the session"
+
+    # The AI SEG over the CT: its colour on the viewport's canvas.
+    page.locator("text=AI nodule segmentation").first.dblclick()
+    page.wait_for_timeout(3_000)
+    for confirm in ("Yes", "Load", "Hydrate"):
+        if page.locator(f"button:has-text('{confirm}')").count():
+            page.locator(f"button:has-text('{confirm}')").first.click()
+    page.wait_for_timeout(5_000)
+    page.screenshot(path=str(ARTIFACTS / "reading-room-ohif-seg.png"))
+
+    def red_pixels(png: bytes) -> int:
+        rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        return int(((rgb[..., 0] - rgb[..., 1] > 60) & (rgb[..., 0] - rgb[..., 2] > 60)).sum())
+
+    canvas = page.locator("canvas").first
+    assert red_pixels(shot) == 0  # the CT alone is grey
+    assert red_pixels(canvas.screenshot()) > 50, "the SEG overlay's colour is not on the canvas"
+
+    # The TID 1500 report: its measurement listed.
+    page.locator("text=AI nodule report").first.dblclick()
+    page.wait_for_timeout(5_000)
+    page.screenshot(path=str(ARTIFACTS / "reading-room-ohif-sr.png"))
+    diameter = ctx.studies.get(alerted)["analysis"]["findings"][0]["diameter_mm"]
+    assert f"Diameter: {diameter:.2f} mm" in page.inner_text("body")
     # Without a session the viewer is not served.
     anonymous = browser.new_page()
     anonymous.goto(live_url + href)
