@@ -155,6 +155,9 @@ class StudyRepository:
         self.studies.create_index("updated_at")
         self.studies.create_index(WORKLIST_ORDER)
         self.studies.create_index([("state", 1), *WORKLIST_ORDER])
+        # The portal's worklist filters, each in the worklist order (portal/service.py).
+        self.studies.create_index([("modality", 1), *WORKLIST_ORDER])
+        self.studies.create_index([("analysis.risk.category", 1), *WORKLIST_ORDER])
         self.instances.create_index([("study_id", 1), ("received_at", 1)])
         self.alerts.create_index([("created_at", -1)])  # all alerts, newest first
         # WADO-RS retrieves by study and series UID; QIDO-RS matches and orders in the store

@@ -192,7 +192,7 @@ def study_page(
     """What the study page shows beside ``study``: the viewer's data, the decisions, the key
     images and the reads, each only where ``caller`` may see the AI."""
     ai = not study.ai_hidden
-    outputs = (doc.get("analysis") or {}).get("outputs") or [] if ai else []
+    outputs = viewer.outputs_of(doc) if ai else []
     return {
         "study": study,
         "data": {

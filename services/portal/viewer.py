@@ -39,9 +39,12 @@ def slices(ctx: Context, study: dict[str, Any]) -> list[dict[str, str]]:
         series = analysis["series_uid"]
         uids = dict.fromkeys(u.split("#")[0] for u in analysis["input_sop_uids"])
         return [{"series": series, "sop": uid} for uid in uids]
-    entries = [
+    study_uid = (study.get("deid") or {}).get("study_uid")
+    if not study_uid:
+        return []
+    entries = [  # the index's study UID key answers this (StudyRepository.ensure_indexes)
         e
-        for e in ctx.documents.collection(INDEX).find({"study_id": study["_id"]})
+        for e in ctx.documents.collection(INDEX).find({"attributes.StudyInstanceUID": study_uid})
         if e.get("bucket") == deid
     ]
     if not entries:
@@ -60,10 +63,15 @@ def slices(ctx: Context, study: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def outputs_of(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The analysis's result objects (``kind``, ``key``, series and SOP Instance UIDs)."""
+    outputs = (study.get("analysis") or {}).get("outputs")
+    return [o for o in outputs if isinstance(o, dict)] if isinstance(outputs, list) else []
+
+
 def _seg_masks(ctx: Context, study: dict[str, Any]) -> dict[str, np.ndarray]:
     """Source SOP Instance UID -> the union of the SEG's segments on that slice."""
-    outputs = (study.get("analysis") or {}).get("outputs") or []
-    seg = next((o for o in outputs if o.get("kind") == "seg"), None)
+    seg = next((o for o in outputs_of(study) if o.get("kind") == "seg"), None)
     if seg is None:
         return {}
     cache_key = (study["_id"], seg["key"])

@@ -85,9 +85,12 @@ def test_worklist_page_lists_the_riskiest_first(
 ) -> None:
     scores = _seed(ctx)
     expected = _expected(ctx, scores)
-    page = client.get("/", headers=bearer(tokens["radiologist"])).text
+    # The page is paged (50 by default); 200 on one page, and page 2 of 50 follows page 1.
+    page = client.get("/", params={"limit": 200}, headers=bearer(tokens["radiologist"])).text
     shown = re.findall(r'<td><a href="/studies/(s\d{4})">', page)
     assert shown[:200] == expected[:200]
+    second = client.get("/", params={"offset": 50}, headers=bearer(tokens["radiologist"])).text
+    assert re.findall(r'<td><a href="/studies/(s\d{4})">', second) == expected[50:100]
 
 
 def test_open_alerts_newest_first(client: TestClient, ctx: Context, tokens: dict[str, str]) -> None:
