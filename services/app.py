@@ -11,12 +11,13 @@ from radpipe.ingest.api import router as ingest_router
 from radpipe.ingest.read_api import router as dicomweb_read_router
 from radpipe.notify.api import link_router as notify_link_router
 from radpipe.notify.api import router as notify_router
+from radpipe.portal.admin import router as admin_router
 from radpipe.portal.api import router as portal_router
 from radpipe.portal.ohif import router as ohif_router
 
 ROUTERS: dict[str, list[APIRouter]] = {
     "ingest": [ingest_router, dicomweb_read_router],
-    "portal": [portal_router, ohif_router],
+    "portal": [portal_router, ohif_router, admin_router],
     "notify": [notify_router, notify_link_router],
 }
 

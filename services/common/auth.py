@@ -10,12 +10,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
 
-from .errors import BadRequest, Conflict, Unauthorized
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .ports import DocumentStore
 from .settings import ROLES
 from .studies import now
@@ -60,19 +61,70 @@ class AuthService:
         self.sessions = documents.collection(SESSIONS)
         self.audit_log = documents.collection(AUDIT)
 
-    def create_token(self, name: str, role: str) -> str:
+    def create_token(self, name: str, role: str, expires_at: datetime | None = None) -> str:
         _check_role(role)
         token = "rp_" + secrets.token_urlsafe(32)
-        self.tokens.insert_one(
-            {"_id": _sha256(token), "name": name, "role": role, "created_at": now()}
-        )
+        entry = {"_id": _sha256(token), "name": name, "role": role, "created_at": now()}
+        if expires_at is not None:
+            entry["expires_at"] = expires_at
+        self.tokens.insert_one(entry)
         return token
 
     def authenticate_token(self, token: str) -> Principal:
         entry = self.tokens.find_one({"_id": _sha256(token)})
         if entry is None or entry.get("revoked"):
             raise Unauthorized("invalid API token; create one with `radpipe token create`")
+        if entry.get("expires_at") is not None and entry["expires_at"] < now():
+            raise Unauthorized(f"API token {entry['name']!r} expired; ask an admin for a new one")
         return Principal(entry["name"], entry["role"], "token")
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token's name, role, dates and state; never the token or its hash."""
+        shown = ("name", "role", "created_at", "expires_at", "revoked", "revoked_at")
+        return [
+            {k: entry.get(k) for k in shown} for entry in self.tokens.find({}).sort("created_at", 1)
+        ]
+
+    def revoke_token(self, name: str) -> int:
+        """Revoke every token named ``name``; how many were still valid."""
+        revoked = 0
+        for entry in list(self.tokens.find({"name": name})):
+            if not entry.get("revoked"):
+                self.tokens.update_one(
+                    {"_id": entry["_id"]}, {"$set": {"revoked": True, "revoked_at": now()}}
+                )
+                revoked += 1
+        if not revoked:
+            raise NotFound(f"no valid token named {name!r}")
+        return revoked
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": u["_id"],
+                "role": u["role"],
+                "disabled": bool(u.get("disabled")),
+                "created_at": u.get("created_at"),
+            }
+            for u in self.users.find({}).sort("created_at", 1)
+        ]
+
+    def _end_sessions(self, name: str) -> None:
+        for session in list(self.sessions.find({"name": name})):
+            self.sessions.delete_one({"_id": session["_id"]})
+
+    def disable_user(self, name: str) -> None:
+        """The user can no longer log in; their open sessions end now."""
+        if self.users.update_one({"_id": name}, {"$set": {"disabled": True}}).matched_count != 1:
+            raise NotFound(f"no user {name!r}")
+        self._end_sessions(name)
+
+    def set_role(self, name: str, role: str) -> None:
+        """A new role; open sessions end, so the next request carries the new one."""
+        _check_role(role)
+        if self.users.update_one({"_id": name}, {"$set": {"role": role}}).matched_count != 1:
+            raise NotFound(f"no user {name!r}")
+        self._end_sessions(name)
 
     def add_user(self, name: str, role: str, password: str) -> None:
         _check_role(role)
@@ -88,8 +140,8 @@ class AuthService:
         """Check a password and open a session; returns the session cookie value."""
         user = self.users.find_one({"_id": name})
         try:
-            if user is None:
-                raise VerificationError("no such user")
+            if user is None or user.get("disabled"):
+                raise VerificationError("no such user, or disabled")
             _hasher.verify(user["password"], password)
         except VerificationError:
             raise Unauthorized("wrong user name or password") from None

@@ -22,7 +22,7 @@ from .service import StudyView
 router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC = Path(__file__).parent / "static"
-STATIC_FILES = frozenset({"viewer.js", "session.js", "worklist.js"})
+STATIC_FILES = frozenset({"viewer.js", "session.js", "worklist.js", "admin.js"})
 Reader = Annotated[
     Principal,
     Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
