@@ -85,7 +85,15 @@ def list_studies(
         viewer=caller,
         filters=filters.to_filter(),
     )
+    _audit_list(ctx, caller, studies)
     return {"total": total, "offset": offset, "limit": limit, "studies": studies}
+
+
+def _audit_list(ctx: Ctx, caller: Principal, studies: list[StudyView]) -> None:
+    """A list shows study data too: one audit entry naming the studies shown."""
+    AuthService(ctx.documents).audit(
+        caller, "studies.list", f"{len(studies)} studies", ids=[s.id for s in studies]
+    )
 
 
 @router.get("/api/studies/{study_id}")
@@ -200,6 +208,7 @@ def worklist(
         viewer=caller,
         filters=filters.to_filter(),
     )
+    _audit_list(ctx, caller, studies)
     shown = {k: v for k, v in request.query_params.items() if k not in ("offset", "limit")}
     return _page(
         request,
@@ -238,7 +247,9 @@ def study_page(study_id: str, request: Request, ctx: Ctx, caller: Reader) -> Res
 @router.get("/api/studies/{study_id}/overlay/{sop_uid}.png")
 def overlay(study_id: str, sop_uid: str, ctx: Ctx, caller: Reader) -> Response:
     """The AI segmentation on one slice as a transparent PNG (for the viewer)."""
-    return Response(viewer.overlay_png(ctx, caller, study_id, sop_uid), media_type="image/png")
+    png = viewer.overlay_png(ctx, caller, study_id, sop_uid)
+    AuthService(ctx.documents).audit(caller, "study.overlay", study_id, slice=sop_uid)
+    return Response(png, media_type="image/png")
 
 
 @router.get("/static/{name}")

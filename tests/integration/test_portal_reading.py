@@ -171,6 +171,7 @@ def test_resident_sees_no_ai_until_the_read_then_the_comparison(
 
     actions = [a["action"] for a in ctx.documents.collection("audit").find({"target": study_id})]
     assert "study.read" in actions and "read.score" in actions and "study.view" in actions
+    assert "study.overlay" in actions
 
 
 def test_the_resident_worklist_is_not_in_risk_order(

@@ -61,6 +61,9 @@ def test_filters_and_paging(client: TestClient, ctx: Context, tokens) -> None:
     assert "/?modality=CT&amp;offset=1&limit=1" in html
     html = client.get("/", params={"limit": 1, "offset": 2}, headers=bearer(rad)).text
     assert "3–3 of 3" in html and 'id="prev-page"' in html and 'id="next-page"' not in html
+    # Every list a person sees is audited with the studies it showed.
+    listed = list(ctx.documents.collection("audit").find({"action": "studies.list"}))
+    assert listed[-1]["actor"] == "test-radiologist" and listed[-1]["detail"]["ids"] == [received]
 
 
 def test_alert_banner_acknowledged_from_the_page(client: TestClient, ctx: Context) -> None:
