@@ -169,3 +169,21 @@ def test_identity_vault_is_clinical_only_and_every_read_is_audited(
         ("test-radiologist", "nope", True),
     ]
     assert original.PatientID not in str(audit)
+
+
+def test_pages_load_no_external_code(client: TestClient, ctx: Context, tokens) -> None:
+    """No CDN: every script the pages load is the portal's own, behind the login."""
+    from .test_stages import analyzed
+
+    study_id = analyzed(ctx, 0.9)
+    rad = bearer(tokens["radiologist"])
+    for path in ("/", f"/studies/{study_id}"):
+        page = client.get(path, headers=rad).text
+        sources = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', page)
+        assert sources and all(src.startswith("/static/") for src in sources), sources
+        assert "//" not in "".join(sources)
+    script = client.get("/static/viewer.js", headers=rad)
+    assert script.status_code == 200 and "text/javascript" in script.headers["content-type"]
+    assert client.get("/static/viewer.js").status_code == 401
+    assert client.get("/static/../api.py", headers=rad).status_code == 404
+    assert client.get("/static/nothing.js", headers=rad).status_code == 404
