@@ -289,3 +289,34 @@ def test_open_in_ohif_from_the_portal_with_the_session_seg_and_sr(
     anonymous = browser.new_page()
     anonymous.goto(live_url + href)
     assert anonymous.url == live_url + "/login"
+
+
+def test_admin_screens_in_chromium(ctx: Context, live_url: str, browser: Any) -> None:
+    AuthService(ctx.documents).add_user("root", "admin", "a long admin password")
+    page = login(browser, live_url, "root", "a long admin password")
+    page.goto(live_url + "/admin")
+    form = page.locator("#add-user")
+    form.locator("input[name=name]").fill("newres")
+    form.locator("select[name=role]").select_option("resident")
+    form.locator("input[name=password]").fill("resident-password-1")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("tr[data-user='newres']")
+    page.select_option("select.role[data-user='newres']", "radiologist")
+    page.wait_for_function(
+        "fetch('/api/admin/users').then(r => r.json()).then(u => u[1].role === 'radiologist')"
+    )
+    tokens = page.locator("#add-token")
+    tokens.locator("input[name=name]").fill("ct-scanner-3")
+    tokens.locator("select[name=role]").select_option("modality")
+    tokens.locator("button[type=submit]").click()
+    page.wait_for_selector("#new-token:has-text('rp_')")
+    page.wait_for_function("document.getElementById('alert-config').value.includes('{')")
+    config = page.input_value("#alert-config")
+    assert '"rules"' in config or '"deadlines"' in config
+    page.screenshot(path=str(ARTIFACTS / "reading-room-admin.png"), full_page=True)
+    page.click("#save-alert-config")
+    page.wait_for_selector("#alert-config-msg.ok")
+    assert [
+        u["role"] for u in AuthService(ctx.documents).list_users() if u["name"] == "newres"
+    ] == ["radiologist"]
+    assert any(t["name"] == "ct-scanner-3" for t in AuthService(ctx.documents).list_tokens())

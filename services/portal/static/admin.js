@@ -29,4 +29,15 @@
     const r = await post("/api/admin/tokens", { name: f.get("name"), role: f.get("role"), expires_at: expires });
     if (r.ok) document.getElementById("new-token").textContent = `New token (shown once): ${r.payload.token}`;
   });
+  const box = document.getElementById("alert-config"), msg = document.getElementById("alert-config-msg");
+  fetch("/api/alerts/config", { credentials: "same-origin" }).then((r) => r.json()).then((c) => { box.value = JSON.stringify(c, null, 2); });
+  document.getElementById("save-alert-config").addEventListener("click", async () => {
+    let body;
+    try { body = JSON.parse(box.value); } catch (err) { msg.textContent = `not JSON: ${err.message}`; msg.className = "msg error"; return; }
+    const r = await fetch("/api/alerts/config", { method: "PUT", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body: JSON.stringify(body) });
+    let payload = {}; try { payload = await r.json(); } catch (_) { /* none */ }
+    if (r.ok) { box.value = JSON.stringify(payload, null, 2); msg.textContent = "saved"; msg.className = "msg ok"; }
+    else { msg.textContent = JSON.stringify(payload.detail || r.status).slice(0, 400); msg.className = "msg error"; }
+  });
 })();
