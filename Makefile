@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: install ohif  ## the whole pipeline on this machine, OHIF included: http://127.0.0.1:8000
-	RADPIPE_OHIF_DIR=$(CURDIR)/.cache/ohif/package/dist $(BIN)/radpipe up
+run: install  ## the whole pipeline on this machine (OHIF too where npm is): http://127.0.0.1:8000
+	@$(MAKE) --no-print-directory ohif 2>/dev/null \
+		|| echo "OHIF viewer not fetched (it needs npm); the portal's own viewer works without it"
+	if [ -f $(OHIF) ]; then export RADPIPE_OHIF_DIR=$(CURDIR)/$(dir $(OHIF)); fi; \
+		$(BIN)/radpipe up
 
 demo: install  ## push a high-risk and a clean phantom into a running `make run`
 	$(BIN)/radpipe demo
@@ -51,6 +54,8 @@ bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/notify.py
+	$(BIN)/python bench/portal.py
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py
