@@ -43,41 +43,17 @@ REQUESTS = [
 NAMES = [name for name, _, _ in REQUESTS]
 
 
-class _NoTasks:
-    def send(self, stage: str, study_id: str, *, countdown: float | None = None) -> None:
-        return None
-
-    def ping(self) -> None:
-        return None
-
-    def queue_lengths(self) -> dict[str, int]:
-        return {}
-
-
 def measure(data: Path, requests: int, budget: float) -> dict[str, Any]:
     from fastapi.testclient import TestClient
-    from store import open_store  # type: ignore[import-not-found]
+    from store import bench_context  # type: ignore[import-not-found]
 
     from radpipe.app import build_app
     from radpipe.common.auth import AuthService
-    from radpipe.common.context import Context
-    from radpipe.common.objectstore import FolderObjectStore, bucket_names
-    from radpipe.common.settings import Settings
 
-    settings = Settings(data_dir=data, all_in_one=True, log_level="WARNING")
-    documents = open_store("new", data)
-    ctx = Context(
-        settings=settings,
-        objects=FolderObjectStore(data / "objects"),
-        documents=documents,
-        tasks=_NoTasks(),
-        buckets=bucket_names(settings),
-    )
-    ctx.studies.ensure_indexes()
+    ctx = bench_context("new", data)
+    documents = ctx.documents
     from radpipe.common import blinding
-    from radpipe.common.alerts import ensure_alert_indexes
 
-    ensure_alert_indexes(documents)
     blinding.ensure_indexes(documents)
     auth = AuthService(documents)
     tokens = {

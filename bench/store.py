@@ -281,14 +281,10 @@ class _NoTasks:
         return {}
 
 
-def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, Any]:
-    from fastapi.testclient import TestClient
-
-    from radpipe.app import build_app
+def bench_context(engine: str, data: Path) -> Any:
+    """The app's context over the generated data dir: no broker (hand-offs are dropped)."""
     from radpipe.common.alerts import ensure_alert_indexes
-    from radpipe.common.auth import AuthService
     from radpipe.common.context import Context
-    from radpipe.common.dicomindex import STUDY_SUMMARIES
     from radpipe.common.objectstore import FolderObjectStore, bucket_names
     from radpipe.common.settings import Settings
 
@@ -303,6 +299,18 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
     )
     ctx.studies.ensure_indexes()
     ensure_alert_indexes(store)
+    return ctx
+
+
+def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from radpipe.app import build_app
+    from radpipe.common.auth import AuthService
+    from radpipe.common.dicomindex import STUDY_SUMMARIES
+
+    ctx = bench_context(engine, data)
+    store = ctx.documents
     token = AuthService(store).create_token("bench", "radiologist")
     ids = [d["_id"] for d in ctx.studies.studies.find({}).limit(200)]
     uids = [d["_id"] for d in store.collection(STUDY_SUMMARIES).find({}).limit(200)]
