@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from radpipe.common.ports import DocumentStore
 from radpipe.stack import free_port, wait_for_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -186,3 +187,24 @@ def _wait_s3(endpoint: str, server: S3Server, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
+
+
+#: Every document-store adapter a contract test runs on (MongoDB where a server is given).
+DOCUMENT_ENGINES = ("sqlite", "litemongo", "mongodb")
+
+
+def document_store(engine: str, folder: Path, purpose: str) -> DocumentStore:
+    """A fresh document store of ``engine``; MongoDB skips, naming the setting, without a URL."""
+    import secrets
+
+    from radpipe.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
+    from radpipe.common.sqlitedocs import SqliteDocumentStore
+
+    if engine == "sqlite":
+        return SqliteDocumentStore(folder / "documents" / "radpipe.sqlite3")
+    if engine == "litemongo":
+        return EmbeddedDocumentStore(folder / "documents", "radpipe")
+    url = os.environ.get("RADPIPE_TEST_MONGO_URL")
+    if not url:
+        pytest.skip(f"set RADPIPE_TEST_MONGO_URL to run {purpose} on MongoDB")
+    return MongoDocumentStore(url, "radpipe_test_" + secrets.token_hex(4))

@@ -4,8 +4,6 @@ summaries written before they existed are built once."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,28 +17,20 @@ from radpipe.common.dicomindex import (
     ensure_summaries,
     folded,
 )
-from radpipe.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
 from radpipe.common.errors import NotFound
 from radpipe.common.ports import DocumentStore
 from radpipe.common.sqlitedocs import SqliteDocumentStore
 from radpipe.common.studies import StudyRepository
 from radpipe.ingest import qido
 
-MONGO_URL = os.environ.get("RADPIPE_TEST_MONGO_URL")
+from ..servers import DOCUMENT_ENGINES, document_store
+
 DEID, RESULTS = "t-deid", "t-results"
 
 
-@pytest.fixture(params=["sqlite", "litemongo", "mongodb"])
+@pytest.fixture(params=DOCUMENT_ENGINES)
 def documents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentStore]:
-    store: DocumentStore
-    if request.param == "sqlite":
-        store = SqliteDocumentStore(tmp_path / "documents" / "radpipe.sqlite3")
-    elif request.param == "litemongo":
-        store = EmbeddedDocumentStore(tmp_path / "documents", "radpipe")
-    else:
-        if not MONGO_URL:
-            pytest.skip("set RADPIPE_TEST_MONGO_URL to run QIDO-RS on MongoDB")
-        store = MongoDocumentStore(MONGO_URL, "radpipe_test_" + secrets.token_hex(4))
+    store = document_store(request.param, tmp_path, "QIDO-RS")
     StudyRepository(store).ensure_indexes()
     yield store
     store.close()

@@ -7,7 +7,6 @@ default (SQLite), the earlier embedded engine (litemongo, kept for migration) an
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,15 +16,12 @@ import pytest
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from radpipe.common.docstore import EmbeddedDocumentStore, MongoDocumentStore
+from radpipe.common.docstore import EmbeddedDocumentStore
 from radpipe.common.errors import NotFound
 from radpipe.common.objectstore import FolderObjectStore, S3ObjectStore
 from radpipe.common.ports import DocumentStore, ObjectStore
-from radpipe.common.sqlitedocs import SqliteDocumentStore
 
-from ..servers import S3Server
-
-MONGO_URL = os.environ.get("RADPIPE_TEST_MONGO_URL")
+from ..servers import DOCUMENT_ENGINES, S3Server, document_store
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -41,17 +37,9 @@ def objects(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ob
     yield store, bucket
 
 
-@pytest.fixture(params=["sqlite", "litemongo", "mongodb"])
+@pytest.fixture(params=DOCUMENT_ENGINES)
 def documents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocumentStore]:
-    store: DocumentStore
-    if request.param == "sqlite":
-        store = SqliteDocumentStore(tmp_path / "documents" / "radpipe.sqlite3")
-    elif request.param == "litemongo":
-        store = EmbeddedDocumentStore(tmp_path / "documents", "radpipe")
-    else:
-        if not MONGO_URL:
-            pytest.skip("set RADPIPE_TEST_MONGO_URL to run the document contract on MongoDB")
-        store = MongoDocumentStore(MONGO_URL, "radpipe_test_" + secrets.token_hex(4))
+    store = document_store(request.param, tmp_path, "the document contract")
     yield store
     store.close()
 
