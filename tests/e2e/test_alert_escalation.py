@@ -86,6 +86,16 @@ def test_up_pages_until_acknowledged_across_sigkill_and_broker_restart(tmp_path:
             client.store_instances(datasets=datasets)
             wait_for(lambda: receiver.posts, 400, "the first page", tmp_path)
             wait_for(lambda: mailbox.messages, 30, "the first e-mail", tmp_path)
+            # Delivery is at least once per page and target: a worker killed after a receiver
+            # took a message but before it recorded that could send it again (same
+            # X-Radpipe-Delivery, docs/security.md). So the kill waits until page 1 is recorded.
+            oncall = {"Authorization": f"Bearer {token('oncall')}"}
+
+            def first_page_recorded() -> bool:
+                found = httpx.get(f"{base}/api/alerts", headers=oncall, timeout=10).json()
+                return bool(found) and bool(found[0]["page_done"])
+
+            wait_for(first_page_recorded, 30, "page 1 recorded as delivered", tmp_path)
 
             # Between send and acknowledgement: SIGKILL the notify worker, restart the broker.
             os.kill(notify_pid, signal.SIGKILL)
@@ -110,7 +120,6 @@ def test_up_pages_until_acknowledged_across_sigkill_and_broker_restart(tmp_path:
             time.sleep(DEADLINE + 5)  # a further deadline passes: no page
             assert (len(receiver.posts), len(mailbox.messages)) == (posts, mails)
 
-            oncall = {"Authorization": f"Bearer {token('oncall')}"}
             [alert] = httpx.get(f"{base}/api/alerts", headers=oncall, timeout=10).json()
             study = httpx.get(
                 f"{base}/api/studies/{alert['study_id']}", headers=oncall, timeout=10

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from radpipe.common.alerts import alerts_of
 from radpipe.common.context import build_context
 from radpipe.common.settings import Settings
 from radpipe.notify.service import acknowledge, list_alerts
@@ -105,6 +106,14 @@ def test_sigkilled_worker_and_restarted_broker_lose_no_alert_and_page_none_twice
                 analysed(ctx, study, 0.9)
                 ctx.tasks.send("notify", study)
             wait_for(lambda: all(pages(s) == [1] for s in first), 60, "first pages", logs)
+            # Delivery is at least once per page and target (a kill between the receiver's
+            # answer and the record repeats the post): the kill waits until page 1 is recorded.
+            wait_for(
+                lambda: all(a["page_done"] for a in alerts_of(ctx.documents).find({})),
+                60,
+                "first pages recorded",
+                logs,
+            )
 
             # Between send and acknowledgement: worker a dies hard, the broker restarts, and
             # two more studies are queued while only worker b is up.
