@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from store import _ms, _summary, generate  # type: ignore[import-not-found]
+from store import _ms, generate, timed_gets  # type: ignore[import-not-found]
 
 REQUESTS = [
     ("worklist page", "radiologist", "/"),
@@ -65,19 +65,13 @@ def measure(data: Path, requests: int, budget: float) -> dict[str, Any]:
     with TestClient(build_app(ctx, ["ingest", "portal", "notify"])) as client:
         for name, role, path in REQUESTS:
             headers = {"Authorization": f"Bearer {tokens[role]}"}
-            times: list[float] = []
-            began = time.perf_counter()
-            for i in range(requests + 1):
-                url = path or f"/studies/{rng.choice(ids)}"
-                t0 = time.perf_counter()
-                response = client.get(url, headers=headers)
-                elapsed = time.perf_counter() - t0
-                assert response.status_code == 200, (url, response.status_code, response.text)
-                if i:  # the first request warms caches
-                    times.append(elapsed)
-                if len(times) >= 3 and time.perf_counter() - began > budget:
-                    break
-            results[name] = _summary(times)
+            results[name] = timed_gets(
+                client,
+                lambda path=path: path or f"/studies/{rng.choice(ids)}",
+                headers,
+                requests,
+                budget,
+            )
         results["total"] = ctx.studies.studies.count_documents({})
         results["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     documents.close()

@@ -302,6 +302,25 @@ def bench_context(engine: str, data: Path) -> Any:
     return ctx
 
 
+def timed_gets(
+    client: Any, url: Any, headers: dict[str, str], requests: int, budget: float
+) -> dict[str, Any]:
+    """p50/p95/max of ``requests`` GETs of ``url()`` after one warm-up, within ``budget`` s."""
+    times: list[float] = []
+    began = time.perf_counter()
+    for i in range(requests + 1):
+        target = url()
+        t0 = time.perf_counter()
+        response = client.get(target, headers=headers)
+        elapsed = time.perf_counter() - t0
+        assert response.status_code == 200, (target, response.status_code, response.text)
+        if i:  # the first request warms caches
+            times.append(elapsed)
+        if len(times) >= 3 and time.perf_counter() - began > budget:
+            break
+    return _summary(times)
+
+
 def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
@@ -330,19 +349,13 @@ def measure(engine: str, data: Path, requests: int, budget: float) -> dict[str, 
     with TestClient(build_app(ctx, ["ingest", "portal", "notify"])) as client:
         headers = {"Authorization": f"Bearer {token}"}
         for name, path in REQUESTS:
-            times: list[float] = []
-            began = time.perf_counter()
-            for i in range(requests + 1):
-                url = fill(path) if path else f"/api/studies/{rng.choice(ids)}"
-                t0 = time.perf_counter()
-                response = client.get(url, headers=headers)
-                elapsed = time.perf_counter() - t0
-                assert response.status_code == 200, (url, response.status_code, response.text)
-                if i:  # the first request warms caches
-                    times.append(elapsed)
-                if len(times) >= 3 and time.perf_counter() - began > budget:
-                    break
-            results[name] = _summary(times)
+            results[name] = timed_gets(
+                client,
+                lambda path=path: fill(path) if path else f"/api/studies/{rng.choice(ids)}",
+                headers,
+                requests,
+                budget,
+            )
         page = client.get("/api/studies", headers=headers).json()
         results["total"] = page["total"]
         results["open_alerts"] = len(client.get("/api/alerts?open=true", headers=headers).json())
