@@ -13,8 +13,10 @@ runs one way.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
@@ -100,6 +102,84 @@ class CeleryDispatcher:
                 queue: int(channel.client.llen(queue)) if hasattr(channel, "client") else 0
                 for queue in QUEUES
             }
+
+
+#: Redis keys of the delivery ledger (beside kombu's own keys in the broker's database).
+DELIVERIES_KEY = "radpipe.deliveries.{task_id}.{retries}"
+DEAD_LETTER_KEY = "radpipe.dead-letter"
+#: A delivery count outlives any redelivery (kombu restores an unacknowledged message after the
+#: visibility timeout, 900 s), and the dead-letter list keeps the newest entries only.
+DELIVERIES_TTL = 24 * 3600
+DEAD_LETTER_KEEP = 10_000
+
+
+class DeliveryLedger:
+    """How often a task attempt was delivered, and the dead-letter list, kept in the broker.
+
+    Celery's Redis transport keeps no delivery count: a message whose worker died (the kernel's
+    OOM killer, SIGKILL) is redelivered with nothing to tell it from the first delivery, so a
+    task that kills its worker would do so forever. The task wrapper counts each start here
+    (``INCR`` on a key per task id and retry, with an expiry) before it runs anything, and
+    dead-letters the attempt once the count passes ``RADPIPE_MAX_DELIVERIES``. A retry is a new
+    message with the same task id, so the retry number is part of the key. Transports without a
+    Redis client (the in-memory one) count in this process.
+    """
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+        self._local: dict[str, int] = {}
+        self._local_dead: list[str] = []
+
+    def _client(self, connection: Any) -> Any:
+        return getattr(connection.default_channel, "client", None)
+
+    def delivered(self, task_id: str, retries: int) -> int:
+        """Count one more delivery of this attempt; returns the count, 1 for the first."""
+        key = DELIVERIES_KEY.format(task_id=task_id, retries=retries)
+        with self._celery.connection_for_write() as connection:
+            client = self._client(connection)
+            if client is None:
+                self._local[key] = self._local.get(key, 0) + 1
+                return self._local[key]
+            pipe = client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, DELIVERIES_TTL)
+            count, _ = pipe.execute()
+            return int(count)
+
+    def settled(self, task_id: str, retries: int) -> None:
+        """The attempt ran to its end (done, retried or dead-lettered): forget its count."""
+        key = DELIVERIES_KEY.format(task_id=task_id, retries=retries)
+        with self._celery.connection_for_write() as connection:
+            client = self._client(connection)
+            if client is None:
+                self._local.pop(key, None)
+            else:
+                client.delete(key)
+
+    def dead_letter(self, entry: dict[str, Any]) -> None:
+        """Append an entry (ids, stage, reason, counts; never DICOM values) to the list."""
+        text = json.dumps(entry, default=str)
+        with self._celery.connection_for_write() as connection:
+            client = self._client(connection)
+            if client is None:
+                self._local_dead.insert(0, text)
+                return
+            pipe = client.pipeline()
+            pipe.lpush(DEAD_LETTER_KEY, text)
+            pipe.ltrim(DEAD_LETTER_KEY, 0, DEAD_LETTER_KEEP - 1)
+            pipe.execute()
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead-letter entries first."""
+        with self._celery.connection_for_read() as connection:
+            client = self._client(connection)
+            raw = (
+                self._local_dead[:limit]
+                if client is None
+                else client.lrange(DEAD_LETTER_KEY, 0, limit - 1)
+            )
+        return [json.loads(item) for item in raw]
 
 
 def drop_shared_bindings(celery: Celery) -> int:

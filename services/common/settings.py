@@ -84,9 +84,14 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(16 * 1024**3, gt=0)
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
     task_max_retries: int = Field(5, ge=0)
+    #: Deliveries of one task attempt whose worker died (OOM, SIGKILL) before it is dead-lettered.
+    max_deliveries: int = Field(3, ge=1)
     #: De-identification profile file (TOML): options per source (see ``deid/profile.py``).
     deid_profile: Path | None = None
     log_level: str = "INFO"
+    #: IANA time zone of the site (e.g. Europe/Paris): TAT hour-of-day and weekday cuts, and
+    #: RIS and DICOM times that carry no offset, are read in it (daylight saving included).
+    site_timezone: str = "UTC"
     #: DIMSE C-STORE SCP (the second door); off unless a port is set.
     dimse_port: int | None = Field(None, ge=1, le=65535)
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)

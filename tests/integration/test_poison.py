@@ -1,0 +1,144 @@
+"""Poison work across real processes: a study whose de-identification kills its worker process
+(SIGKILL from outside, as the kernel's OOM killer sends it) is delivered at most
+``RADPIPE_MAX_DELIVERIES`` times, then dead-lettered with its reason, the study failed and the
+admins paged by the notify worker; the same deid worker then serves a healthy study."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from radpipe.common.alerts import alerts_of
+from radpipe.common.context import build_context
+from radpipe.common.queues import CeleryDispatcher, DeliveryLedger, make_celery
+from radpipe.common.settings import Settings
+
+from ..conftest import TEST_SECRET, RecordingDispatcher
+from ..dicom import ct_series
+from ..servers import stop
+from ..unit.test_stages import ingest
+
+MAX_DELIVERIES = 3
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    tails = "\n".join(p.read_text(errors="replace")[-3000:] for p in logs.glob("*.log"))
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
+    tmp_path: Path, redis_url: str
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        broker_url=broker,
+        study_stable_seconds=0.2,
+        max_deliveries=MAX_DELIVERIES,
+    )
+    # Ingest queues nothing here; the test sends each study's stability check once, itself.
+    ctx = build_context(settings, tasks=RecordingDispatcher())
+    sender = CeleryDispatcher(make_celery(settings), settings)
+    poison = ingest(ctx, ct_series(seed=31)[:2])
+    healthy = ingest(ctx, ct_series(seed=32)[:2])
+    starts = tmp_path / "starts"
+    starts.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+    env.update(
+        RADPIPE_DATA_DIR=str(settings.data_dir),
+        RADPIPE_SECRET_KEY=TEST_SECRET,
+        RADPIPE_BROKER_URL=broker,
+        RADPIPE_STUDY_STABLE_SECONDS="0.2",
+        RADPIPE_MAX_DELIVERIES=str(MAX_DELIVERIES),
+        RADPIPE_ALERT_SWEEP_SECONDS="0.2",
+        POISON_STUDIES=poison,
+        POISON_STARTS=str(starts),
+    )
+    root = Path(__file__).resolve().parents[2]
+
+    def spawn(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        return subprocess.Popen(
+            [sys.executable, *argv], env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    deid = spawn("deid", "-m", "tests.integration.poison_worker")
+    notify = spawn("notify", "-m", "radpipe.cli", "worker", "notify", "--pool", "solo")
+    killed: list[int] = []
+    try:
+        sender.send("stable", poison)
+
+        def failed_after_killing() -> bool:
+            for pid in map(int, starts.read_text().split()):
+                if pid not in killed:  # a pool process is running the poison: it "runs out of
+                    os.kill(pid, signal.SIGKILL)  # memory" the way the kernel ends it
+                    killed.append(pid)
+            return ctx.studies.get(poison)["state"] == "failed"
+
+        wait_for(failed_after_killing, 120, "the poison study to be dead-lettered", logs)
+        alert = wait_for(
+            lambda: alerts_of(ctx.documents).find_one({"kind": "pipeline", "study_id": poison}),
+            30,
+            "the pipeline alert",
+            logs,
+        )
+
+        # The worker is still up and serves the next study with the real de-identifier.
+        sender.send("stable", healthy)
+        wait_for(
+            lambda: ctx.studies.get(healthy)["state"] == "deidentified",
+            60,
+            "the healthy study to be de-identified",
+            logs,
+        )
+        assert deid.poll() is None, "the deid worker crashed"
+    finally:
+        stop(deid, grace=10)
+        stop(notify, grace=10)
+
+    # At most N deliveries ran the task, each one killed; the next one did not run it.
+    assert len(killed) == MAX_DELIVERIES
+    assert starts.read_text().split() == [str(pid) for pid in killed]
+    study = ctx.studies.get(poison)
+    assert study["failure"]["stage"] == "deid"
+    assert "worker died 3 times" in study["failure"]["reason"]
+    assert "RADPIPE_MAX_DELIVERIES" in study["failure"]["reason"]
+    events = [e for e in study["events"] if e["type"] != "stable"]
+    assert [e["type"] for e in events[:4]] == [
+        "received",
+        "deid.redelivered",
+        "deid.redelivered",
+        "failed",
+    ]
+    assert [e["detail"]["delivery"] for e in events[1:3]] == [2, 3]
+    assert events[3]["detail"] == {"stage": "deid"}
+    # The dead-letter entry names the task, the study and the reason (no DICOM values).
+    entries = DeliveryLedger(make_celery(settings)).dead_letters()
+    assert [(e["task"], e["study_id"], e["stage"]) for e in entries] == [
+        ("radpipe.deid.run", poison, "deid")
+    ]
+    assert entries[0]["reason"] == study["failure"]["reason"]
+    # The admins were paged with the stage and the reason.
+    assert alert["rule"] == "pipeline-failed" and alert["stage"] == "deid"
+    assert "worker died 3 times" in alert["summary"]
+    assert any(h["type"] == "alert.opened" for h in alert["history"])
+    # The healthy study took one delivery and no redelivery.
+    healthy_events = [e["type"] for e in ctx.studies.get(healthy)["events"]]
+    assert "deid.redelivered" not in healthy_events and "deidentified" in healthy_events
+    ctx.documents.close()
