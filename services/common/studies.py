@@ -26,6 +26,11 @@ UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: Collection names shared by the services (the document store is their contract).
 STUDIES, INSTANCES, ALERTS = "studies", "instances", "alerts"
+#: Every sender seen (token name or calling AE title), for the worklist's source filter.
+SOURCES = "study_sources"
+#: One-off data migrations already run (a marker document each).
+MIGRATIONS = "migrations"
+_SOURCES_BACKFILLED = "study-source-v1"
 
 
 class StudyState(StrEnum):
@@ -68,6 +73,10 @@ class StudyPublic(BaseModel):
     state: StudyState
     version: int
     modality: str | None = None
+    #: Who sent the study first (a modality's token name or calling AE title), and every
+    #: sender when it came from several.
+    source: str | None = None
+    sources: list[str] = []
     instance_count: int
     created_at: datetime
     updated_at: datetime
@@ -91,6 +100,8 @@ class StudyPublic(BaseModel):
             state=doc["state"],
             version=doc.get("version", 1),
             modality=doc.get("modality"),
+            source=doc.get("source"),
+            sources=doc.get("sources") or [],
             instance_count=doc.get("instance_count", 0),
             created_at=doc["created_at"],
             updated_at=doc["updated_at"],
@@ -158,6 +169,7 @@ class StudyRepository:
         # The portal's worklist filters, each in the worklist order (portal/service.py).
         self.studies.create_index([("modality", 1), *WORKLIST_ORDER])
         self.studies.create_index([("analysis.risk.category", 1), *WORKLIST_ORDER])
+        self.studies.create_index([("source", 1), *WORKLIST_ORDER])
         self.instances.create_index([("study_id", 1), ("received_at", 1)])
         self.alerts.create_index([("created_at", -1)])  # all alerts, newest first
         # WADO-RS retrieves by study and series UID; QIDO-RS matches and orders in the store
@@ -168,6 +180,7 @@ class StudyRepository:
             for key in keys:
                 self._documents.collection(collection).create_index(key)
         ensure_summaries(self._documents)
+        self.backfill_sources()
 
     def get(self, study_id: str) -> Document:
         doc = self.studies.find_one({"_id": study_id})
@@ -193,9 +206,12 @@ class StudyRepository:
 
         Re-registering a held instance changes nothing. A new instance for a study past
         ``received`` re-opens it (a new version): the earlier analysis stays in ``history``.
+        The instances' ``source`` (the sender) is the study's ``source`` from its first
+        receipt on, and joins its ``sources`` list.
         """
         at = now()
         added = 0
+        senders = list(dict.fromkeys(str(i["source"]) for _, i in instances if i.get("source")))
         for instance_key, instance in instances:
             before = self.instances.find_one_and_update(
                 {"_id": instance_key},
@@ -213,16 +229,73 @@ class StudyRepository:
                     "version": 1,
                     "events": [{"type": "received", "at": at, "version": 1, "detail": {}}],
                     "modality": modality,
+                    "source": senders[0] if senders else None,
                 },
                 "$set": {"updated_at": at, "last_instance_at": at},
                 "$inc": {"instance_count": added},
+                "$addToSet": {"sources": {"$each": senders}},
             },
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        if senders and study.get("source") is None:  # first sent without a known sender
+            study = self.studies.find_one_and_update(
+                {"_id": study_id, "source": None},
+                {"$set": {"source": senders[0]}},
+                return_document=ReturnDocument.AFTER,
+            ) or self.get(study_id)
+        for sender in senders:  # a primary-key read once the sender is known
+            self._documents.collection(SOURCES).update_one(
+                {"_id": sender}, {"$setOnInsert": {"first_at": at}}, upsert=True
+            )
         if added and study["state"] not in (StudyState.RECEIVED, StudyState.FAILED):
             study = self._reopen(study_id, study["version"]) or study
         return study, added
+
+    def known_sources(self) -> list[str]:
+        """Every sender a study came from, for the worklist's source filter."""
+        return sorted(d["_id"] for d in self._documents.collection(SOURCES).find({}))
+
+    def backfill_sources(self, batch: int = 500) -> int:
+        """Studies recorded before studies kept their sender get ``source`` and ``sources``
+        from their instances, once (at start; a marker in ``migrations`` says it ran).
+
+        Pages through the studies lacking the field in ``_id`` order; each page in one
+        transaction on the embedded engine. Running it twice, or in two processes at once,
+        gives the same result. Returns how many studies it updated.
+        """
+        done = self._documents.collection(MIGRATIONS)
+        if done.find_one({"_id": _SOURCES_BACKFILLED}) is not None:
+            return 0
+        updated, last = 0, None
+        while True:
+            query: dict[str, Any] = {"source": {"$exists": False}}
+            if last is not None:
+                query["_id"] = {"$gt": last}
+            page = list(self.studies.find(query).sort("_id", 1).limit(batch))
+            if not page:
+                break
+            last = page[-1]["_id"]
+            with self._documents.exclusive():
+                for study in page:
+                    senders = list(
+                        dict.fromkeys(
+                            str(i["source"])
+                            for i in self.instances_of(study["_id"])
+                            if i.get("source")
+                        )
+                    )
+                    self.studies.update_one(
+                        {"_id": study["_id"], "source": {"$exists": False}},
+                        {"$set": {"source": senders[0] if senders else None, "sources": senders}},
+                    )
+                    for sender in senders:
+                        self._documents.collection(SOURCES).update_one(
+                            {"_id": sender}, {"$setOnInsert": {"first_at": now()}}, upsert=True
+                        )
+                    updated += 1
+        done.update_one({"_id": _SOURCES_BACKFILLED}, {"$set": {"done": now()}}, upsert=True)
+        return updated
 
     def claim_stability_check(self, study_id: str, due: datetime) -> bool:
         """Whether the caller is to queue the study's stability check, due at ``due``.

@@ -33,6 +33,7 @@ class Filters(BaseModel):
     """Worklist filters (query parameters); empty strings, as a form sends them, mean none."""
 
     modality: str = ""
+    source: str = ""
     risk: Literal["high", "moderate", "low", "none", "pending", ""] = ""
     since: str = ""
     until: str = ""
@@ -40,6 +41,7 @@ class Filters(BaseModel):
     def to_filter(self) -> service.WorklistFilter:
         return service.WorklistFilter(
             modality=self.modality or None,
+            source=self.source or None,
             risk=self.risk or None,
             since=_moment("since", self.since),
             until=_moment("until", self.until),
@@ -221,6 +223,7 @@ def worklist(
         limit=limit,
         params=shown,
         states=[str(s) for s in StudyState],
+        sources=ctx.studies.known_sources(),
         can_ack=caller.role in ("oncall", "radiologist"),
         alerts=service.open_alerts(ctx, viewer=caller),
     )

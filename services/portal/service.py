@@ -65,9 +65,12 @@ def public_study(
 
 @dataclass(frozen=True)
 class WorklistFilter:
-    """The worklist's filters beyond ``state``: modality, AI risk category, received between."""
+    """The worklist's filters beyond ``state``: modality, sender, AI risk category, received
+    between. ``source`` matches the study's first sender (``StudyRepository.record_instances``),
+    answered by the ``source, risk_score, created_at`` index."""
 
     modality: str | None = None
+    source: str | None = None
     risk: str | None = None  # "high" | "moderate" | "low" | "none" | "pending"
     since: datetime | None = None
     until: datetime | None = None
@@ -76,6 +79,8 @@ class WorklistFilter:
         query: dict[str, Any] = {}
         if self.modality:
             query["modality"] = self.modality
+        if self.source:
+            query["source"] = self.source
         if self.risk == "pending":
             query["risk_score"] = None
         elif self.risk:

@@ -319,3 +319,55 @@ def test_documents_anchored_regex_is_a_case_sensitive_wildcard(documents: Docume
         "b",
         "e",
     ]
+
+
+def test_studies_keep_their_sender_and_the_worklist_filters_by_it(
+    documents: DocumentStore,
+) -> None:
+    """``source`` from the first receipt (``$setOnInsert``), every sender in ``sources``
+    (``$addToSet``); the worklist's source filter in the worklist order, from an index; studies
+    recorded before the field existed get it from their instances, once."""
+    from radpipe.common.sqlitedocs import SqliteDocumentStore
+    from radpipe.common.studies import MIGRATIONS, WORKLIST_ORDER, StudyRepository
+
+    repo = StudyRepository(documents)
+    repo.ensure_indexes()
+
+    def record(study: str, n: int, source: str | None) -> None:
+        repo.record_instances(study, [(f"{study}-{n}", {"raw_key": "k", "source": source})], "CT")
+
+    record("a", 1, "CT_ROOM_1")
+    record("b", 1, "PACS")
+    record("c", 1, None)  # a sender unknown at first
+    record("a", 2, "PACS")  # a second sender for the same study
+    record("c", 2, "CT_ROOM_1")
+    repo.set_fields("b", {"analysis": {"risk": {"score": 0.9, "category": "high"}}})
+    a, b, c = (repo.get(s) for s in "abc")
+    assert (a["source"], a["sources"]) == ("CT_ROOM_1", ["CT_ROOM_1", "PACS"])
+    assert (b["source"], b["sources"]) == ("PACS", ["PACS"])
+    assert (c["source"], c["sources"]) == ("CT_ROOM_1", ["CT_ROOM_1"])
+    cursor = repo.studies.find({"source": "CT_ROOM_1"}).sort(WORKLIST_ORDER)
+    assert _ids(cursor) == ["a", "c"]
+    assert _ids(repo.studies.find({"source": "PACS"}).sort(WORKLIST_ORDER)) == ["b"]
+    assert repo.studies.count_documents({"source": "PACS", "state": "received"}) == 1
+    assert repo.known_sources() == ["CT_ROOM_1", "PACS"]
+    if isinstance(documents, SqliteDocumentStore):
+        table = repo.studies
+        plan = " | ".join(table.explain(table.find({"source": "PACS"}).sort(WORKLIST_ORDER)))  # type: ignore[attr-defined]
+        assert "USING INDEX ix_studies_source_1" in plan and "TEMP B-TREE" not in plan, plan
+
+    # A study written before studies kept their sender: filled in at the next start, once.
+    repo.studies.insert_one({"_id": "old", "state": "received", "created_at": datetime.now(UTC)})
+    repo.instances.insert_one(
+        {"_id": "old-1", "study_id": "old", "received_at": datetime.now(UTC), "source": "LEGACY"}
+    )
+    repo.studies.insert_one({"_id": "older", "state": "received", "created_at": datetime.now(UTC)})
+    assert repo.backfill_sources() == 0  # the marker says it ran (on the empty store)
+    documents.collection(MIGRATIONS).delete_one({"_id": "study-source-v1"})
+    assert repo.backfill_sources(batch=1) == 2
+    assert (repo.get("old")["source"], repo.get("old")["sources"]) == ("LEGACY", ["LEGACY"])
+    assert repo.get("older")["source"] is None and repo.get("older")["sources"] == []
+    assert repo.get("a")["sources"] == ["CT_ROOM_1", "PACS"]  # untouched
+    assert _ids(repo.studies.find({"source": "LEGACY"})) == ["old"]
+    assert "LEGACY" in repo.known_sources()
+    assert repo.backfill_sources() == 0

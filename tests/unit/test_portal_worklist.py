@@ -80,3 +80,35 @@ def test_alert_banner_acknowledged_from_the_page(client: TestClient, ctx: Contex
     acked = client.post(url, json={"note": "seen"}, headers={"X-CSRF-Token": token})
     assert acked.status_code == 200 and acked.json()["state"] == "acknowledged"
     assert 'class="ack"' not in client.get("/").text
+
+
+def test_source_filter_over_api_and_page(client: TestClient, ctx: Context, tokens) -> None:
+    """The study keeps its sender from its first receipt; a later sender joins ``sources``
+    without changing ``source``; the filter matches the first sender, in the worklist order."""
+    ct = AuthService(ctx.documents).create_token("ct-scanner-2", "modality")
+    series = ct_series(seed=3)  # new UIDs each call
+    first = stow(client, tokens["modality"], series[:2])
+    other = stow(client, ct, ct_series(seed=4)[:2])
+    assert first.status_code == other.status_code == 200
+    [from_test] = ids(client, tokens["radiologist"], source="test-modality")
+    [from_ct] = ids(client, tokens["radiologist"], source="ct-scanner-2")
+    assert from_test != from_ct
+    # The same study again, from the second sender: it joins the list, the first stays.
+    assert stow(client, ct, series[2:3]).status_code == 200
+    study = ctx.studies.get(from_test)
+    assert study["source"] == "test-modality"
+    assert study["sources"] == ["test-modality", "ct-scanner-2"]
+    assert ids(client, tokens["radiologist"], source="ct-scanner-2") == [from_ct]
+    assert ids(client, tokens["radiologist"], source="nobody") == []
+    assert ids(client, tokens["resident"], source="test-modality") == [from_test]
+    shown = client.get(f"/api/studies/{from_test}", headers=bearer(tokens["radiologist"])).json()
+    assert shown["source"] == "test-modality" and len(shown["sources"]) == 2
+
+    page = client.get("/", params={"source": "ct-scanner-2"}, headers=bearer(tokens["radiologist"]))
+    html = page.text
+    assert f'data-study="{from_ct}"' in html and f'data-study="{from_test}"' not in html
+    assert "(1 study, " in html  # singular
+    assert "<option selected>ct-scanner-2</option>" in html
+    assert "<option >test-modality</option>" in html  # every known sender is offered
+    assert "(2 studies, " in client.get("/", headers=bearer(tokens["radiologist"])).text
+    assert "(0 studies, " in client.get("/?source=x", headers=bearer(tokens["radiologist"])).text
