@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     #: IANA time zone of the site (e.g. Europe/Paris): TAT hour-of-day and weekday cuts, and
     #: RIS and DICOM times that carry no offset, are read in it (daylight saving included).
-    site_timezone: str = "UTC"
+    site_timezone: ZoneInfo = ZoneInfo("UTC")
     #: DIMSE C-STORE SCP (the second door); off unless a port is set.
     dimse_port: int | None = Field(None, ge=1, le=65535)
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)

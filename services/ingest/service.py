@@ -21,6 +21,7 @@ from radpipe.common.logging import get_logger
 from radpipe.common.metrics import INSTANCES_RECEIVED
 from radpipe.common.mime import parse_media_type
 from radpipe.common.studies import UID_PATTERN, now
+from radpipe.common.tat import ACQUIRED_TO_RECEIVED, acquisition_lag_seconds
 
 from .multipart import Part
 
@@ -233,6 +234,10 @@ class StowSession:
             "series_key": instance_key_for(secret, "series:" + series_uid),
             "size": part.size,
             "source": self.source,
+            # TAT: acquisition -> receipt, measured before deid shifts the dates (a number only).
+            ACQUIRED_TO_RECEIVED: acquisition_lag_seconds(
+                ds, now(), self.ctx.settings.site_timezone
+            ),
         }
         modality = str(ds.get("Modality", "") or "") or None
         self.pending.append(_Pending(study_id, instance_key, record, modality))

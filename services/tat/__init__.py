@@ -1,0 +1,1 @@
+"""Turnaround analytics: stage intervals from the study timeline, RIS CSV import, exports."""
