@@ -58,7 +58,8 @@ def analyze_study(ctx: Context, study_id: str) -> None:
         return
     started = time.perf_counter()
     entry, series, rule = route(
-        discover(ctx.settings.models_dir), (study.get("deid") or {}).get("series", [])
+        discover(ctx.settings.models_dir, ctx.documents),  # with the admin's overrides
+        (study.get("deid") or {}).get("series", []),
     )
     bundle = bundle_for(ctx, entry)
     datasets = [

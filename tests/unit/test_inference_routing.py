@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from radpipe.common.context import Context
 from radpipe.common.errors import PipelineError
+from radpipe.common.routing import ROUTING_RULES, clear_override, overrides, set_override
 from radpipe.inference.registry import BUILTIN, discover, route
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -73,3 +76,77 @@ def test_a_bad_rule_is_refused_when_read(tmp_path: Path) -> None:
     (bad / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown routing key"):
         discover(tmp_path)
+
+
+def _head_bundle(tmp_path: Path) -> None:
+    head = tmp_path / "head_ct"
+    shutil.copytree(BUILTIN / "lung_nodule_demo", head)
+    meta = json.loads((head / "configs" / "metadata.json").read_text())
+    meta["name"] = "head_ct_demo"
+    meta["radpipe_routing"] = [{"modality": ["CT"], "body_part": ["HEAD", "BRAIN"]}]
+    (head / "configs" / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_admin_overrides_change_which_bundle_analyses_a_series(
+    tmp_path: Path, ctx: Context
+) -> None:
+    _head_bundle(tmp_path)
+    head, chest = [series("CT", 60, "HEAD")], [series("CT", 60, "CHEST")]
+    docs = ctx.documents
+    assert route(discover(tmp_path, docs), head)[0].name == "head_ct_demo"
+
+    # add: the admin's rule is tried before every bundle's own, so the lung bundle now wins.
+    at = datetime.now(UTC)
+    set_override(docs, "lung_nodule_demo", "add", [{"body_part": ["head"]}], "trial", "root", at)
+    entry, _, rule = route(discover(tmp_path, docs), head)
+    assert entry.name == "lung_nodule_demo" and rule.origin == "admin"
+    assert rule.describe() == "body_part in ['HEAD'] [admin]"
+    assert route(discover(tmp_path, docs), chest)[2].origin == "bundle"  # its own rule stays
+    assert route(discover(tmp_path), head)[0].name == "head_ct_demo"  # without the store
+
+    # replace: only the admin's rules; the bundle's own no longer route.
+    set_override(docs, "lung_nodule_demo", "replace", [{"modality": ["MR"]}], "", "root", at)
+    assert route(discover(tmp_path, docs), head)[0].name == "head_ct_demo"
+    with pytest.raises(PipelineError, match="CT CHEST"):
+        route(discover(tmp_path, docs), chest)
+    assert route(discover(tmp_path, docs), [series("MR", 30)])[0].name == "lung_nodule_demo"
+
+    # disable: the bundle analyses nothing, and the failure says why.
+    set_override(docs, "head_ct_demo", "disable", [], "recalled", "root", at)
+    with pytest.raises(PipelineError) as raised:
+        route(discover(tmp_path, docs), head)
+    assert "head_ct_demo: disabled by an admin" in raised.value.message
+
+    # reset: back to the bundles' own rules.
+    assert clear_override(docs, "head_ct_demo") and clear_override(docs, "lung_nodule_demo")
+    assert not clear_override(docs, "head_ct_demo")
+    assert route(discover(tmp_path, docs), head)[0].name == "head_ct_demo"
+    assert route(discover(tmp_path, docs), chest)[0].name == "lung_nodule_demo"
+
+
+@pytest.mark.parametrize(
+    ("mode", "rules", "message"),
+    [
+        ("add", [{"colour": ["red"]}], "unknown routing key"),
+        ("add", [{"series_description": "(unclosed"}], "not a regular expression"),
+        ("add", [{"modality": "CT"}], "must be a list of strings"),
+        ("replace", [{"min_instances": 0}], "at least 1"),
+        ("add", [], "needs at least one rule"),
+        ("disable", [{"modality": ["CT"]}], "takes no rules"),
+        ("pause", [], "use one of add, replace, disable"),
+    ],
+)
+def test_a_bad_override_is_refused_and_nothing_is_stored(
+    ctx: Context, mode: str, rules: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        set_override(ctx.documents, "lung_nodule_demo", mode, rules, "", "root", None)
+    assert overrides(ctx.documents) == {}
+
+
+def test_a_damaged_stored_override_fails_routing_with_the_fix(ctx: Context) -> None:
+    ctx.documents.collection(ROUTING_RULES).insert_one(
+        {"_id": "lung_nodule_demo", "mode": "add", "rules": [{"modality": "CT"}]}
+    )
+    with pytest.raises(PipelineError, match="fix or reset it in the portal's admin screen"):
+        discover(None, ctx.documents)
