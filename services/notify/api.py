@@ -13,12 +13,14 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from radpipe.common import blinding
+from radpipe.common.alerts import ALERT_CONFIG
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import NotFound
+from radpipe.common.errors import BadRequest, Conflict, NotFound
+from radpipe.common.studies import now
 
 from . import links, service
-from .rules import AlertConfig
+from .rules import AlertConfig, Override, Rotation, Schedule, Silence, on_call
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
 link_router = APIRouter(prefix="/alerts/ack", tags=["alerts"])
@@ -81,6 +83,135 @@ def put_config(ctx: Ctx, caller: Admin, config: AlertConfig) -> dict[str, Any]:
     )
     AuthService(ctx.documents).audit(caller, "alert.config", "config")
     return service.config_of(ctx).model_dump(mode="json")
+
+
+def _save(
+    ctx: Ctx, caller: Principal, action: str, target: str, config: AlertConfig, section: str
+) -> AlertConfig:
+    """Store one section of the configuration (it then replaces the file's), audited."""
+    value = config.model_dump(mode="json")[section]
+    ctx.documents.collection(ALERT_CONFIG).update_one(
+        {"_id": "config"}, {"$set": {section: value}}, upsert=True
+    )
+    AuthService(ctx.documents).audit(caller, action, target)
+    return service.config_of(ctx)
+
+
+def _window(starts_at: datetime, ends_at: datetime) -> None:
+    if ends_at <= starts_at:
+        raise BadRequest("ends_at must be after starts_at")
+    if ends_at <= now():
+        raise BadRequest("ends_at is in the past: the window would never apply")
+
+
+def _silence_out(silence: Silence) -> dict[str, Any]:
+    at = now()
+    return {**silence.model_dump(mode="json"), "active": silence.starts_at <= at < silence.ends_at}
+
+
+@router.get("/silences")
+def list_silences(ctx: Ctx, _: Admin) -> list[dict[str, Any]]:
+    """The silences, soonest ending first, each with whether it is in force now."""
+    silences = sorted(service.config_of(ctx).silences, key=lambda s: s.ends_at)
+    return [_silence_out(s) for s in silences]
+
+
+@router.post("/silences", status_code=201)
+def add_silence(ctx: Ctx, caller: Admin, silence: Silence) -> dict[str, Any]:
+    """A new silence (start, end, reason, optional modality, bundle and sender matchers)."""
+    _window(silence.starts_at, silence.ends_at)
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        if any(s.name == silence.name for s in config.silences):
+            raise Conflict(f"a silence named {silence.name!r} exists; remove it or pick a name")
+        config.silences.append(silence)
+        _save(ctx, caller, "alert.silence.add", silence.name, config, "silences")
+    return _silence_out(silence)
+
+
+@router.delete("/silences/{name}")
+def remove_silence(name: str, ctx: Ctx, caller: Admin) -> dict[str, Any]:
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        kept = [s for s in config.silences if s.name != name]
+        if len(kept) == len(config.silences):
+            raise NotFound(f"no silence named {name!r}")
+        config.silences = kept
+        _save(ctx, caller, "alert.silence.remove", name, config, "silences")
+    return {"name": name, "removed": True}
+
+
+def _schedule_out(config: AlertConfig, schedule: Schedule) -> dict[str, Any]:
+    return {
+        **schedule.model_dump(mode="json"),
+        "on_call_now": on_call(config, schedule.name, now()),
+    }
+
+
+def _schedule(config: AlertConfig, name: str) -> Schedule:
+    found = next((s for s in config.schedules if s.name == name), None)
+    if found is None:
+        raise NotFound(f"no on-call schedule named {name!r}")
+    return found
+
+
+@router.get("/schedules")
+def list_schedules(ctx: Ctx, _: Admin) -> list[dict[str, Any]]:
+    """The on-call schedules, each with its overrides and who is on call now."""
+    config = service.config_of(ctx)
+    return [_schedule_out(config, s) for s in config.schedules]
+
+
+@router.put("/schedules/{name}")
+def put_schedule(name: str, ctx: Ctx, caller: Admin, rotation: Rotation) -> dict[str, Any]:
+    """Create the schedule ``name`` or change its rotation (its overrides stay)."""
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        current = next((s for s in config.schedules if s.name == name), None)
+        if current is None:
+            current = Schedule(name=name, rotation=rotation)
+            config.schedules.append(current)
+        current.rotation = rotation
+        config = _save(ctx, caller, "alert.schedule.set", name, config, "schedules")
+    return _schedule_out(config, _schedule(config, name))
+
+
+@router.delete("/schedules/{name}")
+def remove_schedule(name: str, ctx: Ctx, caller: Admin) -> dict[str, Any]:
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        _schedule(config, name)
+        if any(step.schedule == name for step in config.escalation):
+            raise Conflict(f"the escalation chain pages schedule {name!r}: change the chain first")
+        config.schedules = [s for s in config.schedules if s.name != name]
+        _save(ctx, caller, "alert.schedule.remove", name, config, "schedules")
+    return {"name": name, "removed": True}
+
+
+@router.post("/schedules/{name}/overrides", status_code=201)
+def add_override(name: str, ctx: Ctx, caller: Admin, override: Override) -> dict[str, Any]:
+    """Someone else on call for a while (a swap, a sick day): overrides win over the rotation."""
+    if not override.person.strip():
+        raise BadRequest("person names who is on call instead")
+    _window(override.starts_at, override.ends_at)
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        _schedule(config, name).overrides.append(override)
+        config = _save(ctx, caller, "alert.schedule.override", name, config, "schedules")
+    return _schedule_out(config, _schedule(config, name))
+
+
+@router.delete("/schedules/{name}/overrides/{number}")
+def remove_override(name: str, number: int, ctx: Ctx, caller: Admin) -> dict[str, Any]:
+    """Remove override ``number`` (from 1, in the order listed)."""
+    with ctx.documents.exclusive():
+        config = service.config_of(ctx)
+        schedule = _schedule(config, name)
+        if not 1 <= number <= len(schedule.overrides):
+            raise NotFound(f"schedule {name!r} has no override {number}")
+        del schedule.overrides[number - 1]
+        config = _save(ctx, caller, "alert.schedule.override-remove", name, config, "schedules")
+    return _schedule_out(config, _schedule(config, name))
 
 
 @router.get("/{alert_id}")

@@ -1,5 +1,8 @@
-"""Admin screens and their API: users (add, disable, change role) and API tokens (create with
-an optional expiry, list, revoke). Admin only; no clinical data here; every change audited."""
+"""Admin screens and their API: users (add, disable, change role), API tokens (create with
+an optional expiry, list, revoke) and the bundles' routing rules (show; add, replace or disable
+them per bundle, ``radpipe.common.routing``). Admin only; no clinical data here; every change
+audited. On-call schedules and silences are the notify service's API (``/api/alerts/...``),
+edited from this page by ``static/admin.js``."""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
+from radpipe.common import routing
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
-from radpipe.common.errors import BadRequest
+from radpipe.common.context import Context
+from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.roles import ROLES
 from radpipe.common.studies import now
+from radpipe.inference.registry import discover
 
 router = APIRouter(tags=["admin"])
 Admin = Annotated[Principal, Depends(require())]
@@ -91,6 +97,94 @@ def revoke_token(name: str, ctx: Ctx, caller: Admin) -> dict[str, Any]:
     return {"name": name, "revoked": revoked}
 
 
+class RoutingIn(BaseModel):
+    """An override of a bundle's routing rules (``radpipe.common.routing``)."""
+
+    mode: routing.Mode
+    rules: list[dict[str, Any]] = []
+    reason: str = Field("", max_length=500)
+
+
+def routing_table(ctx: Context) -> list[dict[str, Any]]:
+    """Each installed bundle with its own rules, the admin's override and the rules in use;
+    then overrides of bundles no longer installed (the router ignores them)."""
+    stored = routing.overrides(ctx.documents)
+    table = []
+    for name, entry in sorted(discover(ctx.settings.models_dir).items()):
+        override = stored.pop(name, None)
+        try:
+            effective = [r.describe() for r in routing.effective_rules(entry.declared, override)]
+        except ValueError as exc:
+            effective = [f"invalid override: {exc}"]
+        table.append(
+            {
+                "bundle": name,
+                "installed": True,
+                "declared": [{"rule": r.to_dict(), "text": r.describe()} for r in entry.declared],
+                "override": _override(override),
+                "effective": effective,
+                "disabled": (override or {}).get("mode") == "disable",
+            }
+        )
+    for name, override in sorted(stored.items()):
+        table.append(
+            {
+                "bundle": name,
+                "installed": False,
+                "declared": [],
+                "override": _override(override),
+                "effective": [],
+                "disabled": override.get("mode") == "disable",
+            }
+        )
+    return table
+
+
+def _override(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {k: doc.get(k) for k in ("mode", "rules", "reason", "updated_by", "updated_at")}
+
+
+def _bundle_row(ctx: Context, bundle: str) -> dict[str, Any]:
+    row = next((r for r in routing_table(ctx) if r["bundle"] == bundle), None)
+    if row is None:
+        raise NotFound(f"no bundle {bundle!r} is installed (see `radpipe models list`)")
+    return row
+
+
+@router.get("/api/admin/routing")
+def list_routing(ctx: Ctx, _: Admin) -> list[dict[str, Any]]:
+    return routing_table(ctx)
+
+
+@router.put("/api/admin/routing/{bundle}")
+def set_routing(bundle: str, body: RoutingIn, ctx: Ctx, caller: Admin) -> dict[str, Any]:
+    """Add rules before the bundle's own, replace them, or disable the bundle; the rules pass
+    the checks of a bundle's own (400 naming the fault, nothing stored, if not)."""
+    if bundle not in discover(ctx.settings.models_dir):
+        raise NotFound(f"no bundle {bundle!r} is installed; install it first (radpipe models add)")
+    try:
+        routing.set_override(
+            ctx.documents, bundle, body.mode, body.rules, body.reason, caller.name, now()
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    AuthService(ctx.documents).audit(
+        caller, "routing.override", bundle, mode=body.mode, rules=body.rules, reason=body.reason
+    )
+    return _bundle_row(ctx, bundle)
+
+
+@router.delete("/api/admin/routing/{bundle}")
+def reset_routing(bundle: str, ctx: Ctx, caller: Admin) -> dict[str, Any]:
+    """Back to the bundle's own rules."""
+    if not routing.clear_override(ctx.documents, bundle):
+        raise NotFound(f"bundle {bundle!r} has no routing override")
+    AuthService(ctx.documents).audit(caller, "routing.reset", bundle)
+    return {"bundle": bundle, "reset": True}
+
+
 @router.get("/admin", response_class=HTMLResponse)
 def admin_page(request: Request, ctx: Ctx, caller: Admin) -> Response:
     from .api import _page
@@ -104,4 +198,6 @@ def admin_page(request: Request, ctx: Ctx, caller: Admin) -> Response:
         users=auth.list_users(),
         tokens=auth.list_tokens(),
         roles=ROLES,
+        routing=routing_table(ctx),
+        modes=routing.MODES,
     )
