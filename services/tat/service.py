@@ -1,0 +1,307 @@
+"""Turnaround analytics against the stores: study timelines, the RIS import, the report.
+
+Every query goes through the document-store port with what both adapters index: studies by
+``created_at`` range (index made here), instances by ``study_id`` (the repository's index),
+study summaries and RIS rows by ``_id``, imports by ``at``. Nothing here stores or returns an
+accession number in clear, a patient identifier or an original date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from radpipe.common.context import Context
+from radpipe.common.dicomindex import STUDY_SUMMARIES
+from radpipe.common.errors import BadRequest, NotFound
+from radpipe.common.logging import get_logger
+from radpipe.common.ports import Document, DocumentStore
+from radpipe.common.studies import now
+from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym
+
+from . import intervals, ris
+from .intervals import Timeline
+
+log = get_logger("radpipe.tat")
+
+RIS_ROWS, RIS_FLAGGED, IMPORTS = "tat_ris", "tat_ris_flagged", "tat_imports"
+#: The object-store bucket (after the prefix) holding each RIS file as received.
+RIS_BUCKET = "ris"
+#: Acquisition->receipt lags outside this range are not a live acquisition (a migration, a
+#: prior sent again, a wrong modality clock) and are left out of the timeline.
+LAG_RANGE = (-300.0, 7 * 86400.0)
+DEFAULT_DAYS = 30
+AI_RISKS = ("high", "moderate", "low", "none", "pending")
+
+_indexed: set[int] = set()
+
+
+def ensure_indexes(documents: DocumentStore) -> None:
+    """The indexes the TAT queries use (once per store and process)."""
+    if id(documents) in _indexed:
+        return
+    documents.collection("studies").create_index("created_at")
+    documents.collection(IMPORTS).create_index("at")
+    documents.collection(RIS_FLAGGED).create_index([("import_id", 1), ("line", 1)])
+    _indexed.add(id(documents))
+
+
+def ris_bucket(ctx: Context) -> str:
+    return f"{ctx.settings.bucket_prefix}-{RIS_BUCKET}"
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Filters:
+    since: datetime
+    until: datetime
+    modality: str | None = None
+    source: str | None = None
+    priority: str | None = None  # a RIS priority (STAT...) or an AI risk category (high...)
+
+    def admits(self, t: Timeline) -> bool:
+        if self.modality and t.modality.upper() != self.modality.upper():
+            return False
+        if self.source and t.source != self.source:
+            return False
+        if self.priority:
+            wanted = self.priority.lower()
+            if wanted in AI_RISKS:
+                return t.risk == wanted
+            return t.priority.upper() == self.priority.upper()
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.since,
+            "to": self.until,
+            "modality": self.modality,
+            "source": self.source,
+            "priority": self.priority,
+        }
+
+
+def moment(name: str, text: str | None, zone: tzinfo, end: bool = False) -> datetime | None:
+    """A ``from``/``to`` parameter: an ISO date (a whole local day; ``to`` includes it) or an
+    ISO date and time (local when it has no offset)."""
+    if not text:
+        return None
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
+            return datetime.combine(day, time(), zone).astimezone(UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"{name}={text!r} is not an ISO 8601 date or date-time, e.g. 2026-03-01 or "
+            "2026-03-01T08:00:00+01:00"
+        ) from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)
+
+
+def make_filters(
+    zone: tzinfo,
+    since: str | None = None,
+    until: str | None = None,
+    modality: str | None = None,
+    source: str | None = None,
+    priority: str | None = None,
+) -> Filters:
+    end = moment("to", until, zone, end=True) or now()
+    start = moment("from", since, zone) or end - timedelta(days=DEFAULT_DAYS)
+    if start >= end:
+        raise BadRequest("`from` must be before `to`")
+    return Filters(start, end, modality or None, source or None, priority or None)
+
+
+# -- timelines ---------------------------------------------------------------------------------
+
+
+def _acquired(documents: DocumentStore, study_id: str) -> datetime | None:
+    """The earliest acquisition, from the lags measured at receipt (instances by study)."""
+    times = []
+    for instance in documents.collection("instances").find({"study_id": study_id}):
+        lag, received = instance.get(ACQUIRED_TO_RECEIVED), instance.get("received_at")
+        if (
+            isinstance(lag, int | float)
+            and isinstance(received, datetime)
+            and LAG_RANGE[0] <= lag <= LAG_RANGE[1]
+        ):
+            times.append(received - timedelta(seconds=lag))
+    return min(times) if times else None
+
+
+def _first_source(documents: DocumentStore, study_id: str) -> str | None:
+    first = documents.collection("instances").find_one({"study_id": study_id})
+    return (first or {}).get("source")
+
+
+def ris_row_of(documents: DocumentStore, study: Document) -> Document | None:
+    """The study's RIS row: de-identified study UID -> its summary's (pseudonymous) accession
+    -> the row imported under that pseudonym (two primary-key reads)."""
+    uid = (study.get("deid") or {}).get("study_uid")
+    if not uid:
+        return None
+    summary = documents.collection(STUDY_SUMMARIES).find_one({"_id": uid})
+    accession = ((summary or {}).get("attributes") or {}).get("AccessionNumber")
+    if not accession:
+        return None
+    row: Document | None = documents.collection(RIS_ROWS).find_one({"_id": str(accession)})
+    return row
+
+
+def timeline_of(documents: DocumentStore, study: Document) -> Timeline:
+    extra: dict[str, datetime] = {}
+    acquired = _acquired(documents, study["_id"])
+    if acquired is not None:
+        extra["acquired"] = acquired
+    row = ris_row_of(documents, study)
+    for stage, key in (
+        ("ordered", "ordered_at"),
+        ("exam_complete", "exam_complete_at"),
+        ("final_report", "final_report_at"),
+    ):
+        if row and isinstance(row.get(key), datetime):
+            extra[stage] = row[key]
+    analysis = study.get("analysis") or {}
+    risk = ((analysis.get("risk") or {}).get("category")) or "pending"
+    modality = study.get("modality") or (row or {}).get("modality") or "unknown"
+    return Timeline(
+        study=study["_id"],
+        stages=intervals.timeline_from_events(study["_id"], study.get("events", []), extra),
+        modality=str(modality),
+        priority=str((row or {}).get("priority") or "unknown"),
+        risk=str(risk),
+        source=str(study.get("source") or _first_source(documents, study["_id"]) or "unknown"),
+        state=str(study.get("state", "")),
+        failed=study.get("state") == "failed",
+    )
+
+
+def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
+    """The timelines of studies received in the filter's range that pass its filters."""
+    ensure_indexes(ctx.documents)
+    cursor = (
+        ctx.documents.collection("studies")
+        .find({"created_at": {"$gte": filters.since, "$lt": filters.until}})
+        .sort("created_at", 1)
+    )
+    found = [timeline_of(ctx.documents, study) for study in cursor]
+    return [t for t in found if filters.admits(t)]
+
+
+def report(ctx: Context, filters: Filters) -> dict[str, Any]:
+    """``GET /api/tat``: the figures, cuts, trend, stuck studies and the last import."""
+    chosen = timelines(ctx, filters)
+    answer = intervals.analyse(chosen, ctx.settings.site_timezone, now())
+    answer["filters"] = filters.as_dict()
+    answer["last_import"] = last_import(ctx)
+    answer["choices"] = {
+        "modality": sorted({t.modality for t in chosen}),
+        "source": sorted({t.source for t in chosen}),
+        "priority": ["STAT", "URGENT", "ROUTINE", *AI_RISKS],
+    }
+    return answer
+
+
+# -- RIS import --------------------------------------------------------------------------------
+
+
+def import_ris(
+    ctx: Context, data: bytes, by: str, mapping: dict[str, str] | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Import a RIS CSV export; returns (the data-quality report, whether it was new).
+
+    The file's SHA-256 names the import: the same file again changes nothing and answers the
+    first report. The raw file goes to its own bucket; clean rows are upserted under their
+    accession pseudonym; flagged rows are kept aside with their reasons; the import record,
+    written last, is the commit point (a crash before it leaves a re-import to finish).
+    """
+    ensure_indexes(ctx.documents)
+    digest = hashlib.sha256(data).hexdigest()
+    imports = ctx.documents.collection(IMPORTS)
+    existing = imports.find_one({"_id": digest})
+    if existing is not None:
+        return _public_import(existing), False
+    zone = ctx.settings.site_timezone
+    secret = ctx.settings.secret
+    parsed = ris.parse(data, lambda value: accession_pseudonym(secret, value), zone, now(), mapping)
+    bucket = ris_bucket(ctx)
+    ctx.objects.ensure_bucket(bucket)
+    ctx.objects.put(bucket, f"{digest}.csv", data, "text/csv")
+    summaries = ctx.documents.collection(STUDY_SUMMARIES)
+    rows = ctx.documents.collection(RIS_ROWS)
+    matched = 0
+    for row in parsed.clean:
+        summary = summaries.find_one({"attributes.AccessionNumber": row.accession})
+        matched += summary is not None
+        rows.update_one(
+            {"_id": row.accession},
+            {
+                "$set": {
+                    "modality": row.modality,
+                    "priority": row.priority,
+                    **row.times,
+                    "import_id": digest,
+                    "line": row.line,
+                }
+            },
+            upsert=True,
+        )
+    flagged = ctx.documents.collection(RIS_FLAGGED)
+    for row in parsed.flagged:
+        flagged.update_one(
+            {"_id": f"{digest}:{row.line}"},
+            {"$set": {**row.as_dict(), "import_id": digest}},
+            upsert=True,
+        )
+    reasons: dict[str, int] = {}
+    for row in parsed.flagged:
+        for reason in row.reasons:
+            kind = re.sub(r" '.*'$", "", reason.split(":")[0].split(" (")[0])
+            reasons[kind] = reasons.get(kind, 0) + 1
+    record = {
+        "_id": digest,
+        "at": now(),
+        "by": by,
+        "bytes": len(data),
+        "object": f"{bucket}/{digest}.csv",
+        "rows": parsed.rows,
+        "clean": len(parsed.clean),
+        "flagged": len(parsed.flagged),
+        "matched": matched,
+        "mapping": parsed.mapping.as_dict(),
+        "reasons": reasons,
+        "flagged_rows": [row.as_dict() for row in parsed.flagged],
+    }
+    try:
+        imports.insert_one(record)
+    except DuplicateKeyError:  # the same file imported at the same time: one record wins
+        return _public_import(imports.find_one({"_id": digest})), False
+    log.info("tat.import", rows=parsed.rows, clean=len(parsed.clean), flagged=len(parsed.flagged))
+    return _public_import(record), True
+
+
+def _public_import(record: Document) -> dict[str, Any]:
+    return {("id" if k == "_id" else k): v for k, v in record.items()}
+
+
+def last_import(ctx: Context) -> dict[str, Any] | None:
+    ensure_indexes(ctx.documents)
+    for record in ctx.documents.collection(IMPORTS).find({}).sort("at", -1).limit(1):
+        return _public_import(record)
+    return None
+
+
+def get_import(ctx: Context, import_id: str) -> dict[str, Any]:
+    record = ctx.documents.collection(IMPORTS).find_one({"_id": import_id})
+    if record is None:
+        raise NotFound(f"no RIS import {import_id}; GET /api/tat/imports/latest for the last")
+    return _public_import(record)
