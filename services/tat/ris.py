@@ -206,8 +206,6 @@ _FORMATS = (
     "%m/%d/%Y %I:%M %p",
     "%d.%m.%Y %H:%M:%S",
     "%d.%m.%Y %H:%M",
-    "%Y%m%d%H%M%S",
-    "%Y%m%d%H%M",
 )
 _AGE = re.compile(r"^(-?\d{1,4})\s*([DWMY]?)$", re.IGNORECASE)
 
@@ -226,6 +224,10 @@ def parse_time(text: str, zone: tzinfo) -> datetime | None:
     if not text:
         return None
     moment: datetime | None = None
+    if text.isdigit():  # DICOM DT without separators: strptime would read widths loosely
+        if len(text) not in (12, 14):
+            return None
+        text = f"{text[:4]}-{text[4:6]}-{text[6:8]} {text[8:10]}:{text[10:12]}:{text[12:] or '00'}"
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

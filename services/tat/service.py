@@ -286,7 +286,7 @@ def import_ris(
     except DuplicateKeyError:  # the same file imported at the same time: one record wins
         return _public_import(imports.find_one({"_id": digest})), False
     log.info("tat.import", rows=parsed.rows, clean=len(parsed.clean), flagged=len(parsed.flagged))
-    return _public_import(record), True
+    return _public_import(imports.find_one({"_id": digest}) or record), True  # as stored
 
 
 def _public_import(record: Document) -> dict[str, Any]:
