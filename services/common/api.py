@@ -21,6 +21,7 @@ from starlette.routing import Match
 from .auth import AuthService, Principal, csrf_token
 from .context import Context
 from .errors import Forbidden, RadpipeError, Unauthorized
+from .headers import SecurityHeaders
 from .logging import get_logger
 from .metrics import refresh_gauges
 
@@ -155,6 +156,7 @@ def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> Fa
         max_age=600,
     )
     app.middleware("http")(_csrf_and_no_store)
+    app.add_middleware(SecurityHeaders)  # CSP, frame, sniffing, referrer, HSTS: headers.py
     app.include_router(health_router())
     for router in routers:
         app.include_router(router)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .roles import CLINICAL_ROLES, ROLES, Role
 from .secret import DEFAULT_SECRET_KEY, check_secret_key
+from .transport import check_transport
 
 __all__ = ["CLINICAL_ROLES", "DEFAULT_SECRET_KEY", "ROLES", "Role", "Settings", "get_settings"]
 
@@ -103,6 +104,16 @@ class Settings(BaseSettings):
     #: ``storescu`` call ``ANY-SCP`` unless told otherwise, and the calling AE allow-list is
     #: what admits a peer.
     dimse_check_called_ae: bool = False
+    #: Longest P-DATA-TF PDU the SCP announces and reads (PS3.8 9.3.1, D.1); a longer PDU
+    #: aborts the association before its bytes are read.
+    dimse_max_pdu_bytes: int = Field(1024**2, ge=4096, le=64 * 1024**2)
+    #: DICOM TLS (PS3.15 B.1/B.9; docs/security.md): Radpipe's certificate chain and key
+    #: (PEM). With them the C-STORE SCP speaks TLS only; the exporter presents them to the
+    #: PACS. The CA bundle verifies modalities' client certificates and the PACS's.
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = None
+    dimse_tls_require_client_cert: bool = True
     #: The setting's name before 0.2 (default on); refused, so a deployment relying on the
     #: check does not lose it silently.
     dimse_require_called_aet: bool | None = Field(None, exclude=True, repr=False)
@@ -112,6 +123,8 @@ class Settings(BaseSettings):
     export_stow_headers: dict[str, str] = {}
     #: DIMSE destination as AE@host:port, e.g. PACS@10.0.0.5:104.
     export_dimse: str | None = Field(None, pattern=r"^[^@\s]{1,16}@[^:\s]+:\d{1,5}$")
+    #: C-STORE to the PACS over DICOM TLS (required outside development, see transport.py).
+    export_dimse_tls: bool = False
     #: Origins of browser viewers allowed to call the API (CORS), e.g. an OHIF deployment.
     cors_origins: list[str] = ["*"]
     #: Set by ``radpipe up`` only: allows the development secret and embedded stores.
@@ -133,6 +146,11 @@ class Settings(BaseSettings):
                 "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and "
                 "RADPIPE_S3_SECRET_KEY too"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _transport(self) -> Settings:
+        check_transport(self)  # DICOM TLS files; https/TLS destinations outside development
         return self
 
     @property

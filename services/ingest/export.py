@@ -1,6 +1,9 @@
 """Results back to the PACS: result objects, re-identified at the boundary, sent by STOW-RS
 (``RADPIPE_EXPORT_STOW_URL``) and/or C-STORE (``RADPIPE_EXPORT_DIMSE``).
 
+Outside development both go over TLS only (https, DICOM TLS: ``RADPIPE_EXPORT_DIMSE_TLS``;
+settings validation refuses anything else, ``radpipe.common.transport``).
+
 Idempotent: what each destination has acknowledged is recorded on the study per object, so a
 retried task sends each destination only what it has not stored yet (the instances a STOW-RS
 202 lists in FailedSOPSequence, the objects a C-STORE run did not get to). Whatever is left
@@ -10,6 +13,7 @@ raises ``TransientError`` and the stage wrapper retries with backoff.
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
@@ -24,6 +28,7 @@ from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import TransientError
 from radpipe.common.logging import get_logger
 from radpipe.common.mime import encode_multipart
+from radpipe.common.transport import scu_context
 from radpipe.common.vault import IDENTITY_ATTRIBUTES, applied_date_offset
 
 log = get_logger("radpipe.export")
@@ -180,10 +185,15 @@ def _context(ds: pydicom.Dataset) -> tuple[str, str]:
     return str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
 
 
-def _c_store(destination: str, calling_ae: str, items: list[Item]) -> Outcome:
+def _c_store(
+    destination: str, calling_ae: str, items: list[Item], tls: ssl.SSLContext | None = None
+) -> Outcome:
     """C-STORE every object over as few associations as possible: one per 128 distinct
     (SOP class, transfer syntax) presentation contexts, re-associating when the peer drops
-    the association mid-run. Each object is proposed only in the syntax it is stored in."""
+    the association mid-run. Each object is proposed only in the syntax it is stored in.
+
+    With ``tls`` the associations run over DICOM TLS (PS3.15 B.9): the PACS's certificate is
+    verified, its host name included, before any byte of a result leaves."""
     called, _, address = destination.partition("@")
     host, _, port = address.rpartition(":")
     contexts = list(dict.fromkeys(_context(ds) for _, ds in items))
@@ -199,9 +209,11 @@ def _c_store(destination: str, calling_ae: str, items: list[Item]) -> Outcome:
         try:
             for key, ds in (item for item in items if _context(item[1]) in batch):
                 if assoc is None or not assoc.is_established:
-                    assoc = ae.associate(host, int(port), ae_title=called)
+                    tls_args = (tls, host) if tls is not None else None
+                    assoc = ae.associate(host, int(port), ae_title=called, tls_args=tls_args)
                     if not assoc.is_established:
-                        failures.append(f"DIMSE destination {called} refused or unreachable")
+                        over = " over TLS (check its certificate and CA)" if tls else ""
+                        failures.append(f"DIMSE destination {called} refused or unreachable{over}")
                         return done, failures
                 try:
                     status = assoc.send_c_store(ds)
@@ -234,7 +246,8 @@ def export_study(ctx: Context, study_id: str, today: date | None = None) -> None
         senders["stow"] = lambda items: _stow(url, headers, items)
     if settings.export_dimse is not None:
         destination, calling = settings.export_dimse, settings.dimse_ae_title
-        senders["dimse"] = lambda items: _c_store(destination, calling, items)
+        tls = scu_context(settings) if settings.export_dimse_tls else None
+        senders["dimse"] = lambda items: _c_store(destination, calling, items, tls)
     if not senders:
         return
     study = ctx.studies.get(study_id)
@@ -251,7 +264,7 @@ def export_study(ctx: Context, study_id: str, today: date | None = None) -> None
         k: reidentify(
             read_part10(io.BytesIO(ctx.objects.get(ctx.buckets["results"], k))),
             identity,
-            settings.secret,
+            settings.master_secret,  # only entries from before offsets were recorded
             today,
         )
         for k in keys

@@ -3,7 +3,9 @@
 A :class:`Message` is built once per page (pseudonymous ids, urgency, a deep link and an
 acknowledgement link; never PHI) and rendered per channel. Each ``send`` is one attempt and
 raises :class:`DeliveryFailed` with a reason that names no value from the study; retries and
-their backoff belong to the caller (``service.py``), which records every attempt.
+their backoff belong to the caller (``service.py``), which records every attempt. Webhook and
+chat URLs must be https outside development (``radpipe.common.transport``); e-mail uses
+STARTTLS whenever the server offers it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Literal
 import httpx
 
 from radpipe.common.settings import Settings
+from radpipe.common.transport import insecure_url_reason
 
 from .signing import DELIVERY_HEADER, signed_headers
 
@@ -168,6 +171,12 @@ def send_email(settings: Settings, to: str, message: Message) -> None:
 def send(settings: Settings, target: Target, message: Message) -> None:
     """One delivery attempt of ``message`` to ``target``."""
     timeout = settings.alert_timeout_seconds
+    if target.channel != "email":
+        # Settings validation checks the configured URLs; a person's own webhook comes from
+        # the alert configuration and is checked here, before anything is sent.
+        reason = insecure_url_reason(settings, target.address, f"the {target.channel} URL")
+        if reason is not None:
+            raise DeliveryFailed(reason)
     if target.channel == "webhook":
         body, headers = webhook_request(settings, message)
         _post(target.address, body, headers, timeout)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from radpipe.common.context import Context
-from radpipe.common.identity import study_id_for
 
-from ..dicom import ct_series, read
+from ..dicom import ct_series, read, to_bytes
 from ..servers import free_port, require_tool
 
 
@@ -24,6 +26,13 @@ def scp(ctx: Context) -> Iterator[int]:
     server = start_scp(ctx, "127.0.0.1")
     yield ctx.settings.dimse_port
     server.shutdown()
+
+
+def only_study_id(ctx: Context) -> str:
+    """The id of the one study the test stored (keyed: the test need not know the key)."""
+    studies = list(ctx.studies.studies.find({}))
+    assert len(studies) == 1, studies
+    return str(studies[0]["_id"])
 
 
 def dcmtk(name: str) -> str:
@@ -59,7 +68,7 @@ def test_storescu_stores_a_series_through_the_same_path(
         check=False,
     )
     assert store.returncode == 0, store.stderr
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = only_study_id(ctx)
     study = ctx.studies.get(study_id)
     assert study["instance_count"] == 6 and study["state"] == "received"
     assert ("stable", study_id, ctx.settings.study_stable_seconds) in ctx.tasks.sent  # type: ignore[attr-defined]
@@ -104,7 +113,7 @@ def test_storescu_with_its_default_called_ae_is_accepted(
     path.write_bytes(series[0])
     store = run_dcmtk("storescu", "-aet", "CT_SCANNER", "127.0.0.1", str(scp), str(path))
     assert store.returncode == 0, store.stderr
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = only_study_id(ctx)
     assert ctx.studies.get(study_id)["instance_count"] == 1
 
 
@@ -155,5 +164,85 @@ def test_open_scp_accepts_any_calling_and_called_ae_by_default(
         assert store.returncode == 0, store.stderr
     finally:
         server.shutdown()
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = only_study_id(ctx)
     assert ctx.studies.get(study_id)["instance_count"] == 1
+
+
+def _small_instance(data: bytes) -> bytes:
+    """The same instance without its pixels: a few hundred bytes."""
+    ds = read(data)
+    del ds.PixelData
+    return to_bytes(ds)
+
+
+def test_instance_over_the_size_limit_is_refused_with_a700_and_nothing_stored(
+    scp: int, ctx: Context, tmp_path: Path
+) -> None:
+    """RADPIPE_MAX_INSTANCE_BYTES bounds DIMSE as it bounds STOW-RS: the large instance gets
+    0xA700 (PS3.4 GG.4-1) and nothing is kept; the association goes on and the next,
+    small instance is stored."""
+    series = ct_series(seed=36)[:1]
+    big, small = tmp_path / "big.dcm", tmp_path / "small.dcm"
+    big.write_bytes(series[0])
+    small.write_bytes(_small_instance(series[0]))
+    ctx.settings.max_instance_bytes = 8_000  # the CT image is about 20 kB
+    assert len(small.read_bytes()) < 8_000 < len(big.read_bytes())
+    # Both in one association: storescu sends the files in order.
+    store = run_dcmtk(
+        "storescu",
+        "-v",
+        "--no-halt",
+        "-aet",
+        "CT_SCANNER",
+        "127.0.0.1",
+        str(scp),
+        str(big),
+        str(small),
+    )
+    responses = [line for line in store.stderr.splitlines() if "Store Response" in line]
+    assert responses == [
+        "I: Received Store Response (Refused: OutOfResources)",
+        "I: Received Store Response (Success)",
+    ], store.stderr
+    study_id = only_study_id(ctx)
+    instances = list(ctx.studies.instances_of(study_id))
+    assert len(instances) == 1  # only the small one
+    assert len(list(ctx.objects.list(ctx.buckets["raw"]))) == 1
+    assert instances[0]["size"] < 8_000
+
+
+def test_pdu_over_the_maximum_aborts_the_association_before_it_is_read(
+    scp: int, ctx: Context
+) -> None:
+    """A P-DATA-TF PDU longer than the announced Maximum Length (PS3.8 D.1) ends the
+    association: pynetdicom alone would read up to 4 GiB of it into memory."""
+    from pynetdicom import AE
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ctx.settings.dimse_max_pdu_bytes = 16_384
+    data = ct_series(seed=37)[0]
+    ae = AE(ae_title="CT_SCANNER")
+    ae.add_requested_context(CTImageStorage, str(read(data).file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", scp)
+    assert assoc.is_established
+    # Ignore the maximum the SCP announced: send the 20 kB data set in one PDU.
+    for item in assoc.acceptor.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            item.maximum_length_received = 0  # 0: no limit (PS3.8 D.1)
+    status = assoc.send_c_store(read(data))
+    assert not status  # no response: the association was aborted
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+    assert list(ctx.objects.list(ctx.buckets["raw"])) == []
+
+    # A control PDU claiming 100 MB is refused at its header, and the SCP stays up.
+    with socket.create_connection(("127.0.0.1", scp), timeout=10) as raw:
+        raw.sendall(struct.pack(">BBL", 0x01, 0, 100_000_000))
+        with pytest.raises(OSError):
+            for _ in range(200):  # 200 x 512 kB: far more than the socket buffers hold
+                raw.sendall(b"\0" * 512 * 1024)
+    echo = run_dcmtk("echoscu", "-aet", "CT_SCANNER", "127.0.0.1", str(scp))
+    assert echo.returncode == 0, echo.stderr
