@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from .identity import pseudonym
+from .keys import Purpose
 
 #: Instance field holding the acquisition-to-receipt interval in seconds (never the time).
 ACQUIRED_TO_RECEIVED = "acquired_to_received_s"
@@ -92,3 +93,15 @@ def accession_pseudonym(secret: bytes, accession: str) -> str:
     ``_set_accession``), so RIS rows join studies through it; ``""`` for an empty value."""
     original = accession.strip()
     return "A" + pseudonym(secret, "accession", original, 12) if original else ""
+
+
+def pseudonym_key(settings: Any) -> bytes:
+    """The key ``deid`` derives a new study's AccessionNumber pseudonym with: the key of
+    ``Purpose.PSEUDONYMS`` (``Settings.key``), or, in a build without keys per purpose, the
+    secret itself (what that build's de-identifier used)."""
+    derive = getattr(settings, "key", None)
+    if callable(derive):
+        key: bytes = derive(Purpose.PSEUDONYMS)
+        return key
+    secret: bytes = settings.secret
+    return secret

@@ -20,7 +20,7 @@ from radpipe.common.errors import BadRequest
 from . import export, ris, service
 
 router = APIRouter(tags=["tat"])
-Manager = Annotated[Principal, Depends(require("manager"))]
+Manager = Annotated[Principal, Depends(require("manager", "admin"))]  # DESIGN 4: TAT
 
 
 def _filters(

@@ -22,7 +22,7 @@ from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.logging import get_logger
 from radpipe.common.ports import Document, DocumentStore
 from radpipe.common.studies import now
-from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym
+from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym, pseudonym_key
 
 from . import intervals, ris
 from .intervals import Timeline
@@ -231,7 +231,7 @@ def import_ris(
     if existing is not None:
         return _public_import(existing), False
     zone = ctx.settings.site_timezone
-    secret = ctx.settings.secret
+    secret = pseudonym_key(ctx.settings)
     parsed = ris.parse(data, lambda value: accession_pseudonym(secret, value), zone, now(), mapping)
     bucket = ris_bucket(ctx)
     ctx.objects.ensure_bucket(bucket)

@@ -12,7 +12,7 @@ import pytest
 
 from radpipe.common.context import Context
 from radpipe.common.errors import BadRequest
-from radpipe.common.tat import accession_pseudonym, acquisition_lag_seconds
+from radpipe.common.tat import accession_pseudonym, acquisition_lag_seconds, pseudonym_key
 from radpipe.deid.service import deidentify
 from radpipe.tat import export, intervals, ris, service
 from radpipe.tat.intervals import Timeline
@@ -309,7 +309,7 @@ def test_import_keeps_flagged_rows_aside_and_reimport_changes_nothing(ctx: Conte
     assert len(before[service.RIS_ROWS]) == 3 and len(before[service.RIS_FLAGGED]) == 8
     stored = b"".join(str(d).encode() for docs in before.values() for d in docs)
     assert b"ACC-" not in stored  # accession numbers only as pseudonyms
-    secret = ctx.settings.secret
+    secret = pseudonym_key(ctx.settings)
     assert {d["_id"] for d in before[service.RIS_ROWS]} == {
         accession_pseudonym(secret, a) for a in ("ACC-1", "ACC-2", "ACC-9")
     }
