@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OHIF_VERSION := 3.11.1
 OHIF := .cache/ohif/package/dist/index.html
 
-.PHONY: install run demo test lint format bench train clean ohif
+.PHONY: install run demo test lint format bench train clean ohif audit lock
 
 install: $(STAMP)
 
@@ -43,6 +43,14 @@ lint: install
 	@# mypy cannot follow the editable install's import hook: it checks `radpipe` through a link.
 	mkdir -p .cache/mypy && ln -sfn ../../services .cache/mypy/radpipe
 	$(BIN)/mypy
+
+audit: install  ## bandit over services/, pip-audit over requirements.lock (scripts/audit.sh)
+	BIN=$(BIN) scripts/audit.sh
+
+lock: install  ## re-pin requirements.lock from the virtual environment (the image's constraints)
+	@{ sed -n '/^#/p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable \
+		| grep -v -E '^(radpipe|torch)=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 format: install
 	$(BIN)/ruff check --fix services tests bench scripts

@@ -77,9 +77,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _development(settings: Settings) -> bool:
+    """``radpipe up`` on its embedded stores; ``RADPIPE_ALL_IN_ONE`` set by hand on a
+    deployment with MongoDB or S3 relaxes nothing."""
+    return settings.all_in_one and settings.mongo_url is None and settings.s3_endpoint is None
+
+
 def plaintext_allowed(settings: Settings, host: str) -> bool:
     """Development: ``radpipe up``, or a destination on this machine."""
-    return settings.all_in_one or is_loopback(host)
+    return _development(settings) or is_loopback(host)
 
 
 def insecure_url_reason(settings: Settings, url: str, what: str) -> str | None:
