@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from radpipe.demo import make_phantom, phantom_to_datasets, write_series  # noqa: E402
 
-SECRET = "bench-deid-secret-key-0123456789"  # any 16+ characters; the output is thrown away
+SECRET = "8d1f0c6a3e9b27d45f10a8c3e6b9d2f7a4c1e8b5"  # random hex; the output is thrown away
 
 
 def command(tool: str, folder: Path, out: Path) -> list[str]:

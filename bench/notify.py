@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRET_KEY = "bench-notify-secret-key-0123456789abcdef"
+SECRET_KEY = "e7a91c3f5b0d28e64c9f1a7b3d5e0c82f6a4b9d1"
 WEBHOOK_SECRET = b"bench-webhook-secret"
 
 

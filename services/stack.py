@@ -8,8 +8,6 @@ restart; documents and objects use the embedded adapters in the same folder.
 from __future__ import annotations
 
 import ctypes
-import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radpipe.common import secret
 from radpipe.common.logging import get_logger
 
 log = get_logger("radpipe.up")
@@ -80,13 +79,35 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def local_secret(data_dir: Path) -> str:
     """A random secret kept in the data dir (mode 0600), created on first start."""
-    path = data_dir / "secret.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    return secret.local_secret(data_dir)
+
+
+#: What the inference worker, which runs bundle configs as code, is never given: the master
+#: secret (every key derives from it), the object store credentials (with one S3 account they
+#: open the raw bucket), and the credentials of the alert channels and the PACS export.
+INFERENCE_WITHHELD = (
+    "RADPIPE_SECRET_KEY",
+    "RADPIPE_S3_ACCESS_KEY",
+    "RADPIPE_S3_SECRET_KEY",
+    "RADPIPE_WEBHOOK_SECRET",
+    "RADPIPE_SMTP_PASSWORD",
+    "RADPIPE_SLACK_WEBHOOK_URL",
+    "RADPIPE_TEAMS_WEBHOOK_URL",
+    "RADPIPE_EXPORT_STOW_HEADERS",
+)
+
+
+def inference_env(env: dict[str, str]) -> dict[str, str]:
+    """The inference worker's environment: ``env`` less :data:`INFERENCE_WITHHELD`, with
+    ``RADPIPE_KEYLESS`` set; an S3 account of its own (``RADPIPE_INFERENCE_S3_ACCESS_KEY`` and
+    ``_SECRET_KEY``, limited to the de-identified and results buckets) when one is given."""
+    child = {k: v for k, v in env.items() if k not in INFERENCE_WITHHELD}
+    child["RADPIPE_KEYLESS"] = "true"
+    for name in ("ACCESS_KEY", "SECRET_KEY"):
+        own = child.pop(f"RADPIPE_INFERENCE_S3_{name}", None)
+        if own:
+            child[f"RADPIPE_S3_{name}"] = own
+    return child
 
 
 @dataclass
@@ -101,7 +122,7 @@ class Supervisor:
     def start(self, name: str) -> None:
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "radpipe.cli", "worker", name, "--pool", "solo"],
-            env=self.env,
+            env=inference_env(self.env) if name == "inference" else self.env,
             preexec_fn=_die_with_parent,
         )
 

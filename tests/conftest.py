@@ -16,7 +16,7 @@ from radpipe.common.settings import Settings, get_settings
 
 from .servers import S3Server, redis_server, s3_server
 
-TEST_SECRET = "radpipe-test-secret-key-0123456789abcdef"
+TEST_SECRET = "5c18c8337cfa30ddd8ac8915058cb6a93a70b5ec773e271056648b5c7f98582d"  # 256 bits
 
 
 TIERS = ("unit", "integration", "e2e")

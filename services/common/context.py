@@ -13,6 +13,8 @@ from functools import cached_property
 from . import blinding
 from .alerts import ensure_alert_indexes
 from .docstore import make_document_store
+from .identity import study_id_for
+from .keys import Purpose
 from .objectstore import bucket_names, make_object_store
 from .ports import DocumentStore, ObjectStore, TaskDispatcher
 from .queues import CeleryDispatcher, make_celery
@@ -28,6 +30,7 @@ class Context:
     documents: DocumentStore
     tasks: TaskDispatcher
     buckets: dict[str, str] = field(default_factory=dict)
+    _study_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @cached_property
     def studies(self) -> StudyRepository:
@@ -35,7 +38,38 @@ class Context:
 
     @cached_property
     def vault(self) -> Vault:
-        return Vault(self.documents, self.settings.secret)
+        settings = self.settings
+        return Vault(self.documents, settings.key(Purpose.VAULT), settings.master_secret)
+
+    @property
+    def pseudonym_key(self) -> bytes:
+        """``Purpose.PSEUDONYMS``'s key: study ids, UIDs and pseudonyms of new studies."""
+        return self.settings.key(Purpose.PSEUDONYMS)
+
+    @property
+    def date_key(self) -> bytes:
+        """``Purpose.DATES``'s key: the per-patient date offsets of new studies."""
+        return self.settings.key(Purpose.DATES)
+
+    def study_key(self, source_study_uid: str) -> bytes:
+        """The key a study's id, instance keys and de-identified UIDs are derived with from
+        its original Study Instance UID: ``Purpose.PSEUDONYMS``'s key, or, for a study first
+        stored before keys per purpose (under the master secret itself), the master, so a
+        re-sent instance still joins the study it belongs to (docs/operations.md, Upgrades).
+        """
+        key = self.pseudonym_key
+        known = self._study_keys.get(source_study_uid)
+        if known is not None:
+            return known
+        if self.studies.find(study_id_for(key, source_study_uid)) is None:
+            legacy = self.settings.master_secret
+            if self.studies.find(study_id_for(legacy, source_study_uid)) is None:
+                return key  # a new study: nothing to remember until it is stored
+            key = legacy
+        if len(self._study_keys) >= 4096:
+            self._study_keys.clear()
+        self._study_keys[source_study_uid] = key
+        return key
 
 
 def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Context:

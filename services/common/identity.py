@@ -1,7 +1,10 @@
 """Keyed identifiers: study ids, pseudonyms and ``2.25.`` UIDs derived with HMAC-SHA256.
 
-Nothing here is computable from an original value without ``RADPIPE_SECRET_KEY``; a different
-key gives unlinkable output (unlike CTP's unkeyed hashes or pydicom's ``generate_uid``).
+Nothing here is computable from an original value without its key; a different key gives
+unlinkable output (unlike CTP's unkeyed hashes or pydicom's ``generate_uid``). The key is
+``Settings.key(Purpose.PSEUDONYMS)`` (date offsets: ``Purpose.DATES``), derived from
+``RADPIPE_SECRET_KEY`` (``keys.py``); studies first stored before keys per purpose keep the
+master secret itself (``Context.study_key``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ def pseudonymous_uid(secret: bytes, uid: str) -> str:
     return f"2.25.{number}"
 
 
+#: The "key" of UIDs Radpipe makes for its own results and reports: they are derived from
+#: pseudonymous ids only (study id, version, purpose), so nothing secret goes in and none is
+#: needed (the inference worker holds no key); the derivation only has to be repeatable.
+RESULT_UIDS = b"radpipe/result-uids/v1"
+
+
 def pseudonym(secret: bytes, purpose: str, value: str, length: int = 12) -> str:
     """A stable keyed pseudonym (uppercase hex) for a patient id, name or accession."""
     return keyed_digest(secret, purpose, value).hex()[:length].upper()
@@ -58,18 +67,23 @@ class PatientKeys:
     date_offset: timedelta
 
     @classmethod
-    def derive(cls, secret: bytes, original_patient_id: str, issuer: str = "") -> PatientKeys:
+    def derive(
+        cls, secret: bytes, original_patient_id: str, issuer: str = "", dates: bytes | None = None
+    ) -> PatientKeys:
+        """``secret`` keys the pseudonyms, ``dates`` (``Purpose.DATES``) the offset; without
+        ``dates`` the one key does both, as before keys per purpose."""
         key = patient_key(original_patient_id, issuer)
         token = pseudonym(secret, "patient", key, 12)
         # A shift of 1-10 years back, whole days: intervals between dates stay exact.
-        draw = int.from_bytes(keyed_digest(secret, "date-shift", key)[:4])
+        draw = int.from_bytes(keyed_digest(dates or secret, "date-shift", key)[:4])
         return cls(f"RP{token}", f"ANON^{token}", timedelta(days=-(365 + draw % 3285)))
 
     @classmethod
-    def for_dataset(cls, secret: bytes, ds: Any) -> PatientKeys:
+    def for_dataset(cls, secret: bytes, ds: Any, dates: bytes | None = None) -> PatientKeys:
         """The keys of a dataset's patient; with no Patient ID the study stands in, so the
         study's dates still move together."""
         original = str(ds.get("PatientID", "") or "").strip()
         if not original:
-            return cls.derive(secret, "study:" + str(ds.get("StudyInstanceUID", "") or ""))
-        return cls.derive(secret, original, str(ds.get("IssuerOfPatientID", "") or ""))
+            study = "study:" + str(ds.get("StudyInstanceUID", "") or "")
+            return cls.derive(secret, study, dates=dates)
+        return cls.derive(secret, original, str(ds.get("IssuerOfPatientID", "") or ""), dates)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AnyHttpUrl, Field, SecretStr, model_validator
+from pydantic import AnyHttpUrl, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .keys import Purpose, purpose_key
 from .roles import CLINICAL_ROLES, ROLES, Role
-from .secret import DEFAULT_SECRET_KEY, check_secret_key
+from .secret import DEFAULT_SECRET_KEY, check_secret_key, local_secret
 from .transport import check_transport
 
 __all__ = ["CLINICAL_ROLES", "DEFAULT_SECRET_KEY", "ROLES", "Role", "Settings", "get_settings"]
@@ -127,8 +128,15 @@ class Settings(BaseSettings):
     export_dimse_tls: bool = False
     #: Origins of browser viewers allowed to call the API (CORS), e.g. an OHIF deployment.
     cors_origins: list[str] = ["*"]
-    #: Set by ``radpipe up`` only: allows the development secret and embedded stores.
+    #: Set by ``radpipe up`` only. With the embedded stores (no Mongo, no S3) an unset
+    #: ``RADPIPE_SECRET_KEY`` means the random ``<data dir>/secret.key`` (created on first
+    #: use); it never relaxes anything else, and set by hand with Mongo or S3 it changes
+    #: nothing: the secret checks stay on (docs/security.md "Keys").
     all_in_one: bool = False
+    #: This process holds no master secret and derives no key (the inference worker, which
+    #: runs bundle code): ``RADPIPE_SECRET_KEY`` must then be unset, :meth:`key` refuses.
+    keyless: bool = False
+    _master: bytes | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -138,9 +146,15 @@ class Settings(BaseSettings):
                 f"RADPIPE_DIMSE_CHECK_CALLED_AE={str(self.dimse_require_called_aet).lower()} "
                 "instead (the called AE title is accepted whatever it is by default)"
             )
-        if self.all_in_one:
-            return self
-        check_secret_key(self.secret_key.get_secret_value())
+        secret = self.secret_key.get_secret_value()
+        if self.keyless:
+            if secret != DEFAULT_SECRET_KEY:
+                raise ValueError(
+                    "RADPIPE_KEYLESS is set (the inference worker holds no keys): unset "
+                    "RADPIPE_SECRET_KEY in this process's environment"
+                )
+        elif not (secret == DEFAULT_SECRET_KEY and self.embedded_trial):
+            check_secret_key(secret)
         if self.s3_endpoint is not None and (not self.s3_access_key or self.s3_secret_key is None):
             raise ValueError(
                 "RADPIPE_S3_ENDPOINT is set: set RADPIPE_S3_ACCESS_KEY and "
@@ -154,8 +168,35 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def embedded_trial(self) -> bool:
+        """``radpipe up`` on its embedded stores: the only mode whose key may come from the
+        data dir (``RADPIPE_ALL_IN_ONE`` with Mongo or S3 configured is not one)."""
+        return self.all_in_one and self.mongo_url is None and self.s3_endpoint is None
+
+    def key(self, purpose: Purpose) -> bytes:
+        """The key for ``purpose`` (HKDF from the master secret, ``common/keys.py``)."""
+        return purpose_key(self.master_secret, purpose)
+
+    @property
+    def master_secret(self) -> bytes:
+        """The master secret: only for :meth:`key`, and for reading data written before keys
+        per purpose (0.1: study ids, pseudonyms and the vault keyed with it directly)."""
+        if self._master is None:
+            if self.keyless:
+                raise RuntimeError(
+                    "this process runs with RADPIPE_KEYLESS and holds no keys: run this work "
+                    "in a service that has RADPIPE_SECRET_KEY (ingest, deid, portal, notify)"
+                )
+            value = self.secret_key.get_secret_value()
+            if value == DEFAULT_SECRET_KEY:  # the validator let it through: embedded_trial
+                value = local_secret(self.data_dir)
+            self._master = value.encode()
+        return self._master
+
+    @property
     def secret(self) -> bytes:
-        return self.secret_key.get_secret_value().encode()
+        """Deprecated: the master secret; use :meth:`key` with a :class:`Purpose`."""
+        return self.master_secret
 
     def public(self, path: str) -> str:
         """An absolute URL under ``RADPIPE_PUBLIC_URL`` (never built from the Host header)."""

@@ -160,30 +160,35 @@ def _membership(field: str, expr: str, values: Any, params: list[Any], negate: b
     return f"NOT {clause}" if wants_null else f"({expr} IS NULL OR NOT {clause})"
 
 
-#: The one ``$regex`` form accepted: anchored at both ends, of literal characters (escaped
-#: where special), ``.`` and ``.*`` (what a DICOM wildcard ``?``/``*`` becomes).
-_ANCHORED = re.compile(r"\^((?:\\[^A-Za-z0-9]|\.\*|\.|[^\\^$.|?*+()\[\]{}])*)\$", re.DOTALL)
-_TOKEN = re.compile(r"\\.|\.\*|\.|.", re.DOTALL)
-_GLOB_LITERAL = {"*": "[*]", "?": "[?]", "[": "[[]"}
+#: The ``$regex`` forms accepted: anchored at both ends, of literal characters (escaped where
+#: special), ``.`` and ``.*`` (what a DICOM wildcard ``?``/``*`` becomes), and ``(?>.*?...)``
+#: atomic groups of those (the linear form ``qido`` writes for a ``*`` between segments).
+_ATOM = r"(?:\\[^A-Za-z0-9]|\.(?!\*)|[^\\^$.|?*+()\[\]{}])"
+_ANCHORED = re.compile(rf"\^((?:{_ATOM}|\.\*|\(\?>\.\*\?{_ATOM}*\))*)\$", re.DOTALL)
+_TOKEN = re.compile(r"\(\?>\.\*\?|\)|\\.|\.\*|\.|.", re.DOTALL)
+_GLOB_ATOM = {"*": "[*]", "?": "[?]", "[": "[[]"}
 
 
 def _regex(field: str, expr: str, pattern: Any, params: list[Any]) -> str:
     """An anchored pattern as an index-usable range over its literal prefix, then ``GLOB``
-    (case-sensitive, as ``$regex`` without options)."""
+    (case-sensitive, as ``$regex`` without options). SQLite's ``GLOB`` gives up on a star as
+    soon as a later one has run out of text, so it never backtracks exponentially."""
     found = _ANCHORED.fullmatch(pattern) if isinstance(pattern, str) else None
     if found is None:
         raise UnsupportedQuery(
             f"{field}: $regex is supported only as ^...$ of literal characters, . and .* "
-            f"(a DICOM wildcard), not {pattern!r}"
+            f"(a DICOM wildcard), and (?>.*?...) groups of them, not {pattern!r}"
         )
     glob, prefix, literal = [], [], True
     for token in _TOKEN.findall(found.group(1)):
-        if token in (".*", "."):
-            glob.append("*" if token == ".*" else "?")
+        if token == ")":
+            continue
+        if token in (".*", ".", "(?>.*?"):
+            glob.append("?" if token == "." else "*")
             literal = False
             continue
         char = token[-1]
-        glob.append(_GLOB_LITERAL.get(char, char))
+        glob.append(_GLOB_ATOM.get(char, char))
         if literal:
             prefix.append(char)
     parts = [f"typeof({expr}) = 'text'"]

@@ -150,8 +150,11 @@ class _Run:
 class Deidentifier:
     """Applies one profile with one secret; reusable across instances and threads."""
 
-    def __init__(self, secret: bytes, profile: Profile) -> None:
+    def __init__(self, secret: bytes, profile: Profile, dates: bytes | None = None) -> None:
+        """``secret`` keys UIDs and pseudonyms (``Purpose.PSEUDONYMS``), ``dates`` the date
+        offsets (``Purpose.DATES``; ``None``: ``secret`` does both, as before 0.2)."""
         self.secret = secret
+        self.dates = dates
         self.profile = profile
         self.options = profile.options
         self._actions = effective_actions(profile.options)
@@ -179,7 +182,7 @@ class Deidentifier:
     def patient_keys(self, ds: Dataset) -> PatientKeys:
         """Keyed pseudonyms and date offset of the instance's patient: Issuer of Patient ID
         and Patient ID together name a patient (two issuers may hand out the same id)."""
-        return PatientKeys.for_dataset(self.secret, ds)
+        return PatientKeys.for_dataset(self.secret, ds, self.dates)
 
     def applied_date_offset(self, keys: PatientKeys) -> timedelta:
         """The offset this profile actually moves dates by: the patient's keyed offset with

@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from radpipe.common.dicomio import read_part10, write_part10_to
 from radpipe.common.errors import RadpipeError
+from radpipe.common.keys import Purpose, purpose_key
 
 from .engine import Deidentifier, Quarantined
 from .profile import Profile
@@ -74,7 +75,9 @@ def _init(secret: bytes, profile: Profile, out: Path) -> None:
     # Offline worker processes only: the service keeps both checks.
     config.settings.writing_validation_mode = config.IGNORE
     config.settings.reading_validation_mode = config.IGNORE
-    _worker = (Deidentifier(secret, profile), out)
+    # The service's keys for a new study: pseudonyms and date offsets each their own.
+    pseudonyms, dates = purpose_key(secret, Purpose.PSEUDONYMS), purpose_key(secret, Purpose.DATES)
+    _worker = (Deidentifier(pseudonyms, profile, dates), out)
     _made.clear()
 
 
@@ -132,7 +135,10 @@ def run(
     jobs: int | None = None,
     progress: bool = True,
 ) -> Summary:
-    """De-identify ``inputs`` into ``out``; write the report beside it; return the summary."""
+    """De-identify ``inputs`` into ``out``; write the report beside it; return the summary.
+
+    ``secret`` is the master secret (``RADPIPE_SECRET_KEY``): the keys per purpose are derived
+    from it as the service derives them, so the output matches the service's."""
     files = list(iter_inputs(inputs))
     out.mkdir(parents=True, exist_ok=True)
     if any(out.resolve().is_relative_to(p.resolve()) for p in inputs if p.is_dir()):

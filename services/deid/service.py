@@ -21,7 +21,8 @@ from radpipe.common.context import Context
 from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import InvalidDicom, PipelineError
-from radpipe.common.identity import PatientKeys
+from radpipe.common.identity import PatientKeys, study_id_for
+from radpipe.common.keys import Purpose
 from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState
 from radpipe.common.vault import IDENTITY_ATTRIBUTES
@@ -34,14 +35,29 @@ __all__ = ["PatientKeys", "deidentify", "deidentify_study", "read_dataset"]
 log = get_logger("radpipe.deid")
 
 
-def deidentify(ds: Dataset, secret: bytes, profile: Profile | None = None) -> Dataset:
-    """De-identify one dataset in place with ``profile`` (the default one if ``None``)."""
-    return _deidentifier(secret, profile or Profile()).deidentify(ds)
+def deidentify(
+    ds: Dataset, secret: bytes, profile: Profile | None = None, dates: bytes | None = None
+) -> Dataset:
+    """De-identify one dataset in place with ``profile`` (the default one if ``None``);
+    ``secret`` keys UIDs and pseudonyms, ``dates`` the date offsets (see ``Deidentifier``)."""
+    return _deidentifier(secret, dates, profile or Profile()).deidentify(ds)
 
 
 @cache
-def _deidentifier(secret: bytes, profile: Profile) -> Deidentifier:
-    return Deidentifier(secret, profile)
+def _deidentifier(secret: bytes, dates: bytes | None, profile: Profile) -> Deidentifier:
+    return Deidentifier(secret, profile, dates)
+
+
+def study_keys(ctx: Context, study_id: str, ds: Dataset) -> tuple[bytes, bytes | None]:
+    """The (pseudonym, date offset) keys of a study: ``Purpose.PSEUDONYMS`` and
+    ``Purpose.DATES``; the master secret for both when the study id was derived from it
+    (a study first stored before keys per purpose keeps its UIDs and pseudonyms when it is
+    re-opened)."""
+    settings = ctx.settings
+    legacy = settings.master_secret
+    if study_id_for(legacy, str(ds.get("StudyInstanceUID", "") or "")) == study_id:
+        return legacy, None
+    return settings.key(Purpose.PSEUDONYMS), settings.key(Purpose.DATES)
 
 
 @cache
@@ -81,13 +97,15 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
     if study["state"] != StudyState.STABLE:
         log.info("deid.skip", study_id=study_id, state=study["state"])
         return
-    secret = ctx.settings.secret
     profiles = _profiles(ctx.settings.deid_profile)
     result = DeidStudyResult()
+    keys: tuple[bytes, bytes | None] | None = None
     for instance in ctx.studies.instances_of(study_id):
         profile = profiles.for_source(instance.get("source"))
         try:
-            _one(ctx, study_id, instance, _deidentifier(secret, profile), result)
+            ds = read_dataset(ctx.objects.get(ctx.buckets["raw"], instance["raw_key"]))
+            keys = keys or study_keys(ctx, study_id, ds)
+            _one(ctx, study_id, instance, ds, _deidentifier(keys[0], keys[1], profile), result)
         except (InvalidDicom, Quarantined) as exc:
             status = "quarantined" if isinstance(exc, Quarantined) else "failed"
             result.excluded[f"{status}: {exc.message}"] += 1
@@ -119,10 +137,10 @@ def _one(
     ctx: Context,
     study_id: str,
     instance: dict[str, Any],
+    ds: Dataset,
     deidentifier: Deidentifier,
     result: DeidStudyResult,
 ) -> None:
-    ds = read_dataset(ctx.objects.get(ctx.buckets["raw"], instance["raw_key"]))
     identity = original_identity(ds)
     original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
     originals = [

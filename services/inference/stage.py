@@ -22,7 +22,7 @@ from radpipe.common.context import Context
 from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.errors import PipelineError
-from radpipe.common.identity import pseudonymous_uid
+from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
 from radpipe.common.logging import get_logger
 from radpipe.common.metrics import STAGE_SECONDS
 from radpipe.common.studies import StudyState
@@ -123,7 +123,7 @@ def _store_results(
         # references the writers do not make yet.
         log.warning("inference.no_result_objects", study_id=study_id, reason="multi-frame source")
         return []
-    secret = ctx.settings.secret
+    secret = RESULT_UIDS  # no key: this worker holds none (RADPIPE_KEYLESS)
 
     def uid(purpose: str) -> str:
         return pseudonymous_uid(secret, f"result:{study_id}:v{version}:{purpose}")

@@ -11,10 +11,16 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.pixels import pixel_array
+
+from radpipe.common.dicomio import PixelDataTooLarge, check_pixel_size
 
 __all__ = ["Vec3", "Volume", "VolumeError", "series_to_volume"]
 
 Vec3 = tuple[float, float, float]
+#: Defaults of ``RADPIPE_MAX_PIXEL_BYTES`` and ``RADPIPE_MAX_FRAME_BYTES``.
+MAX_PIXEL_BYTES = 2 * 1024**3
+MAX_FRAME_BYTES = 256 * 1024**2
 
 
 class VolumeError(ValueError):
@@ -86,10 +92,12 @@ class _Slice:
     frame: int | None = None
 
     def pixels(self) -> np.ndarray:
+        """This slice's pixels; a frame of a multi-frame instance is decoded alone (decoding
+        every frame for each of them made a volume cost frames x frames decodes)."""
         try:
             if self.frame is None:
                 return np.asarray(self.source.pixel_array)
-            return np.asarray(self.source.pixel_array[self.frame])
+            return np.asarray(pixel_array(self.source, index=self.frame))
         except (AttributeError, ValueError, RuntimeError, NotImplementedError) as exc:
             raise VolumeError(
                 f"cannot decode pixel data of {self.reference} "
@@ -110,10 +118,16 @@ def _frame_group(groups: list[pydicom.Dataset | None], keyword: str) -> pydicom.
     return None
 
 
-def _slices(datasets: Sequence[pydicom.Dataset]) -> list[_Slice]:
+def _slices(
+    datasets: Sequence[pydicom.Dataset], max_pixel_bytes: int, max_frame_bytes: int
+) -> list[_Slice]:
     slices: list[_Slice] = []
     for ds in datasets:
         uid = str(ds.get("SOPInstanceUID", "?"))
+        try:
+            check_pixel_size(ds, max_pixel_bytes=max_pixel_bytes, max_frame_bytes=max_frame_bytes)
+        except PixelDataTooLarge as exc:
+            raise VolumeError(f"instance {uid}: {exc.message}") from None
         series_uid = str(ds.get("SeriesInstanceUID", ""))
         rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -170,7 +184,12 @@ def _slices(datasets: Sequence[pydicom.Dataset]) -> list[_Slice]:
     return slices
 
 
-def series_to_volume(datasets: Sequence[pydicom.Dataset]) -> Volume:
+def series_to_volume(
+    datasets: Sequence[pydicom.Dataset],
+    *,
+    max_pixel_bytes: int = MAX_PIXEL_BYTES,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Volume:
     """Stack the images of one series into a HU volume ordered along the slice normal.
 
     Single-frame slices and multi-frame (enhanced) instances both work: a frame's geometry
@@ -179,12 +198,18 @@ def series_to_volume(datasets: Sequence[pydicom.Dataset]) -> Volume:
     Expected time: ~0.3 s and ~4 bytes/voxel for 100 slices of 512x512 on one CPU core
     (uncompressed; decoding JPEG 2000 adds ~10 ms a slice).
 
+    Each instance's declared pixel size (Rows x Columns x Frames x Samples x Bits Allocated)
+    is checked against ``max_pixel_bytes`` and ``max_frame_bytes`` (``RADPIPE_MAX_PIXEL_BYTES``,
+    ``RADPIPE_MAX_FRAME_BYTES``) and the float32 volume against ``max_pixel_bytes``, before
+    any pixel is decoded.
+
     Raises
     ------
     VolumeError: fewer than 3 slices, several series, mixed orientations, pixel spacings
-        or matrix sizes, duplicate or missing slices, uneven slice spacing, undecodable pixels.
+        or matrix sizes, duplicate or missing slices, uneven slice spacing, undecodable pixels,
+        pixel data declared larger than the limits.
     """
-    slices = _slices(datasets)
+    slices = _slices(datasets, max_pixel_bytes, max_frame_bytes)
     if len(slices) < 3:
         raise VolumeError(f"{len(slices)} slice(s); a volume needs at least 3")
     first = slices[0]
@@ -215,6 +240,12 @@ def series_to_volume(datasets: Sequence[pydicom.Dataset]) -> Volume:
             f"median {step:.3g} mm): slices are missing or the series mixes acquisitions"
         )
 
+    volume_bytes = len(slices) * rows * cols * np.dtype(np.float32).itemsize
+    if volume_bytes > max_pixel_bytes:
+        raise VolumeError(
+            f"the volume of {len(slices)} slices of {rows}x{cols} would take {volume_bytes} "
+            f"bytes as float32, more than RADPIPE_MAX_PIXEL_BYTES ({max_pixel_bytes} bytes)"
+        )
     array = np.empty((len(slices), rows, cols), dtype=np.float32)
     for k, i in enumerate(order):
         s = slices[int(i)]

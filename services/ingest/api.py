@@ -59,7 +59,7 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
         await run_in_threadpool(session.abort)
         raise
     result = await run_in_threadpool(session.commit)
-    target = study_id_for(ctx.settings.secret, study) if study else "-"
+    target = study_id_for(ctx.study_key(study), study) if study else "-"
     AuthService(ctx.documents).audit(
         caller, "stow", target, stored=len(result.stored), failed=len(result.failed)
     )

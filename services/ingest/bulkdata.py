@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 
+from radpipe.common.dicomio import PixelDataTooLarge, declared_pixel_bytes
 from radpipe.common.errors import BadRequest, NotFound
 
 from .media import NATIVE, VIDEO_TYPES
@@ -54,14 +55,24 @@ def _native_frame(ds: pydicom.Dataset, data: bytes, number: int) -> bytes:
     return np.packbits(unpacked, bitorder="little").tobytes()
 
 
-def _encapsulated_frames(ds: pydicom.Dataset) -> list[bytes]:
+def _encapsulated_frames(ds: pydicom.Dataset, wanted: set[int] | None = None) -> dict[int, bytes]:
+    """Frames (by number, from 1) of encapsulated pixel data: every one, or only ``wanted``,
+    read in one pass over the fragments and stopping after the last wanted one, so that
+    naming one frame never copies every frame."""
     extended = None
     if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
     frames = generate_frames(
         ds.PixelData, number_of_frames=_frame_count(ds), extended_offsets=extended
     )
-    return list(frames)
+    last = max(wanted) if wanted else None
+    found: dict[int, bytes] = {}
+    for number, frame in enumerate(frames, 1):
+        if wanted is None or number in wanted:
+            found[number] = frame
+        if last is not None and number >= last:
+            break
+    return found
 
 
 def is_video(syntax: str) -> bool:
@@ -71,22 +82,38 @@ def is_video(syntax: str) -> bool:
 _FRAME = re.compile(r"[0-9]+")
 
 
-def frame_numbers(text: str, *, single: bool = False) -> list[int]:
+#: Distinct frames one request may name when the caller gives no limit
+#: (``RADPIPE_WADO_MAX_FRAMES``'s default).
+MAX_FRAMES = 1000
+
+
+def frame_numbers(text: str, *, single: bool = False, max_frames: int = MAX_FRAMES) -> list[int]:
     """The ``{frames}`` path segment: a comma-separated list of frame numbers, each an integer
-    from 1 (PS3.18 10.4.1.1.3). A malformed list, or a number below 1, is a bad request (400);
-    a number past the last frame is not found (404), once the instance is read."""
+    from 1 (PS3.18 10.4.1.1.3), in the order requested with repeats removed (a frame is sent
+    once). A malformed list, a number below 1, or more than ``max_frames`` distinct frames is
+    a bad request (400); a number past the last frame is not found (404), once the instance
+    is read."""
     items = text.split(",")
     if (single and len(items) != 1) or not all(_FRAME.fullmatch(n) for n in items):
         expected = "a frame number" if single else "frame numbers, separated by commas,"
-        raise BadRequest(f"frames: expected {expected} each an integer from 1; got {text!r}")
-    numbers = [int(n) for n in items]
+        raise BadRequest(f"frames: expected {expected} each an integer from 1; got {text[:80]!r}")
+    numbers = list(dict.fromkeys(int(n) for n in items))
     if 0 in numbers:
-        raise BadRequest(f"frames: frame numbers start at 1; got {text!r}")
+        raise BadRequest(f"frames: frame numbers start at 1; got {text[:80]!r}")
+    if len(numbers) > max_frames:
+        raise BadRequest(
+            f"frames: {len(numbers)} distinct frames requested, at most {max_frames} per "
+            "request (RADPIPE_WADO_MAX_FRAMES): ask for the rest in further requests"
+        )
     return numbers
 
 
-def frames(ds: pydicom.Dataset, numbers: list[int]) -> list[Binary]:
-    """Frames (numbered from 1) in the stored transfer syntax (PS3.18 10.4.1.1.3)."""
+def frames(
+    ds: pydicom.Dataset, numbers: list[int], *, max_frame_bytes: int | None = None
+) -> list[Binary]:
+    """Frames (numbered from 1) in the stored transfer syntax (PS3.18 10.4.1.1.3), cut from
+    the pixel data without decoding it; a frame declared larger than ``max_frame_bytes``
+    (``RADPIPE_MAX_FRAME_BYTES``) is refused (400) before anything is copied."""
     if "PixelData" not in ds:
         raise BadRequest("the instance has no pixel data")
     syntax = str(ds.file_meta.TransferSyntaxUID)
@@ -99,11 +126,25 @@ def frames(ds: pydicom.Dataset, numbers: list[int]) -> list[Binary]:
     for number in numbers:
         if not 1 <= number <= count:
             raise NotFound(f"frame {number} does not exist: the instance has {count} frame(s)")
+    if max_frame_bytes is not None:
+        frame_bytes, _ = declared_pixel_bytes(ds)
+        if frame_bytes > max_frame_bytes:
+            raise PixelDataTooLarge(
+                f"one frame declares {frame_bytes} bytes of pixel data, more than "
+                f"RADPIPE_MAX_FRAME_BYTES ({max_frame_bytes} bytes): retrieve the Pixel Data "
+                "with its BulkDataURI instead"
+            )
     if syntax in NATIVE:
-        data = bytes(ds.PixelData)
+        data = ds.PixelData  # sliced, not copied whole
         return [Binary(_native_frame(ds, data, n), syntax, f"frames/{n}") for n in numbers]
-    every = _encapsulated_frames(ds)
-    return [Binary(every[n - 1], syntax, f"frames/{n}") for n in numbers]
+    wanted = _encapsulated_frames(ds, set(numbers))
+    missing = [n for n in numbers if n not in wanted]
+    if missing:
+        raise NotFound(
+            f"frame {missing[0]} is not in the encapsulated pixel data: its fragments hold "
+            f"fewer frames than Number of Frames ({_frame_count(ds)})"
+        )
+    return [Binary(wanted[n], syntax, f"frames/{n}") for n in numbers]
 
 
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -141,4 +182,4 @@ def bulk_value(ds: pydicom.Dataset, path: str) -> list[Binary]:
         parse_basic_offsets(buffer)
         return [Binary(b"".join(generate_fragments(buffer)), syntax, location)]
     every = _encapsulated_frames(ds)
-    return [Binary(f, syntax, f"frames/{n}") for n, f in enumerate(every, 1)]
+    return [Binary(f, syntax, f"frames/{n}") for n, f in every.items()]

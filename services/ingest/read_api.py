@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from radpipe.common import blinding, dicomjson
 from radpipe.common.api import Ctx, require
@@ -81,7 +82,8 @@ def _location(
 async def _search(
     request: Request, ctx: Ctx, level: str, study: str | None = None, series: str | None = None
 ) -> Response:
-    """QIDO-RS in the store; a result cut at ``qido.MAX_RESULTS`` says so (PS3.18 8.3.4.6)."""
+    """QIDO-RS in the store; a result cut at ``RADPIPE_QIDO_MAX_RESULTS`` is the first page,
+    with a ``Warning: 299`` saying more can be requested (PS3.18 8.3.4.4, 10.6.3.3)."""
     query = qido.parse_query(level, request.query_params.multi_items())
     media_type = _json_type(request)
     viewer = request.state.viewer
@@ -98,12 +100,14 @@ async def _search(
             *scope,
             hide_results=hide_results,
             results_bucket=ctx.buckets["results"],
+            max_results=ctx.settings.qido_max_results,
         )
 
     found, truncated = await run_in_threadpool(run)
     response = _json(found, media_type)
     if truncated:
-        response.headers["Warning"] = qido.TRUNCATED_WARNING
+        host = urlsplit(str(ctx.settings.public_url)).netloc
+        response.headers["Warning"] = qido.truncated_warning(host)
     return response
 
 
@@ -143,25 +147,36 @@ def _instances_response(request: Request, ctx: Ctx, found: list[dict], level: st
     """Instances (PS3.18 10.4.1.1.1) as stored, or re-encoded as Explicit VR Little Endian
     where ``Accept`` asks for the default and that is lossless: multipart/related, or one
     instance as a single-part body when ``Accept`` names only ``application/dicom``; 406
-    before reading."""
+    before reading.
+
+    A multipart body is streamed: each instance is read (and re-encoded) when its part is
+    sent, so a study or series costs one instance of memory, not every instance twice (and
+    goes without Content-Length, chunked); ``HEAD`` reads no instance for them."""
     stored = [retrieve.transfer_syntax(ctx, entry) for entry in found]
     syntaxes, as_multipart = media.negotiate_instances(request.headers.get("accept"), stored)
     location = _location(request, ctx, found, level)
-    data = [
-        retrieve.read_bytes(ctx, entry) if syntax == kept else retrieve.as_explicit_le(ctx, entry)
-        for entry, kept, syntax in zip(found, stored, syntaxes, strict=True)
-    ]
+
+    def data(entry: dict[str, Any], kept: str, syntax: str) -> bytes:
+        if syntax == kept:
+            return retrieve.read_bytes(ctx, entry)
+        return retrieve.as_explicit_le(ctx, entry)
+
     types = [media.instance_type(syntax) for syntax in syntaxes]
+    headers = {"Content-Location": location}
     if not as_multipart:
-        headers = {"Content-Location": location}
-        return Response(data[0], media_type=types[0], headers=headers)
+        body = data(found[0], stored[0], syntaxes[0])
+        return Response(body, media_type=types[0], headers=headers)
     base = _base(ctx)
-    parts = [
-        BodyPart(d, t, base + retrieve.resource_path([e], "instance"))
-        for e, d, t in zip(found, data, types, strict=True)
-    ]
-    body, content_type = encode_multipart(parts, media.DICOM)
-    return Response(body, media_type=content_type, headers={"Content-Location": location})
+    parts = (
+        (data(e, kept, syntax), t, base + retrieve.resource_path([e], "instance"))
+        for e, kept, syntax, t in zip(found, stored, syntaxes, types, strict=True)
+    )
+    stream, content_type = retrieve.multipart_stream(parts, media.DICOM)
+    if level == "instance":  # one instance: sent with its Content-Length
+        return Response(b"".join(stream), media_type=content_type, headers=headers)
+    if request.method == "HEAD":  # the length is known only by reading every instance
+        return StreamingResponse(iter(()), media_type=content_type, headers=headers)
+    return StreamingResponse(stream, media_type=content_type, headers=headers)
 
 
 @_read("/studies/{study}")
@@ -235,9 +250,10 @@ def _binary_response(
 def instance_frames(
     study: str, series: str, instance: str, numbers: str, request: Request, ctx: Ctx, _: Reader
 ) -> Response:
-    wanted = bulkdata.frame_numbers(numbers)
+    wanted = bulkdata.frame_numbers(numbers, max_frames=ctx.settings.wado_max_frames)
     found = _entries(request, ctx, study, series, instance)
-    binaries = bulkdata.frames(retrieve.read_dataset(ctx, found[0]), wanted)
+    dataset = retrieve.read_dataset(ctx, found[0])
+    binaries = bulkdata.frames(dataset, wanted, max_frame_bytes=ctx.settings.max_frame_bytes)
     return _binary_response(request, ctx, found, binaries, f"/frames/{numbers}")
 
 

@@ -44,7 +44,7 @@ def entries(
     if not found and study and not mapped:
         # A RetrieveURL from a STOW-RS response names the original UIDs: map them to their
         # keyed pseudonyms (the caller knows the originals already; reads are audited).
-        secret = ctx.settings.secret
+        secret = ctx.study_key(study)
         return entries(
             ctx,
             pseudonymous_uid(secret, study),
@@ -83,7 +83,7 @@ def scope(
     if not study:
         return None, None
     index = ctx.documents.collection(INDEX)
-    secret = ctx.settings.secret
+    secret = ctx.study_key(study)
     candidates = [(study, series)]
     candidates.append(
         (pseudonymous_uid(secret, study), pseudonymous_uid(secret, series) if series else None)

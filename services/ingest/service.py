@@ -202,7 +202,7 @@ class StowSession:
             outcome.failure_reason, outcome.message = exc.failure_reason, exc.message
             return outcome
 
-        secret = self.ctx.settings.secret
+        secret = self.ctx.study_key(study_uid)  # Purpose.PSEUDONYMS; a 0.1 study: its key
         study_id = study_id_for(secret, study_uid)
         instance_key = instance_key_for(secret, sop_instance)
         raw_key = f"{study_id}/{instance_key}.dcm"

@@ -23,6 +23,7 @@ from pymongo import ReturnDocument
 from radpipe.common.alerts import AlertState, alerts_of
 from radpipe.common.context import Context
 from radpipe.common.errors import NotFound
+from radpipe.common.keys import Purpose
 from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState, now
 
@@ -124,7 +125,7 @@ def message_for(
     """The message of one page to one recipient: pseudonymous ids and links, never PHI."""
     settings = ctx.settings
     expires = time.time() + settings.ack_link_seconds
-    token = make_ack_token(settings.secret, alert["_id"], recipient, expires)
+    token = make_ack_token(settings.key(Purpose.LINKS), alert["_id"], recipient, expires)
     links = {}
     if alert.get("study_id"):
         links["Open study"] = settings.public(f"studies/{alert['study_id']}")

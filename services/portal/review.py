@@ -22,7 +22,7 @@ from radpipe.common.context import Context
 from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.errors import BadRequest, Conflict, NotFound
-from radpipe.common.identity import pseudonymous_uid
+from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
 from radpipe.common.report import VerifiedFinding, final_report
 from radpipe.common.studies import StudyState, now
 
@@ -198,7 +198,7 @@ def _store_report(
         for key in series[0]["keys"]
     ]
     study_id, version = study["_id"], study.get("version", 1)
-    secret = ctx.settings.secret
+    secret = RESULT_UIDS  # derived from the pseudonymous study id only
 
     def uid(purpose: str) -> str:
         return pseudonymous_uid(secret, f"report:{study_id}:v{version}:{purpose}")

@@ -137,7 +137,7 @@ def lookup_source_study(ctx: Context, caller: Principal, source_study_uid: str) 
             "looking a study up by its original UID re-identifies it: only the roles "
             f"{', '.join(sorted(CLINICAL_ROLES))} may do it"
         )
-    study_id = study_id_for(ctx.settings.secret, source_study_uid)
+    study_id = study_id_for(ctx.study_key(source_study_uid), source_study_uid)
     doc = ctx.studies.find(study_id)
     AuthService(ctx.documents).audit(
         caller, "study.lookup-source-uid", study_id, found=doc is not None

@@ -17,7 +17,7 @@ import pytest
 from ..servers import S3Server, free_port, stop, wait_for_port
 from ..webhook import Receiver, webhook_receiver
 
-SECRET = "e2e-secret-" + "0123456789abcdef" * 2
+SECRET = "bb4f6030d95e1d62801d69500926fc91350970035cf1f2d98d6e12ed2aac8a61"  # 256 bits
 
 
 @dataclass

@@ -28,7 +28,7 @@ from ..phi import ODD_PLANTED, Corpus, generate_corpus, generate_odd_files, scan
 from ..servers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "corpus-test-secret-0123456789"
+SECRET = "4d37c325bd3e47179dc735cdc02dbcc71f906ffb5bfd7ec3cd4c2b42bc7cfb02"  # 256 bits
 
 
 @dataclass

@@ -410,7 +410,7 @@ def test_round_trip_gives_the_pacs_back_what_it_matches_on(
     identity = ctx.vault.get(study_id)
     source_sop = identity["uid_map"][str(deid.SOPInstanceUID)]
     original = next(ds for ds in sources if ds.SOPInstanceUID == source_sop)
-    keys = PatientKeys.derive(ctx.settings.secret, PHI["patient_id"], "SAINT RADPIPE MRN")
+    keys = PatientKeys.derive(ctx.date_key, PHI["patient_id"], "SAINT RADPIPE MRN")
     applied = keys.date_offset.days if profile == "default" else 0
     assert identity["date_offset_days"] == applied
     if profile == "full_dates":

@@ -33,7 +33,7 @@ def deidentified(ctx: Context, client: TestClient, token: str, datasets: list) -
     """Push the series over STOW-RS and run it through stability and de-identification."""
     response = stow(client, token, [to_bytes(ds) for ds in datasets])
     assert response.status_code == 200
-    study_id = study_id_for(ctx.settings.secret, str(datasets[0].StudyInstanceUID))
+    study_id = study_id_for(ctx.pseudonym_key, str(datasets[0].StudyInstanceUID))
     ctx.settings.study_stable_seconds = 0
     check_stable(ctx, study_id)
     deidentify_study(ctx, study_id)

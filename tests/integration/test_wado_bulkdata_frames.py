@@ -289,7 +289,7 @@ def test_content_location_names_the_deidentified_resource(
     # Stored under keyed pseudonyms; requested with the "original" UIDs (a STOW RetrieveURL).
     study, series, sop = "1.2.3.4.5", "1.2.3.4.5.6", "1.2.3.4.5.6.7"
     ds = _image(2, 2, 8, 1, bytes(4))
-    secret = ctx.settings.secret
+    secret = ctx.pseudonym_key
     ds.StudyInstanceUID = pseudonymous_uid(secret, study)
     ds.SeriesInstanceUID = pseudonymous_uid(secret, series)
     ds.SOPInstanceUID = pseudonymous_uid(secret, sop)

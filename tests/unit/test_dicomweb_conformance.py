@@ -239,16 +239,17 @@ def test_a_search_cut_at_the_server_maximum_says_so(
     client: TestClient,
     auth: dict[str, str],
     series: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
+    ctx: Context,
 ) -> None:
-    """PS3.18 8.3.4.6: a result cut at the server's maximum carries a ``Warning: 299``."""
-    from radpipe.ingest import qido
-
-    monkeypatch.setattr(qido, "MAX_RESULTS", 1)
+    """PS3.18 8.3.4.4, 10.6.3.3: a result cut at the server's maximum
+    (``RADPIPE_QIDO_MAX_RESULTS``) is the first page, with a ``Warning: 299``."""
+    ctx.settings.qido_max_results = 1
     cut = client.get("/dicom-web/instances", headers=auth)
     assert cut.status_code == 200 and len(cut.json()) == 1
-    assert cut.headers["warning"].startswith("299 radpipe ")
-    assert "maximum" in cut.headers["warning"]
+    assert cut.headers["warning"] == (
+        '299 127.0.0.1:8000: "The number of results exceeded the maximum supported by the '
+        'server. Additional results can be requested."'
+    )
     rest = client.get("/dicom-web/instances?limit=5&offset=1", headers=auth)
     assert len(rest.json()) == 1 and "warning" not in rest.headers
     own = client.get("/dicom-web/instances?limit=1", headers=auth)

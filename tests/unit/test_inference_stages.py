@@ -504,7 +504,7 @@ def test_inference_worker_takes_the_queue_of_its_device(monkeypatch: pytest.Monk
 
     from radpipe import cli
 
-    monkeypatch.setenv("RADPIPE_SECRET_KEY", "queue-test-secret-0123456789")
+    monkeypatch.setenv("RADPIPE_SECRET_KEY", "2cc0338b988445249047bad0d5491053d9f13f35")
     from radpipe.inference import tasks  # builds its Celery app from the settings
 
     seen: list[list[str]] = []

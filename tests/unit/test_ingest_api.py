@@ -41,7 +41,7 @@ def test_store_a_series_answers_200_with_retrieve_urls(
     assert len(raw_objects(ctx)) == len(series)
     stored_bytes = {ctx.objects.get(ctx.buckets["raw"], key) for key in raw_objects(ctx)}
     assert stored_bytes == set(series)
-    study_id = study_id_for(ctx.settings.secret, str(first.StudyInstanceUID))
+    study_id = study_id_for(ctx.pseudonym_key, str(first.StudyInstanceUID))
     assert ctx.tasks.sent == [("stable", study_id, ctx.settings.study_stable_seconds)]  # type: ignore[attr-defined]
     study = ctx.studies.get(study_id)
     assert study["state"] == "received" and study["instance_count"] == len(series)
@@ -54,7 +54,7 @@ def test_restoring_is_idempotent(client: TestClient, ctx: Context, tokens) -> No
     again = stow(client, tokens["modality"], series)
     assert again.status_code == 200
     assert len(again.json()["00081199"]["Value"]) == 2
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = study_id_for(ctx.pseudonym_key, str(read(series[0]).StudyInstanceUID))
     assert ctx.studies.get(study_id)["instance_count"] == 2
     assert len(raw_objects(ctx)) == 2
 
@@ -255,7 +255,7 @@ def test_matching_transfer_syntax_parameter_is_accepted(client, ctx, tokens) -> 
 
 def test_object_store_failure_answers_a700_and_records_nothing(client, ctx, tokens) -> None:
     series = ct_series()[:2]
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = study_id_for(ctx.pseudonym_key, str(read(series[0]).StudyInstanceUID))
     # A real OSError from the folder store: a file stands where the study's folder must go.
     bucket = ctx.settings.data_dir / "objects" / ctx.buckets["raw"]
     bucket.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from radpipe.common.auth import AuthService
 from radpipe.common.context import Context
 from radpipe.common.settings import DEFAULT_SECRET_KEY, Settings
 
+from ..conftest import TEST_SECRET
 from ..dicom import ct_series, read
 from .test_ingest_api import stow
 
@@ -131,7 +132,7 @@ def test_default_secret_refused_outside_all_in_one() -> None:
         Settings(secret_key=DEFAULT_SECRET_KEY)  # type: ignore[arg-type]
     assert Settings(all_in_one=True).secret_key.get_secret_value() == DEFAULT_SECRET_KEY
     with pytest.raises(ValidationError, match="RADPIPE_S3_ACCESS_KEY"):
-        Settings(secret_key="x" * 32, s3_endpoint="http://127.0.0.1:9000")  # type: ignore[arg-type]
+        Settings(secret_key=TEST_SECRET, s3_endpoint="http://127.0.0.1:9000")  # type: ignore[arg-type]
 
 
 def test_identity_vault_is_clinical_only_and_every_read_is_audited(

@@ -26,7 +26,7 @@ def ingest(ctx: Context, series: list[bytes], source: str | None = None) -> str:
     parts = [Part.from_bytes("application/dicom", data) for data in series]
     result = store_parts(ctx, parts, None, source)
     assert not result.failed
-    return study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    return study_id_for(ctx.pseudonym_key, str(read(series[0]).StudyInstanceUID))
 
 
 def test_stability_waits_for_quiet_then_hands_on_once(ctx: Context) -> None:
@@ -48,7 +48,7 @@ def test_twenty_requests_to_one_study_queue_one_stability_check(ctx: Context) ->
     series = ct_series(seed=23)  # 16 instances, 4 of them sent twice: 20 STOW requests
     for n in range(20):
         ingest(ctx, [series[n % len(series)]])
-    study_id = study_id_for(ctx.settings.secret, str(read(series[0]).StudyInstanceUID))
+    study_id = study_id_for(ctx.pseudonym_key, str(read(series[0]).StudyInstanceUID))
     assert ctx.tasks.sent == [("stable", study_id, 0.5)]  # type: ignore[attr-defined]
     # The one pending check re-arms itself for the time left after the last instance...
     last = ctx.studies.get(study_id)["last_instance_at"]
