@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     #: STOW-RS bodies are streamed to disk, so these bound disk use, not memory (413 above).
     max_request_bytes: int = Field(16 * 1024**3, gt=0)
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    #: Declared pixel data (Rows x Columns x Frames x Samples x BitsAllocated) above which an
+    #: instance is not decoded (rendering, thumbnails, inference); and the same for one frame.
+    max_pixel_bytes: int = Field(2 * 1024**3, gt=0)
+    max_frame_bytes: int = Field(256 * 1024**2, gt=0)
+    #: Frames one WADO-RS frames request may name (after removing repeats).
+    wado_max_frames: int = Field(1000, ge=1)
+    #: Results one QIDO-RS response holds; more matches get ``Warning: 299`` (PS3.18 8.3.4.4).
+    qido_max_results: int = Field(1000, ge=1)
     task_max_retries: int = Field(5, ge=0)
     #: Deliveries of one task attempt whose worker died (OOM, SIGKILL) before it is dead-lettered.
     max_deliveries: int = Field(3, ge=1)

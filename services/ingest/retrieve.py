@@ -4,17 +4,19 @@ rendered images (frames and bulk data are cut in ``bulkdata``). No FastAPI here.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian
 
 from radpipe.common.context import Context
 from radpipe.common.dicomindex import INDEX
-from radpipe.common.dicomio import read_part10, write_part10
+from radpipe.common.dicomio import check_pixel_size, read_part10, write_part10
 from radpipe.common.errors import BadRequest, NotAcceptable, NotFound
 from radpipe.common.identity import pseudonymous_uid
 from radpipe.common.studies import UID_PATTERN
@@ -121,7 +123,9 @@ def as_explicit_le(ctx: Context, entry: dict[str, Any]) -> bytes:
 
 
 def read_dataset(ctx: Context, entry: dict[str, Any]) -> pydicom.Dataset:
-    return read_part10(io.BytesIO(read_bytes(ctx, entry)))
+    return read_part10(
+        io.BytesIO(read_bytes(ctx, entry)), max_inflated_bytes=ctx.settings.max_instance_bytes
+    )
 
 
 def resource_path(found: list[dict[str, Any]], level: str) -> str:
@@ -186,22 +190,32 @@ def render(
     quality: int,
     viewport: tuple[int, int] | None = None,
 ) -> bytes:
-    """A windowed 8-bit rendering (PNG or JPEG) of one frame, shrunk to ``viewport``."""
-    ds = read_part10(io.BytesIO(read_bytes(ctx, entry)))
+    """A windowed 8-bit rendering (PNG or JPEG) of one frame, shrunk to ``viewport``.
+
+    The declared pixel size is checked against ``RADPIPE_MAX_PIXEL_BYTES`` and
+    ``RADPIPE_MAX_FRAME_BYTES`` before anything is decoded (400), and only the frame asked
+    for is decoded (``pydicom.pixels.pixel_array(..., index=)``), never every frame.
+    """
+    ds = read_part10(
+        io.BytesIO(read_bytes(ctx, entry)), max_inflated_bytes=ctx.settings.max_instance_bytes
+    )
     if "PixelData" not in ds:
         raise BadRequest("the instance has no pixel data to render")
+    check_pixel_size(
+        ds,
+        max_pixel_bytes=ctx.settings.max_pixel_bytes,
+        max_frame_bytes=ctx.settings.max_frame_bytes,
+    )
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame <= count:
+        raise NotFound(f"frame {frame} does not exist: the instance has {count} frame(s)")
     try:
-        pixels = ds.pixel_array
+        pixels = pixel_array(ds, index=frame - 1)
     except Exception as exc:  # no decoder for this transfer syntax
         raise NotAcceptable(
             f"cannot render transfer syntax {ds.file_meta.TransferSyntaxUID}: retrieve the "
             "instance or its frames instead"
         ) from exc
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    if not 1 <= frame <= count:
-        raise NotFound(f"frame {frame} does not exist: the instance has {count} frame(s)")
-    if count > 1:
-        pixels = pixels[frame - 1]
     values = pixels.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1)
     values += float(ds.get("RescaleIntercept", 0) or 0)
     if window is None and "WindowCenter" in ds and "WindowWidth" in ds:
@@ -225,3 +239,25 @@ def render(
     else:
         image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def multipart_stream(
+    parts: Iterator[tuple[bytes, str, str]], root_type: str
+) -> tuple[Iterator[bytes], str]:
+    """A ``multipart/related`` body (RFC 2387, PS3.18 8.7.1) produced one part at a time from
+    ``(data, content type, location)`` triples, and its Content-Type: a study retrieval holds
+    one instance in memory, not all of them (and not twice). Framed as
+    ``radpipe.common.mime.encode_multipart`` frames a body built whole."""
+    boundary = "radpipe-" + secrets.token_hex(16)
+
+    def body() -> Iterator[bytes]:
+        for data, content_type, location in parts:
+            head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+            if location:
+                head += f"Content-Location: {location}\r\n"
+            yield head.encode() + b"\r\n"
+            yield data
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return body(), f'multipart/related; type="{root_type}"; boundary={boundary}'

@@ -14,7 +14,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID_dictionary
 
 from radpipe.common.context import Context
-from radpipe.common.dicomio import read_part10
+from radpipe.common.dicomio import DEFAULT_MAX_INFLATED, InflateLimitExceeded, read_part10
 from radpipe.common.errors import InvalidDicom
 from radpipe.common.identity import instance_key_for, study_id_for
 from radpipe.common.logging import get_logger
@@ -115,8 +115,17 @@ def _uid(ds: pydicom.Dataset, keyword: str) -> str:
     return value
 
 
-def read_part(part: Part) -> pydicom.Dataset:
-    """Parse a part's header (pixels are not decoded) or raise ``InvalidDicom``."""
+def _uid_or_none(value: str | None) -> str | None:
+    """``value`` when it is a UID (PS3.5 9.1), else ``None`` (never echo a malformed one)."""
+    return value if value and len(value) <= 64 and UID_PATTERN.match(value) else None
+
+
+def read_part(part: Part, max_inflated_bytes: int = DEFAULT_MAX_INFLATED) -> pydicom.Dataset:
+    """Parse a part's header (pixels are not decoded) or raise ``InvalidDicom``.
+
+    A deflated data set (PS3.5 A.5) is inflated whole, a step at a time, so that one
+    inflating past ``max_inflated_bytes`` is refused here (``InflateLimitExceeded``) rather
+    than stored for the next stage to inflate."""
     if part.truncated:
         raise InvalidDicom("the part is cut off before its closing delimiter", CANNOT_UNDERSTAND)
     media, _ = parse_media_type(part.content_type)
@@ -124,7 +133,9 @@ def read_part(part: Part) -> pydicom.Dataset:
         raise InvalidDicom(f"part type {media!r} is not application/dicom", CANNOT_UNDERSTAND)
     try:
         part.file.seek(0)
-        return read_part10(part.file, stop_before_pixels=True)
+        return read_part10(
+            part.file, stop_before_pixels=True, max_inflated_bytes=max_inflated_bytes
+        )
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
         part.file.seek(0)
         raise InvalidDicom(
@@ -179,11 +190,19 @@ class StowSession:
 
     def _store(self, part: Part) -> StoreOutcome:
         try:
-            ds = read_part(part)
+            ds = read_part(part, self.ctx.settings.max_instance_bytes)
             sop_class = _uid(ds, "SOPClassUID")
             sop_instance = _uid(ds, "SOPInstanceUID")
         except InvalidDicom as exc:
             return StoreOutcome(None, None, failure_reason=exc.failure_reason, message=exc.message)
+        except InflateLimitExceeded as exc:
+            # PS3.4 B.2.3 / PS3.18 Table I.2-2: A7xx Refused, Out of Resources; not stored.
+            return StoreOutcome(
+                _uid_or_none(exc.sop_class_uid),
+                _uid_or_none(exc.sop_instance_uid),
+                failure_reason=OUT_OF_RESOURCES,
+                message=exc.message,
+            )
         outcome = StoreOutcome(sop_class, sop_instance)
         try:
             if not is_storage_sop_class(sop_class):
