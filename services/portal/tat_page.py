@@ -17,7 +17,7 @@ from radpipe.common.auth import Principal
 from radpipe.common.errors import NotFound
 
 router = APIRouter(tags=["tat"])
-Manager = Annotated[Principal, Depends(require("manager"))]
+Manager = Annotated[Principal, Depends(require("manager", "admin"))]  # DESIGN 4: TAT
 STATIC = Path(__file__).parent / "static"
 #: The page's files: name -> (path under static/, media type).
 ASSETS = {

@@ -91,12 +91,14 @@
     const width = Math.max(320, el.clientWidth || 420);
     charts[id] = new uPlot({ width, height: 220, ...opts }, series, el);
   }
-  const bars = () => uPlot.paths.bars({ size: [0.6, 60] });
+  // Side by side when two series share an x: the first left of it, the second right.
+  const bars = (align) => uPlot.paths.bars({ size: [align ? 0.35 : 0.6, 40], align: align || 0 });
   function labelled(labels) {
     return {
       scales: { x: { time: false, range: [-0.5, Math.max(labels.length - 0.5, 0.5)] } },
       axes: [
-        { values: (u, ticks) => ticks.map((t) => labels[t] ?? ""), splits: () => labels.map((_, i) => i), rotate: 0 },
+        { values: (u, ticks) => ticks.map((t) => labels[t] ?? ""), splits: () => labels.map((_, i) => i),
+          rotate: 35, size: 110, gap: 4 },
         {},
       ],
     };
@@ -107,9 +109,9 @@
     const idx = names.map((_, i) => i);
     const minutes = (key) => names.map((n) => (data.intervals[n][key] ?? null) === null ? null : data.intervals[n][key] / 60);
     chart("chart-intervals", {
-      ...labelled(names.map((n) => n.replace("→", "→\n"))),
-      series: [{}, { label: "p50 min", fill: "#2450a6aa", stroke: "#2450a6", paths: bars() },
-        { label: "p90 min", fill: "#b5470866", stroke: "#b54708", paths: bars() }],
+      ...labelled(names),
+      series: [{}, { label: "p50 min", fill: "#2450a6aa", stroke: "#2450a6", paths: bars(-1) },
+        { label: "p90 min", fill: "#b5470866", stroke: "#b54708", paths: bars(1) }],
     }, [idx, minutes("p50"), minutes("p90")]);
     const hours = data.arrivals_by_hour.map((_, h) => h);
     chart("chart-arrivals", {
