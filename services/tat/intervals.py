@@ -359,8 +359,9 @@ def daily_trend(
 
 
 def stuck(timelines: Iterable[Timeline], now: datetime, limit: int = 100) -> list[dict[str, Any]]:
-    """Studies waiting in a stage longer than :data:`STUCK_AFTER` allows, longest first."""
-    found = []
+    """Studies waiting in a stage longer than :data:`STUCK_AFTER` allows, longest first
+    (how long, never since when: the answer carries no event time)."""
+    found: list[dict[str, Any]] = []
     for t in timelines:
         if t.failed or "signed" in t.stages:
             continue
@@ -374,7 +375,6 @@ def stuck(timelines: Iterable[Timeline], now: datetime, limit: int = 100) -> lis
                 {
                     "study": t.study,
                     "stage": stage,
-                    "since": since,
                     "waiting_s": round(waiting, 1),
                     "limit_s": STUCK_AFTER[stage],
                     "modality": t.modality,
