@@ -37,12 +37,14 @@ PORTAL_CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-#: OHIF 3 (npm @ohif/app): inline bootstrap scripts in index.html, WebAssembly codecs,
-#: web workers from blob: URLs, data: fonts and images. Fetches stay same-origin.
+#: OHIF 3 (npm @ohif/app): inline bootstrap scripts in index.html, WebAssembly codecs
+#: ('wasm-unsafe-eval' compiles wasm only; JavaScript eval stays off), web workers from blob:
+#: URLs, data: fonts and images. Fetches stay same-origin. Checked in Chromium by
+#: tests/e2e/test_csp_browser.py (no violation while OHIF renders a study).
 OHIF_CSP = "; ".join(
     [
         "default-src 'self'",
-        "script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:",
+        "script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval' blob:",
         "worker-src 'self' blob:",
         "style-src 'self' 'unsafe-inline'",
         "img-src 'self' data: blob:",
