@@ -84,6 +84,8 @@ def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Co
     context.studies.ensure_indexes()
     ensure_alert_indexes(documents)
     blinding.ensure_indexes(documents)
+    if not settings.keyless:  # once: vault entries from before keys per purpose re-wrapped
+        context.vault.rewrap_legacy()
     return context
 
 

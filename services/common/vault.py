@@ -21,6 +21,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -29,6 +30,7 @@ from .errors import NotFound
 from .identity import PatientKeys
 from .keys import Purpose
 from .ports import DocumentStore
+from .studies import MIGRATIONS
 
 COLLECTION = "vault"
 
@@ -64,6 +66,8 @@ def legacy_date_offset(identity: dict[str, Any], secret: bytes) -> timedelta:
 
 #: The ``key`` field of an entry encrypted with ``Purpose.VAULT``'s key.
 KEY_ID = str(Purpose.VAULT)
+#: The ``migrations`` marker of :meth:`Vault.rewrap_legacy`.
+REWRAPPED = "vault-keys-per-purpose-v1"
 
 
 def legacy_key(master: bytes) -> bytes:
@@ -79,25 +83,15 @@ class Vault:
     master secret, to open (and re-wrap) entries written before keys per purpose."""
 
     def __init__(self, documents: DocumentStore, key: bytes, legacy: bytes | None = None) -> None:
+        self._documents = documents
         self._collection = documents.collection(COLLECTION)
         self._aead = AESGCM(key)
         self._legacy = AESGCM(legacy_key(legacy)) if legacy is not None else None
 
     def put(self, entry_id: str, identity: dict[str, Any]) -> None:
         """Store (or replace) the identity behind ``entry_id`` (usually a study id)."""
-        nonce = os.urandom(12)
-        blob = self._aead.encrypt(nonce, json.dumps(identity).encode(), entry_id.encode())
         self._collection.update_one(
-            {"_id": entry_id},
-            {
-                "$set": {
-                    "nonce": nonce.hex(),
-                    "blob": blob.hex(),
-                    "key": KEY_ID,
-                    "updated_at": datetime.now(UTC),
-                }
-            },
-            upsert=True,
+            {"_id": entry_id}, {"$set": self._sealed(entry_id, identity)}, upsert=True
         )
 
     def get(self, entry_id: str) -> dict[str, Any]:
@@ -106,25 +100,62 @@ class Vault:
             raise NotFound(f"no vault entry for {entry_id}")
         result: dict[str, Any] = json.loads(self._open(entry_id, entry))
         if entry.get("key") != KEY_ID:
-            self.put(entry_id, result)  # re-wrap a legacy entry under the vault key
+            self._rewrap(entry, result)
         return result
 
-    def rewrap_legacy(self) -> int:
-        """Re-encrypt every entry still under the legacy key (an upgrade step; idempotent)."""
-        count = 0
-        for entry in list(self._collection.find({})):
-            if entry.get("key") != KEY_ID:
-                self.put(entry["_id"], json.loads(self._open(entry["_id"], entry)))
-                count += 1
+    def rewrap_legacy(self, batch: int = 500) -> int:
+        """Re-encrypt every entry still under the legacy key, once (an upgrade step run when
+        a process with the key starts; a marker in ``migrations`` says it ran). Idempotent,
+        and safe beside writers: an entry changed meanwhile is left to its writer. Returns
+        how many entries it re-wrapped."""
+        done = self._documents.collection(MIGRATIONS)
+        if done.find_one({"_id": REWRAPPED}) is not None:
+            return 0
+        count, last = 0, None
+        while True:
+            query: dict[str, Any] = {"key": {"$exists": False}}
+            if last is not None:
+                query["_id"] = {"$gt": last}
+            page = list(self._collection.find(query).sort("_id", 1).limit(batch))
+            if not page:
+                break
+            last = page[-1]["_id"]
+            for entry in page:
+                count += self._rewrap(entry, json.loads(self._open(entry["_id"], entry)))
+        done.update_one({"_id": REWRAPPED}, {"$set": {"done": datetime.now(UTC)}}, upsert=True)
         return count
+
+    def _sealed(self, entry_id: str, identity: dict[str, Any]) -> dict[str, Any]:
+        nonce = os.urandom(12)
+        blob = self._aead.encrypt(nonce, json.dumps(identity).encode(), entry_id.encode())
+        return {
+            "nonce": nonce.hex(),
+            "blob": blob.hex(),
+            "key": KEY_ID,
+            "updated_at": datetime.now(UTC),
+        }
+
+    def _rewrap(self, entry: dict[str, Any], identity: dict[str, Any]) -> int:
+        """The entry under the vault key, unless it was rewritten since it was read (its nonce
+        changes with every write): 1 when this call re-wrapped it."""
+        found = self._collection.update_one(
+            {"_id": entry["_id"], "nonce": entry["nonce"]},
+            {"$set": self._sealed(entry["_id"], identity)},
+        )
+        return int(found.modified_count)
 
     def _open(self, entry_id: str, entry: dict[str, Any]) -> bytes:
         nonce, blob = bytes.fromhex(entry["nonce"]), bytes.fromhex(entry["blob"])
-        if entry.get("key") == KEY_ID:
-            return self._aead.decrypt(nonce, blob, entry_id.encode())
-        if entry.get("key") is not None or self._legacy is None:
+        aead = self._aead if entry.get("key") == KEY_ID else self._legacy
+        if aead is None or entry.get("key") not in (KEY_ID, None):
             raise ValueError(
                 f"vault entry {entry_id} is under a key this process does not have "
                 f"({entry.get('key') or 'legacy'}): check RADPIPE_SECRET_KEY"
             )
-        return self._legacy.decrypt(nonce, blob, entry_id.encode())
+        try:
+            return aead.decrypt(nonce, blob, entry_id.encode())
+        except InvalidTag:
+            raise ValueError(
+                f"vault entry {entry_id} does not open with this RADPIPE_SECRET_KEY: it was "
+                "written under another master secret (restore the one the data was made with)"
+            ) from None

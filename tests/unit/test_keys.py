@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from radpipe.common.context import Context
+from radpipe.common.context import Context, build_context
+from radpipe.common.docstore import make_document_store
 from radpipe.common.errors import BadRequest
 from radpipe.common.identity import (
     PatientKeys,
@@ -20,8 +21,10 @@ from radpipe.common.identity import (
     study_id_for,
 )
 from radpipe.common.keys import Purpose, hkdf_sha256, purpose_key
-from radpipe.common.studies import now
-from radpipe.common.vault import COLLECTION, KEY_ID, Vault, legacy_key
+from radpipe.common.ports import DocumentStore
+from radpipe.common.settings import Settings
+from radpipe.common.studies import MIGRATIONS, now
+from radpipe.common.vault import COLLECTION, KEY_ID, REWRAPPED, Vault, legacy_key
 from radpipe.deid.service import deidentify_study
 from radpipe.deid.stability import check_stable
 from radpipe.ingest.multipart import Part
@@ -30,6 +33,7 @@ from radpipe.notify import links
 from radpipe.notify.signing import make_ack_token, read_ack_token
 from radpipe.portal.service import lookup_source_study
 
+from ..conftest import RecordingDispatcher
 from ..dicom import PHI, ct_series, read
 
 # RFC 5869 Appendix A.1 (Test Case 1, SHA-256).
@@ -150,27 +154,69 @@ def test_lookup_by_original_uid_finds_old_and_new_studies(
         assert [view.id for view in found] == [study_id]
 
 
+def put_legacy(documents: DocumentStore, master: bytes, entry_id: str) -> None:
+    """A vault entry as 0.1 wrote it: HKDF(master, info "radpipe-vault"), no ``key`` field."""
+    nonce = os.urandom(12)
+    blob = AESGCM(legacy_key(master)).encrypt(
+        nonce, json.dumps({"patient_id": entry_id}).encode(), entry_id.encode()
+    )
+    documents.collection(COLLECTION).insert_one(
+        {"_id": entry_id, "nonce": nonce.hex(), "blob": blob.hex()}
+    )
+
+
 def test_a_vault_entry_under_the_old_key_is_read_and_rewrapped(ctx: Context) -> None:
-    master = ctx.settings.master_secret
-    collection = ctx.documents.collection(COLLECTION)
-    for entry_id in ("old-1", "old-2"):
-        nonce = os.urandom(12)
-        blob = AESGCM(legacy_key(master)).encrypt(
-            nonce, json.dumps({"patient_id": entry_id}).encode(), entry_id.encode()
-        )
-        collection.insert_one({"_id": entry_id, "nonce": nonce.hex(), "blob": blob.hex()})
+    put_legacy(ctx.documents, ctx.settings.master_secret, "old-1")
     assert ctx.vault.get("old-1") == {"patient_id": "old-1"}
-    rewrapped = collection.find_one({"_id": "old-1"})
+    rewrapped = ctx.documents.collection(COLLECTION).find_one({"_id": "old-1"})
     assert rewrapped["key"] == KEY_ID
-    assert Vault(ctx.documents, ctx.settings.key(Purpose.VAULT)).get("old-1") == {
-        "patient_id": "old-1"
-    }
-    assert ctx.vault.rewrap_legacy() == 1  # old-2; old-1 was re-wrapped when it was read
-    assert ctx.vault.rewrap_legacy() == 0
-    # Without the master, an old entry cannot be opened: the error says which key it needs.
-    collection.update_one({"_id": "old-2"}, {"$unset": {"key": ""}})
+    vault_key_only = Vault(ctx.documents, ctx.settings.key(Purpose.VAULT))
+    assert vault_key_only.get("old-1") == {"patient_id": "old-1"}
+    # Without the master an old entry does not open; with another master it does not either.
+    put_legacy(ctx.documents, ctx.settings.master_secret, "old-2")
     with pytest.raises(ValueError, match="legacy"):
-        Vault(ctx.documents, ctx.settings.key(Purpose.VAULT)).get("old-2")
+        vault_key_only.get("old-2")
+    stranger = Vault(ctx.documents, os.urandom(32), os.urandom(32))
+    with pytest.raises(ValueError, match="another master secret"):
+        stranger.get("old-2")
+    with pytest.raises(ValueError, match="another master secret"):
+        stranger.get("old-1")
+
+
+def test_the_vault_is_rewrapped_once_when_a_process_with_the_key_starts(
+    settings: Settings,
+) -> None:
+    documents = make_document_store(settings)
+    for entry_id in ("old-1", "old-2", "old-3"):
+        put_legacy(documents, settings.master_secret, entry_id)
+    documents.close()
+    context = build_context(settings, tasks=RecordingDispatcher())
+    try:
+        entries = list(context.documents.collection(COLLECTION).find({}))
+        assert [e.get("key") for e in entries] == [KEY_ID] * 3
+        assert context.documents.collection(MIGRATIONS).find_one({"_id": REWRAPPED})
+        assert context.vault.rewrap_legacy() == 0  # once
+        assert context.vault.get("old-2") == {"patient_id": "old-2"}
+    finally:
+        context.documents.close()
+
+
+def test_a_keyless_process_does_not_touch_the_vault(settings: Settings) -> None:
+    documents = make_document_store(settings)
+    put_legacy(documents, settings.master_secret, "old-1")
+    documents.close()
+    keyless = Settings(
+        data_dir=settings.data_dir, bucket_prefix=settings.bucket_prefix, keyless=True
+    )
+    context = build_context(keyless, tasks=RecordingDispatcher())
+    try:
+        assert (
+            context.documents.collection(COLLECTION).find_one({"_id": "old-1"}).get("key") is None
+        )
+        with pytest.raises(RuntimeError, match="RADPIPE_KEYLESS"):
+            context.vault  # noqa: B018
+    finally:
+        context.documents.close()
 
 
 def test_ack_links_are_signed_with_the_links_key(ctx: Context) -> None:
