@@ -7,10 +7,12 @@ adapters with ``app.dependency_overrides``.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -18,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .auth import AuthService, Principal, csrf_token
+from .audit import keyed
+from .auth import AuthService, LoginLocked, Principal, csrf_token
 from .context import Context
 from .errors import Forbidden, RadpipeError, Unauthorized
 from .headers import SecurityHeaders
@@ -27,6 +30,8 @@ from .metrics import refresh_gauges
 
 log = get_logger("radpipe.api")
 SESSION_COOKIE = "radpipe_session"
+#: A UID anywhere in a path (PS3.5 9.1: digits and dots); three components at least.
+_UID = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}")
 
 
 def get_ctx(request: Request) -> Context:
@@ -41,39 +46,58 @@ def get_principal(request: Request, ctx: Ctx) -> Principal:
     auth = AuthService(ctx.documents)
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        return auth.authenticate_token(header[7:].strip())
-    session = request.cookies.get(SESSION_COOKIE)
-    if session:
-        return auth.authenticate_session(session)
-    raise Unauthorized(
-        "authentication required: send `Authorization: Bearer <token>` "
-        "(create one with `radpipe token create`) or log in at /login"
-    )
+        principal = auth.authenticate_token(header[7:].strip())
+    elif session := request.cookies.get(SESSION_COOKIE):
+        principal = auth.authenticate_session(session)
+    else:
+        raise Unauthorized(
+            "authentication required: send `Authorization: Bearer <token>` "
+            "(create one with `radpipe token create`) or log in at /login"
+        )
+    request.state.principal = principal  # for the audit of a refusal (``_radpipe_error``)
+    return principal
 
 
 Caller = Annotated[Principal, Depends(get_principal)]
 
 
-def require(*roles: str, admin: bool = True) -> Callable[..., Principal]:
-    """A dependency that admits only ``roles`` (and ``admin``, unless ``admin=False``: clinical
-    acts such as signing are not the administrator's); every refusal is written to the audit
-    log (``access.denied``, the method and path as target)."""
+def require(*roles: str, admin: bool = False) -> Callable[..., Principal]:
+    """A dependency that admits only ``roles``. ``admin`` is admitted only where named (or with
+    ``admin=True``): it manages users, tokens, rules and the system and is not a clinical role
+    (separation of duties; the matrix is ``tests/unit/test_authz_matrix.py``). Every refusal
+    is written to the audit log (``access.denied``, the method and path as target) by the
+    error handler, as is any other 403."""
+    admitted = frozenset(roles) | ({"admin"} if admin else set())
+    if not admitted:
+        raise ValueError("require() needs at least one role")
+    needed = ", ".join(sorted(admitted))
 
-    def check(principal: Caller, request: Request, ctx: Ctx) -> Principal:
-        if principal.role not in roles and not (admin and principal.role == "admin"):
-            AuthService(ctx.documents).audit(
-                principal, "access.denied", f"{request.method} {request.url.path}"
-            )
-            raise Forbidden(
-                f"role {principal.role!r} may not do this; it needs one of: {', '.join(roles)}"
-            )
+    def check(principal: Caller) -> Principal:
+        if principal.role not in admitted:
+            raise Forbidden(f"role {principal.role!r} may not do this; it needs one of: {needed}")
         return principal
 
     return check
 
 
+def keyed_path(master: bytes, path: str) -> str:
+    """``path`` with every UID in it keyed (``radpipe.common.audit.keyed``): a refused
+    request may name original UIDs, which the log never holds in clear."""
+    return _UID.sub(lambda uid: keyed(master, uid.group()), path)
+
+
+def audit_denied(request: Request, principal: Principal) -> None:
+    """``access.denied`` for a refused request, the method and (UID-keyed) path as target."""
+    context: Context = request.app.state.context
+    path = keyed_path(context.settings.secret, request.url.path)
+    AuthService(context.documents).audit(principal, "access.denied", f"{request.method} {path}")
+
+
 async def _radpipe_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RadpipeError)
+    principal = getattr(request.state, "principal", None)
+    if exc.status == 403 and principal is not None:
+        await run_in_threadpool(audit_denied, request, principal)
     if (
         exc.status == 401
         and "text/html" in request.headers.get("accept", "")
@@ -81,6 +105,8 @@ async def _radpipe_error(request: Request, exc: Exception) -> Response:
     ):
         return RedirectResponse("/login", status_code=303)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, LoginLocked):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(
         {"error": type(exc).__name__, "detail": exc.message}, exc.status, headers=headers
     )
@@ -169,6 +195,15 @@ _CSRF_EXEMPT = ("/login", "/alerts/ack/")
 CSRF_HEADER = "X-CSRF-Token"
 
 
+def _audit_csrf_refusal(request: Request, context: Context, session: str) -> None:
+    """A refused state change is audited like any 403, when the session is still valid."""
+    try:
+        principal = AuthService(context.documents).authenticate_session(session)
+    except Unauthorized:
+        return
+    audit_denied(request, principal)
+
+
 async def _csrf_and_no_store(request: Request, call_next: Callable[..., Any]) -> Response:
     """CSRF: a state-changing request authenticated by the session cookie must carry the
     session's token (header ``X-CSRF-Token``, or ``?csrf=`` on a form's action); bearer-token
@@ -186,6 +221,7 @@ async def _csrf_and_no_store(request: Request, call_next: Callable[..., Any]) ->
         expected = csrf_token(context.settings.secret, session)
         sent = request.headers.get(CSRF_HEADER) or request.query_params.get("csrf") or ""
         if not hmac.compare_digest(sent.encode(), expected.encode()):
+            await run_in_threadpool(_audit_csrf_refusal, request, context, session)
             return JSONResponse(
                 {
                     "error": "Forbidden",

@@ -11,23 +11,60 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from radpipe.common import blinding, dicomjson
-from radpipe.common.api import Ctx, require
+from radpipe.common.api import Ctx, keyed_path, require
+from radpipe.common.audit import keyed, keyed_query
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.mime import BodyPart, choose, encode_multipart
+from radpipe.common.roles import CLINICAL_ROLES
 
 from . import bulkdata, media, qido, retrieve
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
-_reader = require("radiologist", "resident", "oncall")
+_reader = require(*sorted(CLINICAL_ROLES))
+#: Paths that search (QIDO-RS); their query is audited with identifying values keyed.
+_SEARCHES = ("/studies", "/series", "/instances")
 
 
 def _audited_reader(
     request: Request, ctx: Ctx, caller: Annotated[Principal, Depends(_reader)]
 ) -> Principal:
-    """Every search and retrieval is audited by token name (paths carry de-identified UIDs)."""
-    AuthService(ctx.documents).audit(caller, "dicomweb.read", request.url.path)
+    """Clinical roles only; every search and retrieval is audited by token or user name
+    (``dicomweb.read``, the path as target, a search's query with identifying values keyed).
+
+    A path naming original UIDs (a RetrieveURL from a STOW-RS response; ``retrieve.scope``
+    maps them) re-identifies: it is audited as ``identity.lookup``, the target the path with
+    the de-identified UIDs, the original ones keyed. A path naming nothing in the store is
+    written with its UIDs keyed (they may be originals)."""
     request.state.viewer = caller
+    master = ctx.settings.secret
+    path = request.url.path
+    detail: dict[str, Any] = {}
+    action = "dicomweb.read"
+    if path.rstrip("/").endswith(_SEARCHES) and request.query_params:
+        detail["query"] = keyed_query(master, request.query_params.multi_items())
+    study, series = request.path_params.get("study"), request.path_params.get("series")
+    instance = request.path_params.get("instance")
+    if study is not None:
+        try:
+            found_study, found_series = retrieve.scope(ctx, study, series)
+        except (NotFound, BadRequest):
+            AuthService(ctx.documents).audit(
+                caller, action, keyed_path(master, path), found=False, **detail
+            )
+            raise
+        if found_study != study:
+            action = "identity.lookup"
+            originals = [uid for uid in (study, series, instance) if uid]
+            detail["uids"] = [keyed(master, uid) for uid in originals]
+            path = path.replace(f"/studies/{study}", f"/studies/{found_study}", 1)
+            if series and found_series:
+                path = path.replace(f"/series/{series}", f"/series/{found_series}", 1)
+            if instance:
+                path = path.replace(
+                    f"/instances/{instance}", f"/instances/{keyed(master, instance)}", 1
+                )
+    AuthService(ctx.documents).audit(caller, action, path, **detail)
     return caller
 
 

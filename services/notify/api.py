@@ -28,6 +28,7 @@ Reader = Annotated[
     Principal, Depends(require("oncall", "radiologist", "resident", "manager", "auditor"))
 ]
 Responder = Annotated[Principal, Depends(require("oncall", "radiologist"))]
+#: Rules and schedules are the system's: admin only (it sees no alert, which is clinical).
 Admin = Annotated[Principal, Depends(require("admin"))]
 
 

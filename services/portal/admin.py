@@ -23,7 +23,7 @@ from radpipe.common.studies import now
 from radpipe.inference.registry import discover
 
 router = APIRouter(tags=["admin"])
-Admin = Annotated[Principal, Depends(require())]
+Admin = Annotated[Principal, Depends(require("admin"))]
 
 
 class UserIn(BaseModel):

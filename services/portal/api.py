@@ -11,9 +11,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel
 
-from radpipe.common.api import SESSION_COOKIE, Ctx, require
-from radpipe.common.auth import SESSION_IDLE, AuthService, Principal, csrf_token
+from radpipe.common.api import SESSION_COOKIE, Caller, Ctx, require
+from radpipe.common.auth import SESSION_IDLE, AuthService, LoginLocked, Principal, csrf_token
 from radpipe.common.errors import BadRequest, NotFound, Unauthorized
+from radpipe.common.roles import CLINICAL_ROLES
 from radpipe.common.studies import StudyState
 
 from . import agreement, reading, review, service, viewer
@@ -61,6 +62,7 @@ def _moment(name: str, text: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+Clinical = Annotated[Principal, Depends(require(*sorted(CLINICAL_ROLES)))]
 Radiologist = Annotated[Principal, Depends(require("radiologist", admin=False))]
 Teaching = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
 ReadingRole = Annotated[Principal, Depends(require("resident", "radiologist", admin=False))]
@@ -126,8 +128,9 @@ def score_read(
 
 
 @router.get("/api/studies/{study_id}/identity")
-def get_identity(study_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
-    """The re-identification vault, for clinical roles; every read is audited."""
+def get_identity(study_id: str, ctx: Ctx, caller: Clinical) -> dict[str, Any]:
+    """The re-identification vault: an identity lookup, clinical roles only (403 and
+    ``access.denied`` for the others); every read is audited (``identity.lookup``)."""
     return service.read_identity(ctx, caller, study_id)
 
 
@@ -135,8 +138,27 @@ def get_identity(study_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
 def decide(
     study_id: str, number: int, body: review.DecisionIn, ctx: Ctx, caller: Radiologist
 ) -> dict[str, Any]:
-    """Accept, reject (with a reason) or edit (with a diameter) finding ``number`` (from 1)."""
+    """Accept, reject (with a reason) or edit (with a diameter, or a mask in the encoding of
+    ``radpipe.common.masks``) finding ``number`` (from 1)."""
     return review.decide(ctx, caller, study_id, number, body)
+
+
+@router.get("/api/studies/{study_id}/findings/{number}/mask")
+def finding_mask(study_id: str, number: int, ctx: Ctx, caller: Reader) -> dict[str, Any]:
+    """Finding ``number``'s mask as it stands (edited, else the AI's SEG segment), encoded
+    ``rle-slices-v1``; 404 for a resident before the read."""
+    mask = review.current_mask(ctx, caller, study_id, number)
+    AuthService(ctx.documents).audit(caller, "study.mask.view", study_id, finding=number)
+    return mask
+
+
+@router.get("/api/studies/{study_id}/geometry")
+def geometry(study_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
+    """The voxel grid masks are drawn in (the analysed series: its UID, [slices, rows,
+    columns], spacing in mm); it tells nothing of the AI result."""
+    grid = viewer.geometry(ctx, ctx.studies.get(study_id))
+    AuthService(ctx.documents).audit(caller, "study.geometry.view", study_id)
+    return grid.to_dict()
 
 
 @router.post("/api/studies/{study_id}/sign")
@@ -163,12 +185,28 @@ def login_page(request: Request, error: str | None = None) -> Response:
 
 
 @router.post("/login")
-def login(ctx: Ctx, username: Annotated[str, Form()], password: Annotated[str, Form()]) -> Response:
+def login(
+    request: Request,
+    ctx: Ctx,
+    username: Annotated[str, Form(max_length=256)],
+    password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    """Sign in (audited, failures too); 429 with ``Retry-After`` and the time to retry while
+    the user name or the client address is locked (``radpipe.common.auth``)."""
+    address = request.client.host if request.client else "-"
     try:
-        session = AuthService(ctx.documents).login(username, password)
+        session = AuthService(ctx.documents).login(username, password, address)
+    except LoginLocked as locked:
+        page = templates.TemplateResponse(
+            request, "login.html", {"error": None, "locked": locked.message}, status_code=429
+        )
+        page.headers["Retry-After"] = str(locked.retry_after)
+        return page
     except Unauthorized:
         return RedirectResponse("/login?error=1", status_code=303)
-    response = RedirectResponse("/", status_code=303)
+    role = AuthService(ctx.documents).authenticate_session(session).role
+    # Admins see no clinical data: their start page is the admin screen, not the worklist.
+    response = RedirectResponse("/admin" if role == "admin" else "/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         session,
@@ -183,6 +221,7 @@ def login(ctx: Ctx, username: Annotated[str, Form()], password: Annotated[str, F
 
 @router.post("/logout")
 def logout(request: Request, ctx: Ctx) -> Response:
+    """End the session on the server (audited ``auth.logout``)."""
     if session := request.cookies.get(SESSION_COOKIE):
         AuthService(ctx.documents).logout(session)
     response = RedirectResponse("/login", status_code=303)
@@ -256,8 +295,9 @@ def overlay(study_id: str, sop_uid: str, ctx: Ctx, caller: Reader) -> Response:
 
 
 @router.get("/static/{name}")
-def static(name: str, _: Reader) -> Response:
-    """The portal's own scripts (no CDN); only the files shipped in ``static/``."""
+def static(name: str, _: Caller) -> Response:
+    """The portal's own scripts (no CDN; no clinical data, so any signed-in role, the admin
+    screen's included); only the files shipped in ``static/``."""
     if name not in STATIC_FILES:
         raise NotFound(f"no static file {name!r}")
     return FileResponse(

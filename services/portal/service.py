@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from radpipe.common import alerts, blinding
+from radpipe.common.audit import keyed
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
 from radpipe.common.errors import BadRequest, Forbidden, NotFound
@@ -139,8 +140,9 @@ def lookup_source_study(ctx: Context, caller: Principal, source_study_uid: str) 
         )
     study_id = study_id_for(ctx.study_key(source_study_uid), source_study_uid)
     doc = ctx.studies.find(study_id)
+    uid = keyed(ctx.settings.secret, source_study_uid)  # never the original UID in clear
     AuthService(ctx.documents).audit(
-        caller, "study.lookup-source-uid", study_id, found=doc is not None
+        caller, "identity.lookup", study_id, via="source_study_uid", uid=uid, found=bool(doc)
     )
     return [public_study(ctx, doc, caller)] if doc else []
 
@@ -153,7 +155,7 @@ def read_identity(ctx: Context, caller: Principal, study_id: str) -> dict[str, A
     allowed = caller.role in CLINICAL_ROLES
     found = allowed and ctx.studies.find(study_id) is not None
     AuthService(ctx.documents).audit(
-        caller, "vault.read", study_id, allowed=allowed, found=bool(found)
+        caller, "identity.lookup", study_id, via="vault", allowed=allowed, found=bool(found)
     )
     if not allowed:
         raise Forbidden(
