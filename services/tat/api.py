@@ -132,3 +132,15 @@ def latest_import(ctx: Ctx, _: Manager) -> dict[str, Any] | None:
 @router.get("/api/tat/imports/{import_id}")
 def one_import(import_id: str, ctx: Ctx, _: Manager) -> dict[str, Any]:
     return service.get_import(ctx, import_id)
+
+
+@router.get("/api/tat/imports/{import_id}/flagged")
+def import_flagged(
+    import_id: str,
+    ctx: Ctx,
+    _: Manager,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> dict[str, Any]:
+    """Every flagged row of an import with its reasons, a page at a time."""
+    return service.flagged_rows(ctx, import_id, offset, limit)

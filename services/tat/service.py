@@ -124,45 +124,57 @@ def make_filters(
 # -- timelines ---------------------------------------------------------------------------------
 
 
-def _acquired(documents: DocumentStore, study_id: str) -> datetime | None:
-    """The earliest acquisition, from the lags measured at receipt (instances by study)."""
-    times = []
-    for instance in documents.collection("instances").find({"study_id": study_id}):
-        lag, received = instance.get(ACQUIRED_TO_RECEIVED), instance.get("received_at")
-        if (
-            isinstance(lag, int | float)
-            and isinstance(received, datetime)
-            and LAG_RANGE[0] <= lag <= LAG_RANGE[1]
-        ):
-            times.append(received - timedelta(seconds=lag))
-    return min(times) if times else None
+def _first_instance(documents: DocumentStore, study_id: str) -> Document:
+    """The study's first received instance (the ``study_id, received_at`` index, one row)."""
+    cursor = (
+        documents.collection("instances")
+        .find({"study_id": study_id})
+        .sort("received_at", 1)
+        .limit(1)
+    )
+    return next(iter(cursor), {})
 
 
-def _first_source(documents: DocumentStore, study_id: str) -> str | None:
-    first = documents.collection("instances").find_one({"study_id": study_id})
-    return (first or {}).get("source")
+def acquired_at(instance: Document) -> datetime | None:
+    """When the instance was acquired: its receipt less the lag measured then, if plausible."""
+    lag, received = instance.get(ACQUIRED_TO_RECEIVED), instance.get("received_at")
+    if (
+        isinstance(lag, int | float)
+        and isinstance(received, datetime)
+        and LAG_RANGE[0] <= lag <= LAG_RANGE[1]
+    ):
+        return received - timedelta(seconds=lag)
+    return None
 
 
-def ris_row_of(documents: DocumentStore, study: Document) -> Document | None:
-    """The study's RIS row: de-identified study UID -> its summary's (pseudonymous) accession
-    -> the row imported under that pseudonym (two primary-key reads)."""
-    uid = (study.get("deid") or {}).get("study_uid")
-    if not uid:
-        return None
-    summary = documents.collection(STUDY_SUMMARIES).find_one({"_id": uid})
-    accession = ((summary or {}).get("attributes") or {}).get("AccessionNumber")
-    if not accession:
-        return None
-    row: Document | None = documents.collection(RIS_ROWS).find_one({"_id": str(accession)})
-    return row
+def ris_rows_of(documents: DocumentStore, studies: list[Document]) -> dict[str, Document]:
+    """Study id -> its RIS row: de-identified study UID -> the study summary's (pseudonymous)
+    AccessionNumber -> the row imported under that pseudonym (two ``_id $in`` reads)."""
+    uids = {
+        (s.get("deid") or {}).get("study_uid"): s["_id"]
+        for s in studies
+        if (s.get("deid") or {}).get("study_uid")
+    }
+    if not uids:
+        return {}
+    accession_of = {}
+    for summary in documents.collection(STUDY_SUMMARIES).find({"_id": {"$in": list(uids)}}):
+        accession = (summary.get("attributes") or {}).get("AccessionNumber")
+        if accession:
+            accession_of[str(accession)] = uids[summary["_id"]]
+    if not accession_of:
+        return {}
+    rows = documents.collection(RIS_ROWS).find({"_id": {"$in": list(accession_of)}})
+    return {accession_of[row["_id"]]: row for row in rows}
 
 
-def timeline_of(documents: DocumentStore, study: Document) -> Timeline:
+def timeline_of(documents: DocumentStore, study: Document, row: Document | None) -> Timeline:
+    """One study's timeline: its events, the acquisition measured at receipt, its RIS row."""
     extra: dict[str, datetime] = {}
-    acquired = _acquired(documents, study["_id"])
+    first = _first_instance(documents, study["_id"])
+    acquired = acquired_at(first)
     if acquired is not None:
         extra["acquired"] = acquired
-    row = ris_row_of(documents, study)
     for stage, key in (
         ("ordered", "ordered_at"),
         ("exam_complete", "exam_complete_at"),
@@ -179,10 +191,18 @@ def timeline_of(documents: DocumentStore, study: Document) -> Timeline:
         modality=str(modality),
         priority=str((row or {}).get("priority") or "unknown"),
         risk=str(risk),
-        source=str(study.get("source") or _first_source(documents, study["_id"]) or "unknown"),
+        source=str(study.get("source") or first.get("source") or "unknown"),
         state=str(study.get("state", "")),
         failed=study.get("state") == "failed",
     )
+
+
+#: Studies whose RIS rows are looked up in one query.
+BATCH = 500
+#: RIS rows written per transaction of the embedded engine (other writers wait this long).
+WRITE_BATCH = 1000
+#: Flagged rows listed in an import's report itself.
+REPORT_ROWS = 1000
 
 
 def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
@@ -193,7 +213,16 @@ def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
         .find({"created_at": {"$gte": filters.since, "$lt": filters.until}})
         .sort("created_at", 1)
     )
-    found = [timeline_of(ctx.documents, study) for study in cursor]
+    found: list[Timeline] = []
+    batch: list[Document] = []
+    for study in [*cursor, None]:
+        if study is not None:
+            batch.append(study)
+            if len(batch) < BATCH:
+                continue
+        rows = ris_rows_of(ctx.documents, batch)
+        found += [timeline_of(ctx.documents, s, rows.get(s["_id"])) for s in batch]
+        batch = []
     return [t for t in found if filters.admits(t)]
 
 
@@ -239,29 +268,33 @@ def import_ris(
     summaries = ctx.documents.collection(STUDY_SUMMARIES)
     rows = ctx.documents.collection(RIS_ROWS)
     matched = 0
-    for row in parsed.clean:
-        summary = summaries.find_one({"attributes.AccessionNumber": row.accession})
-        matched += summary is not None
-        rows.update_one(
-            {"_id": row.accession},
-            {
-                "$set": {
-                    "modality": row.modality,
-                    "priority": row.priority,
-                    **row.times,
-                    "import_id": digest,
-                    "line": row.line,
-                }
-            },
-            upsert=True,
-        )
+    for start in range(0, len(parsed.clean), WRITE_BATCH):
+        with ctx.documents.exclusive():  # one transaction per batch on the embedded engine
+            for row in parsed.clean[start : start + WRITE_BATCH]:
+                summary = summaries.find_one({"attributes.AccessionNumber": row.accession})
+                matched += summary is not None
+                rows.update_one(
+                    {"_id": row.accession},
+                    {
+                        "$set": {
+                            "modality": row.modality,
+                            "priority": row.priority,
+                            **row.times,
+                            "import_id": digest,
+                            "line": row.line,
+                        }
+                    },
+                    upsert=True,
+                )
     flagged = ctx.documents.collection(RIS_FLAGGED)
-    for row in parsed.flagged:
-        flagged.update_one(
-            {"_id": f"{digest}:{row.line}"},
-            {"$set": {**row.as_dict(), "import_id": digest}},
-            upsert=True,
-        )
+    for start in range(0, len(parsed.flagged), WRITE_BATCH):
+        with ctx.documents.exclusive():
+            for row in parsed.flagged[start : start + WRITE_BATCH]:
+                flagged.update_one(
+                    {"_id": f"{digest}:{row.line}"},
+                    {"$set": {**row.as_dict(), "import_id": digest}},
+                    upsert=True,
+                )
     reasons: dict[str, int] = {}
     for row in parsed.flagged:
         for reason in row.reasons:
@@ -279,7 +312,10 @@ def import_ris(
         "matched": matched,
         "mapping": parsed.mapping.as_dict(),
         "reasons": reasons,
-        "flagged_rows": [row.as_dict() for row in parsed.flagged],
+        # The report holds the first flagged rows (a document stays far below MongoDB's
+        # 16 MiB); every one is in RIS_FLAGGED (``GET /api/tat/imports/{id}/flagged``).
+        "flagged_rows": [row.as_dict() for row in parsed.flagged[:REPORT_ROWS]],
+        "flagged_rows_truncated": len(parsed.flagged) > REPORT_ROWS,
     }
     try:
         imports.insert_one(record)
@@ -305,3 +341,16 @@ def get_import(ctx: Context, import_id: str) -> dict[str, Any]:
     if record is None:
         raise NotFound(f"no RIS import {import_id}; GET /api/tat/imports/latest for the last")
     return _public_import(record)
+
+
+def flagged_rows(ctx: Context, import_id: str, offset: int, limit: int) -> dict[str, Any]:
+    """A page of an import's flagged rows, in file order (the ``import_id, line`` index)."""
+    get_import(ctx, import_id)
+    query = {"import_id": import_id}
+    flagged = ctx.documents.collection(RIS_FLAGGED)
+    page = flagged.find(query).sort([("import_id", 1), ("line", 1)]).skip(offset).limit(limit)
+    return {
+        "total": flagged.count_documents(query),
+        "offset": offset,
+        "rows": [{k: v for k, v in row.items() if k not in ("_id", "import_id")} for row in page],
+    }

@@ -305,6 +305,10 @@ def test_import_keeps_flagged_rows_aside_and_reimport_changes_nothing(ctx: Conte
     assert new and (report["rows"], report["clean"], report["flagged"]) == (11, 3, 8)
     assert report["reasons"]["unknown modality"] == 1
     assert [r["line"] for r in report["flagged_rows"]] == [4, 5, 6, 7, 8, 9, 10, 11]
+    assert report["flagged_rows_truncated"] is False
+    page = service.flagged_rows(ctx, report["id"], offset=2, limit=3)
+    assert page["total"] == 8 and [r["line"] for r in page["rows"]] == [6, 7, 8]
+    assert page["rows"][0]["reasons"] == ["out of order: exam complete time before order time"]
     before = _snapshot(ctx)
     assert len(before[service.RIS_ROWS]) == 3 and len(before[service.RIS_FLAGGED]) == 8
     stored = b"".join(str(d).encode() for docs in before.values() for d in docs)
