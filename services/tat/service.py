@@ -48,6 +48,7 @@ def ensure_indexes(documents: DocumentStore) -> None:
     documents.collection("studies").create_index("created_at")
     documents.collection(IMPORTS).create_index("at")
     documents.collection(RIS_FLAGGED).create_index([("import_id", 1), ("line", 1)])
+    documents.collection(RIS_ROWS).create_index("exam_complete_at")
     _indexed.add(id(documents))
 
 
@@ -201,12 +202,16 @@ def timeline_of(documents: DocumentStore, study: Document, row: Document | None)
 BATCH = 500
 #: RIS rows written per transaction of the embedded engine (other writers wait this long).
 WRITE_BATCH = 1000
+#: An exam complete in the RIS this long without de-identified images is stuck.
+AWAITING_AFTER = 3600.0
+STUCK_LIMIT = 100
 #: Flagged rows listed in an import's report itself.
 REPORT_ROWS = 1000
 
 
-def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
-    """The timelines of studies received in the filter's range that pass its filters."""
+def timelines(ctx: Context, filters: Filters, joined: set[str] | None = None) -> list[Timeline]:
+    """The timelines of studies received in the filter's range that pass its filters
+    (``joined`` collects the ids of the RIS rows they joined)."""
     ensure_indexes(ctx.documents)
     cursor = (
         ctx.documents.collection("studies")
@@ -221,6 +226,8 @@ def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
             if len(batch) < BATCH:
                 continue
         rows = ris_rows_of(ctx.documents, batch)
+        if joined is not None:
+            joined.update(row["_id"] for row in rows.values())
         found += [timeline_of(ctx.documents, s, rows.get(s["_id"])) for s in batch]
         batch = []
     return [t for t in found if filters.admits(t)]
@@ -228,8 +235,12 @@ def timelines(ctx: Context, filters: Filters) -> list[Timeline]:
 
 def report(ctx: Context, filters: Filters) -> dict[str, Any]:
     """``GET /api/tat``: the figures, cuts, trend, stuck studies and the last import."""
-    chosen = timelines(ctx, filters)
+    joined: set[str] = set()
+    chosen = timelines(ctx, filters, joined)
     answer = intervals.analyse(chosen, ctx.settings.site_timezone, now())
+    answer["stuck"] = sorted(
+        answer["stuck"] + awaiting_images(ctx, filters, joined), key=lambda s: -s["waiting_s"]
+    )[:STUCK_LIMIT]
     answer["filters"] = filters.as_dict()
     answer["last_import"] = last_import(ctx)
     answer["choices"] = {
@@ -238,6 +249,46 @@ def report(ctx: Context, filters: Filters) -> dict[str, Any]:
         "priority": ["STAT", "URGENT", "ROUTINE", *AI_RISKS],
     }
     return answer
+
+
+def awaiting_images(ctx: Context, filters: Filters, joined: set[str]) -> list[dict[str, Any]]:
+    """RIS exams complete in the range for over :data:`AWAITING_AFTER` whose images have not
+    reached a de-identified study: stuck before Radpipe (listed by accession pseudonym)."""
+    if filters.source:
+        return []  # the RIS does not say which modality sent what
+    rows = ctx.documents.collection(RIS_ROWS).find(
+        {"exam_complete_at": {"$gte": filters.since, "$lt": filters.until}}
+    )
+    summaries = ctx.documents.collection(STUDY_SUMMARIES)
+    at = now()
+    found = []
+    for row in rows:
+        waiting = (at - row["exam_complete_at"]).total_seconds()
+        if row["_id"] in joined or waiting <= AWAITING_AFTER:
+            continue
+        item = Timeline(
+            f"ris:{row['_id']}",
+            {},
+            modality=str(row.get("modality") or "unknown"),
+            priority=str(row.get("priority") or "unknown"),
+            risk="pending",
+        )
+        if not filters.admits(item):
+            continue
+        if summaries.find_one({"attributes.AccessionNumber": row["_id"]}) is not None:
+            continue  # the study arrived, outside the range
+        found.append(
+            {
+                "study": item.study,
+                "stage": "exam_complete",
+                "waiting_s": round(waiting, 1),
+                "limit_s": AWAITING_AFTER,
+                "modality": item.modality,
+                "priority": item.priority,
+                "risk": item.risk,
+            }
+        )
+    return found
 
 
 # -- RIS import --------------------------------------------------------------------------------

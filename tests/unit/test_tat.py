@@ -349,3 +349,24 @@ def test_csv_export_has_a_column_per_stage_in_seconds_since_the_first_event() ->
     )
     assert columns["ordered_s"] == ""
     assert "2026" not in text  # no date of any event
+
+
+def test_an_exam_complete_without_images_is_listed_as_stuck(ctx: Context) -> None:
+    now = datetime.now(UTC)
+    csv = (
+        "Accession,Modality,Priority,Order Time,Exam Complete\n"
+        f"WAIT-1,CT,STAT,{now - timedelta(hours=4):%Y-%m-%d %H:%M},"
+        f"{now - timedelta(hours=3):%Y-%m-%d %H:%M}\n"
+        f"SOON-2,MR,ROUTINE,{now - timedelta(hours=1):%Y-%m-%d %H:%M},"
+        f"{now - timedelta(minutes=20):%Y-%m-%d %H:%M}\n"
+    )
+    service.import_ris(ctx, csv.encode(), "manager-1")
+    answer = service.report(ctx, service.make_filters(UTC))
+    pseudonym = accession_pseudonym(pseudonym_key(ctx.settings), "WAIT-1")
+    assert [(s["study"], s["stage"], s["priority"]) for s in answer["stuck"]] == [
+        (f"ris:{pseudonym}", "exam_complete", "STAT")
+    ]
+    assert 3 * 3600 - 120 < answer["stuck"][0]["waiting_s"] < 3 * 3600 + 120
+    assert answer["studies"] == 0  # RIS rows alone are not studies in the figures
+    mr_only = service.report(ctx, service.make_filters(UTC, modality="MR"))
+    assert mr_only["stuck"] == []
