@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -251,3 +252,28 @@ def test_keyed_digest_with_the_master_is_not_any_purpose_output(ctx: Context) ->
     value = "1.2.3.4"
     derived = {keyed_digest(ctx.settings.key(p), "uid", value) for p in Purpose}
     assert keyed_digest(master, "uid", value) not in derived
+
+
+def test_the_inference_worker_is_deployed_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose and Kubernetes give the inference worker RADPIPE_KEYLESS and blank its master
+    secret and alert credentials (``radpipe up``: tests/unit/test_settings.py)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    blanked = ("RADPIPE_SECRET_KEY", "RADPIPE_WEBHOOK_SECRET", "RADPIPE_SMTP_PASSWORD")
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]
+    for name in ("worker-inference", "worker-inference-gpu"):
+        env = compose[name]["environment"]
+        assert env["RADPIPE_KEYLESS"] == "true", name
+        assert all(env[key] == "" for key in blanked), name
+    assert compose["worker-deid"]["environment"]["RADPIPE_SECRET_KEY"].startswith("${")
+    deployment = yaml.safe_load((repo / "k8s/base/worker-inference.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RADPIPE_KEYLESS"] == "true"
+    assert all(env[key] == "" for key in blanked)
+    # A blank value is an unset one for the settings: the keyless worker starts.
+    for key, value in {**env, "RADPIPE_MONGO_URL": "mongodb://mongo/radpipe"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RuntimeError, match="RADPIPE_KEYLESS"):
+        Settings().key(Purpose.PSEUDONYMS)
