@@ -20,10 +20,10 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SecurityWarning
-from celery.signals import worker_ready
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 from kombu import Exchange, Queue
 
-from .logging import get_logger
+from .logging import get_logger, secure_handlers
 from .settings import Settings
 
 log = get_logger("radpipe.bus")
@@ -245,5 +245,9 @@ def run_worker(
             log.info("worker.unbound", exchange="deid", routing_key="deid", bindings=dropped)
 
     worker_ready.connect(unbind_when_connected, weak=False)
+    # Celery adds handlers of its own (the task logger's, the multiprocessing one): each gets
+    # the PHI filter and the JSON formatter, so its retry and failure lines are scrubbed too.
+    after_setup_logger.connect(secure_handlers, weak=False)
+    after_setup_task_logger.connect(secure_handlers, weak=False)
     log.info("worker.start", queue=queue, concurrency=concurrency, pool=pool)
     celery.worker_main(worker_argv(queue, concurrency, pool))

@@ -12,20 +12,38 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from radpipe.common.alerts import alerts_of
-from radpipe.common.context import build_context
+from radpipe.common.context import Context, build_context
 from radpipe.common.queues import CeleryDispatcher, DeliveryLedger, make_celery
 from radpipe.common.settings import Settings
+from radpipe.ingest.multipart import Part
+from radpipe.ingest.service import store_parts
 
-from ..conftest import TEST_SECRET, RecordingDispatcher
+from ..conftest import RecordingDispatcher
 from ..dicom import ct_series
 from ..servers import stop
-from ..unit.test_stages import ingest
+
+#: A fresh high-entropy secret (the settings refuse placeholders and weak keys).
+SECRET = secrets.token_hex(32)
 
 MAX_DELIVERIES = 3
+
+
+def ingest(ctx: Context, series: list[bytes]) -> str:
+    """Store a series through the ingest service; returns the new study's id."""
+    before = {s["_id"] for s in ctx.studies.studies.find({})}
+    result = store_parts(ctx, [Part.from_bytes("application/dicom", d) for d in series], None)
+    assert not result.failed
+    (study_id,) = {s["_id"] for s in ctx.studies.studies.find({})} - before
+    return str(study_id)
+
+
+def ready(log: Path) -> bool:
+    return "ready." in log.read_text()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, logs: Path) -> Any:
@@ -47,7 +65,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
     broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
     settings = Settings(
         data_dir=tmp_path / "data",
-        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        secret_key=SECRET,  # type: ignore[arg-type]
         broker_url=broker,
         study_stable_seconds=0.2,
         max_deliveries=MAX_DELIVERIES,
@@ -62,7 +80,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
     env.update(
         RADPIPE_DATA_DIR=str(settings.data_dir),
-        RADPIPE_SECRET_KEY=TEST_SECRET,
+        RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker,
         RADPIPE_STUDY_STABLE_SECONDS="0.2",
         RADPIPE_MAX_DELIVERIES=str(MAX_DELIVERIES),
@@ -82,6 +100,8 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
     notify = spawn("notify", "-m", "radpipe.cli", "worker", "notify", "--pool", "solo")
     killed: list[int] = []
     try:
+        for name in ("deid", "notify"):  # each declares its queue's binding when ready
+            wait_for(partial(ready, logs / f"{name}.log"), 60, f"{name} ready", logs)
         sender.send("stable", poison)
 
         def failed_after_killing() -> bool:

@@ -1,96 +1,30 @@
-"""The stage wrapper (permanent failures dead-letter at once, others after their retries), the
-queue topology, quiet workers, and the one-way imports of the common library."""
+"""The queue topology, quiet workers, and the one-way imports of the common library.
+
+The stage wrapper's retries, dead letters and redelivery limit need a real worker and broker:
+they are tested in tests/integration/test_bus.py and test_poison.py, never in eager mode."""
 
 from __future__ import annotations
 
 import ast
 import os
+import secrets
 import warnings
 from pathlib import Path
 
 import pytest
-from celery import Celery
 from celery.exceptions import SecurityWarning
 from celery.platforms import check_privileges
 from kombu import Connection, Producer
 
 from radpipe.common import bus, queues
-from radpipe.common.context import Context
-from radpipe.common.errors import PipelineError
 from radpipe.common.settings import Settings
 
-from ..dicom import ct_series
-from .test_stages import ingest
-
-
-@pytest.fixture
-def eager(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Celery:
-    monkeypatch.setattr(bus, "get_context", lambda: ctx)
-    app = Celery("test")
-    app.conf.task_always_eager = True
-    return app
-
-
-def test_pipeline_error_fails_the_study_without_retry(eager: Celery, ctx: Context) -> None:
-    study_id = ingest(ctx, ct_series()[:1])
-    calls = []
-
-    def stage(_: Context, sid: str) -> None:
-        calls.append(sid)
-        raise PipelineError("the series cannot form a volume: 2 slices")
-
-    task = bus.stage_task(eager, "t.permanent", "inference", max_retries=3)(stage)
-    task.apply(args=[study_id])
-    study = ctx.studies.get(study_id)
-    assert calls == [study_id]
-    assert study["state"] == "failed"
-    assert study["failure"]["stage"] == "inference"
-    assert study["failure"]["reason"] == "the series cannot form a volume: 2 slices"
-    assert ctx.objects.exists(ctx.buckets["raw"], ctx.studies.instances_of(study_id)[0]["raw_key"])
-
-
-def test_unexpected_error_is_retried_then_dead_lettered_without_its_text(
-    eager: Celery, ctx: Context
-) -> None:
-    study_id = ingest(ctx, ct_series()[:1])
-    calls = []
-
-    def stage(_: Context, sid: str) -> None:
-        calls.append(sid)
-        raise ValueError("Doe^Jane is not a number")  # library text may quote DICOM values
-
-    task = bus.stage_task(eager, "t.flaky", "deid", max_retries=2)(stage)
-    task.apply(args=[study_id])
-    study = ctx.studies.get(study_id)
-    assert len(calls) == 3  # first try and two retries
-    assert study["state"] == "failed"
-    assert study["failure"] == {
-        **study["failure"],
-        "stage": "deid",
-        "attempts": 3,
-        "reason": "gave up after 3 attempts: ValueError: unexpected error",
-    }
-    assert "Doe" not in str(study)
-
-
-def test_a_side_stage_that_gives_up_leaves_the_study_state_alone(
-    eager: Celery, ctx: Context
-) -> None:
-    study_id = ingest(ctx, ct_series()[:1])
-
-    def stage(_: Context, sid: str) -> None:
-        raise PipelineError("export destination refused the objects")
-
-    task = bus.stage_task(eager, "t.export", "export", max_retries=0, fails_study=False)(stage)
-    task.apply(args=[study_id])
-    study = ctx.studies.get(study_id)
-    assert study["state"] == "received"
-    assert study["events"][-1]["type"] == "export.failed"
-    assert study["events"][-1]["detail"]["reason"] == "export destination refused the objects"
+#: A fresh high-entropy secret (the settings refuse placeholders and weak keys).
+SECRET = secrets.token_hex(32)
 
 
 def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
-    celery = queues.make_celery(Settings(secret_key="x" * 32))  # type: ignore[arg-type]
+    celery = queues.make_celery(Settings(secret_key=SECRET))  # type: ignore[arg-type]
     declared = {q.name: q for q in celery.conf.task_queues}
     assert set(declared) == set(queues.QUEUES)
     for name, queue in declared.items():
@@ -106,7 +40,7 @@ def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
 
 def published_by_exchange_and_key(broker_url: str) -> dict[str, list[str]]:
     """Publish one message per queue by exchange + routing key only; what each queue holds."""
-    celery = queues.make_celery(Settings(secret_key="x" * 32, broker_url=broker_url))  # type: ignore[arg-type]
+    celery = queues.make_celery(Settings(secret_key=SECRET, broker_url=broker_url))  # type: ignore[arg-type]
     held: dict[str, list[str]] = {}
     with Connection(broker_url) as connection:
         channel = connection.channel()
@@ -137,7 +71,7 @@ def test_a_message_sent_by_exchange_and_key_reaches_only_its_queue() -> None:
 def test_the_dispatcher_publishes_to_the_queue_exchange_and_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = Settings(secret_key="x" * 32, inference_queue="inference-gpu")  # type: ignore[arg-type]
+    settings = Settings(secret_key=SECRET, inference_queue="inference-gpu")  # type: ignore[arg-type]
     celery = queues.make_celery(settings)
     sent: list[dict[str, object]] = []
     monkeypatch.setattr(celery, "send_task", lambda name, **options: sent.append(options))
@@ -149,7 +83,7 @@ def test_the_dispatcher_publishes_to_the_queue_exchange_and_key(
 def test_workers_start_without_banner_or_superuser_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    celery = queues.make_celery(Settings(secret_key="x" * 32))  # type: ignore[arg-type]
+    celery = queues.make_celery(Settings(secret_key=SECRET))  # type: ignore[arg-type]
     seen: list[list[str]] = []
     caught: list[warnings.WarningMessage] = []
 
@@ -170,7 +104,7 @@ def test_workers_start_without_banner_or_superuser_warning(
 
 
 def test_workers_refuse_pickle() -> None:
-    celery = queues.make_celery(Settings(secret_key="x" * 32))  # type: ignore[arg-type]
+    celery = queues.make_celery(Settings(secret_key=SECRET))  # type: ignore[arg-type]
     celery.conf.accept_content = ["json", "pickle"]
     with pytest.raises(RuntimeError, match="JSON only"):
         queues.run_worker(celery, "deid", 1, "solo")
