@@ -16,7 +16,9 @@ from radpipe.common.roles import ROLES
 from radpipe.common.secret import DEFAULT_SECRET_KEY
 
 if TYPE_CHECKING:
-    from radpipe.common.auth import AuthService
+    from datetime import datetime
+
+    from radpipe.common.auth import AuthService, Principal
     from radpipe.common.settings import Settings
 
 SERVICES = ("ingest", "portal", "notify")
@@ -174,28 +176,133 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     )
 
 
+def _store(settings: Settings | None = None) -> AuthService:
+    from radpipe.common.auth import AuthService
+    from radpipe.common.docstore import make_document_store
+
+    return AuthService(make_document_store(settings or _settings(all_in_one=True)))
+
+
+def _cli_principal() -> Principal:
+    """Who the audit log names for a change made on the command line (the OS user)."""
+    import getpass
+
+    from radpipe.common.auth import Principal
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        who = str(os.getuid())
+    return Principal(f"cli:{who}", "admin", "cli")
+
+
+_DURATION = {"m": 60, "h": 3600, "d": 86400}
+
+
+def _expiry(text: str | None) -> datetime | None:
+    """``--expires``: a duration from now (``90d``, ``12h``, ``30m``) or an ISO 8601 date or
+    time (UTC when it names no zone); it must lie ahead."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime.now(UTC)
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in _DURATION:
+        moment = at + timedelta(seconds=int(value[:-1]) * _DURATION[value[-1]])
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is neither a duration (90d, 12h, 30m) nor an ISO 8601 date or time "
+                "(2027-01-31 or 2027-01-31T18:00:00Z)",
+                param_hint="--expires",
+            ) from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment <= at:
+        raise click.BadParameter(f"{text!r} is in the past", param_hint="--expires")
+    return moment
+
+
+_EXPIRES_HELP = "expiry: a duration (90d, 12h, 30m) or an ISO 8601 date/time; default: none"
+
+
 @main.group()
 def token() -> None:
-    """API tokens."""
+    """API tokens (stored as SHA-256 only; every change is audited)."""
 
 
 @token.command("create")
 @click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--name", required=True)
-def token_create(role: str, name: str) -> None:
+@click.option("--expires", help=_EXPIRES_HELP)
+def token_create(role: str, name: str, expires: str | None) -> None:
     """Create a token; it is printed once, as the last line."""
-    from radpipe.common.auth import AuthService
-    from radpipe.common.docstore import make_document_store
-
-    documents = make_document_store(_settings(all_in_one=True))
-    value = AuthService(documents).create_token(name, role)
+    auth = _store()
+    value = auth.create_token(name, role, _expiry(expires))
+    auth.audit(_cli_principal(), "token.create", name, role=role, expires=expires)
     click.echo(f"created token {name!r} with role {role}; store it now, it is not shown again:")
+    click.echo(value)
+
+
+@token.command("list")
+def token_list() -> None:
+    """Every token: name, role, created, expires, state (never the token or its hash)."""
+    from radpipe.common.studies import now
+
+    at = now()
+    rows = [("NAME", "ROLE", "CREATED", "EXPIRES", "STATE")]
+    for entry in _store().list_tokens():
+        expires = entry.get("expires_at")
+        state = (
+            "revoked"
+            if entry.get("revoked")
+            else "expired"
+            if expires is not None and expires < at
+            else "valid"
+        )
+        rows.append(
+            (
+                entry["name"],
+                entry["role"],
+                f"{entry['created_at']:%Y-%m-%d %H:%M}",
+                f"{expires:%Y-%m-%d %H:%M}" if expires else "-",
+                state,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@token.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke every valid token named NAME (refused from now on)."""
+    auth = _store()
+    count = auth.revoke_token(name)
+    auth.audit(_cli_principal(), "token.revoke", name, count=count)
+    click.echo(f"revoked {count} token(s) named {name!r}")
+
+
+@token.command("rotate")
+@click.argument("name")
+@click.option("--expires", help=_EXPIRES_HELP.replace("none", "the old token's"))
+def token_rotate(name: str, expires: str | None) -> None:
+    """A new secret for NAME (same role); the old one is revoked. Printed as the last line."""
+    auth = _store()
+    value = auth.rotate_token(name, _expiry(expires))
+    auth.audit(_cli_principal(), "token.rotate", name, expires=expires)
+    click.echo(f"rotated token {name!r}; the old one is revoked. Store this now:")
     click.echo(value)
 
 
 @main.group()
 def user() -> None:
-    """Portal users."""
+    """Portal users (passwords stored with Argon2id; every change is audited)."""
 
 
 @user.command("add")
@@ -203,16 +310,71 @@ def user() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES))
 def user_add(name: str, role: str) -> None:
     """Add a portal user; the password is read from standard input."""
-    from radpipe.common.auth import AuthService
-    from radpipe.common.docstore import make_document_store
-
     if sys.stdin.isatty():
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\n")
-    documents = make_document_store(_settings(all_in_one=True))
-    AuthService(documents).add_user(name, role, password)
+    auth = _store()
+    auth.add_user(name, role, password)
+    auth.audit(_cli_principal(), "user.add", name, role=role)
     click.echo(f"user {name!r} added with role {role}")
+
+
+@user.command("disable")
+@click.argument("name")
+def user_disable(name: str) -> None:
+    """NAME can no longer sign in; their open sessions end now."""
+    auth = _store()
+    auth.disable_user(name)
+    auth.audit(_cli_principal(), "user.disable", name)
+    click.echo(f"user {name!r} disabled; their sessions ended")
+
+
+@user.command("unlock")
+@click.argument("name")
+def user_unlock(name: str) -> None:
+    """Lift NAME's sign-in lockout (after too many wrong passwords)."""
+    auth = _store()
+    lifted = auth.unlock(name)
+    auth.audit(_cli_principal(), "user.unlock", name, locked=lifted)
+    click.echo(f"user {name!r} " + ("unlocked" if lifted else "was not locked"))
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the chain; exit 1 naming every edited or deleted entry."""
+    from radpipe.common.audit import AuditLog
+    from radpipe.common.docstore import make_document_store
+
+    result = AuditLog(make_document_store(_settings(all_in_one=True))).verify()
+    for problem in result.problems:
+        click.echo(f"BROKEN: {problem}", err=True)
+    before = (
+        f"; {result.unchained} from before the chain, not verifiable" if result.unchained else ""
+    )
+    if not result.ok:
+        click.echo(
+            f"audit log broken: {len(result.problems)} problem(s) in {result.checked} "
+            f"entries{before}",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"audit log intact: {result.checked} entries{before}")
+
+
+@audit.command("hash")
+@click.argument("value")
+def audit_hash(value: str) -> None:
+    """The keyed form of VALUE (an original UID, a searched name) as the audit log writes it,
+    to look it up there; needs this deployment's RADPIPE_SECRET_KEY."""
+    from radpipe.common.audit import keyed
+
+    click.echo(keyed(_settings(all_in_one=True).secret, value))
 
 
 @main.command()
@@ -280,24 +442,34 @@ def deid(
 
 @main.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--token", help="a token with role admin (default: create one in the local store)")
+@click.option(
+    "--token", help="a modality token, to push (default: the demo's own, in the local store)"
+)
+@click.option(
+    "--reader-token",
+    help="a radiologist token, to read the results (default: the demo's own, in the local store)",
+)
 @click.option("--wait", default=180.0, show_default=True, help="seconds to wait for results")
-def demo(url: str, token: str | None, wait: float) -> None:
-    """Push a high-risk and a clean synthetic chest CT to a running stack, show the outcome."""
+def demo(url: str, token: str | None, reader_token: str | None, wait: float) -> None:
+    """Push a high-risk and a clean synthetic chest CT to a running stack, show the outcome.
+
+    Pushing is a modality's act and reading a radiologist's (admin is not a clinical role):
+    without tokens the demo uses its own two, ``demo-modality`` and ``demo-radiologist``,
+    created once in the local store and reused on every run (``radpipe.demo.demo_tokens``).
+    """
     import tempfile
 
     import httpx
 
     from radpipe.client import iter_files
     from radpipe.client import push as stow
-    from radpipe.demo import make_phantom, phantom_to_datasets, write_series
+    from radpipe.demo import demo_tokens, make_phantom, phantom_to_datasets, write_series
 
-    if token is None:
-        from radpipe.common.auth import AuthService
-        from radpipe.common.docstore import make_document_store
-
-        documents = make_document_store(_settings(all_in_one=True))
-        token = AuthService(documents).create_token(f"demo-{int(time.time())}", "admin")
+    if token is None or reader_token is None:
+        settings = _settings(all_in_one=True)
+        own = demo_tokens(_store(settings), settings.data_dir, _cli_principal())
+        token = token or own["modality"]
+        reader_token = reader_token or own["radiologist"]
     cases = {"high-risk (14 mm nodule)": [14.0], "clean (no nodule)": []}
     with tempfile.TemporaryDirectory() as tmp:
         for index, (label, nodules) in enumerate(cases.items()):
@@ -313,7 +485,7 @@ def demo(url: str, token: str | None, wait: float) -> None:
             click.echo(f"{label}: {len(datasets)} slices")
             report = stow(list(iter_files([folder])), url.rstrip("/") + "/dicom-web", token)
             click.echo(f"  {report.stored} stored, {report.failed} failed")
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {reader_token}"}
     click.echo("waiting for the pipeline (stable -> deid -> inference -> notify)...")
     deadline = time.monotonic() + wait
     with httpx.Client(base_url=url, headers=headers, timeout=30) as http:

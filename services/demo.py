@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
@@ -27,7 +27,18 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["Nodule", "Phantom", "make_phantom", "phantom_to_datasets", "write_series"]
+if TYPE_CHECKING:
+    from radpipe.common.auth import AuthService, Principal
+
+__all__ = [
+    "DEMO_ROLES",
+    "Nodule",
+    "Phantom",
+    "demo_tokens",
+    "make_phantom",
+    "phantom_to_datasets",
+    "write_series",
+]
 
 HU_MIN, HU_MAX = -1024, 3071  # what RescaleIntercept -1024 and 12 stored bits can carry
 _MATRICES = (256, 320, 384, 512)
@@ -538,3 +549,52 @@ def write_series(datasets: list[pydicom.Dataset], folder: str | Path) -> list[Pa
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+#: The roles ``radpipe demo`` acts in: a modality pushes, a radiologist reads. Never admin.
+DEMO_ROLES = ("modality", "radiologist")
+#: Where the demo keeps its own tokens between runs (mode 0600, beside ``secret.key``).
+DEMO_TOKENS_FILE = "demo-tokens.json"
+
+
+def demo_tokens(auth: AuthService, data_dir: Path, actor: Principal) -> dict[str, str]:
+    """One token per role in ``DEMO_ROLES`` (named ``demo-<role>``), created once and reused.
+
+    The store keeps only their SHA-256, like every token; the values stay in
+    ``<data dir>/demo-tokens.json`` (mode 0600, the folder that holds the secret key), so the
+    next run finds them instead of adding tokens. A token that no longer authenticates
+    (revoked, expired, another store) is replaced: the old ``demo-<role>`` is revoked and a
+    new one written (audited ``token.create`` by ``actor``)."""
+    import contextlib
+    import json
+    import os
+
+    from radpipe.common.errors import NotFound, Unauthorized
+
+    path = data_dir / DEMO_TOKENS_FILE
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        saved = {}
+    tokens: dict[str, str] = {}
+    for role in DEMO_ROLES:
+        value = saved.get(role) if isinstance(saved, dict) else None
+        try:
+            if isinstance(value, str) and auth.authenticate_token(value).role == role:
+                tokens[role] = value
+                continue
+        except Unauthorized:
+            pass
+        name = f"demo-{role}"
+        with contextlib.suppress(NotFound):  # none left valid: nothing to revoke
+            auth.revoke_token(name)
+        tokens[role] = auth.create_token(name, role)
+        auth.audit(actor, "token.create", name, role=role, demo=True)
+    if tokens != saved:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(tokens, handle)
+        os.replace(partial, path)
+    return tokens

@@ -47,5 +47,5 @@ def read_audit(
         limit=limit,
     )
     filters = {k: v for k, v in (("actor", actor), ("action", action), ("target", target)) if v}
-    AuthService(ctx.documents).audit(caller, "audit.read", "audit", offset=offset, **filters)
+    AuthService(ctx.documents).audit(caller, "audit.read", "audit", offset=offset, filters=filters)
     return {"total": total, "offset": offset, "limit": limit, "entries": entries}

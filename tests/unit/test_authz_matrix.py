@@ -114,6 +114,7 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/tat/import"): TAT,
     ("GET", "/api/tat/imports/latest"): TAT,
     ("GET", "/api/tat/imports/{import_id}"): TAT,
+    ("GET", "/api/tat/imports/{import_id}/flagged"): TAT,
     ("GET", "/tat"): TAT,
     ("GET", "/tat/assets/{name}"): TAT,
     # notify: alerts
