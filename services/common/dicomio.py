@@ -167,6 +167,14 @@ def _inflate_if_deflated(file: BinaryIO, limit: int) -> BinaryIO | None:
     start = file.tell()
     head = file.read(_META_MAX)
     found = _meta_end(head)
+    end = found[0] if found is not None else 0
+    if found is not None and len(head) == _META_MAX and head[end : end + 2] in (b"", _META_GROUP):
+        # Still in group 0002 at the end of what was read: a File Meta Information padded
+        # past any real one (a transfer syntax hidden after it would escape the check).
+        raise InvalidDicomError(
+            f"the File Meta Information is larger than {_META_MAX // 1024} KiB: send the "
+            "file with a standard File Meta Information (PS3.10 7.1)"
+        )
     syntax = found[1].get(0x0010, b"").rstrip(b"\x00 ") if found else b""
     if found is None or syntax.decode("latin-1") != DeflatedExplicitVRLittleEndian:
         file.seek(start)

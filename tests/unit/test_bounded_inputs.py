@@ -111,6 +111,25 @@ def test_a_deflated_instance_under_the_limit_reads_as_before() -> None:
     assert "PixelData" not in header and header.PatientID == source.PatientID
 
 
+def test_a_transfer_syntax_hidden_behind_padded_file_meta_is_refused(
+    client: TestClient, ctx: Context, tokens: dict[str, str]
+) -> None:
+    """A File Meta Information padded past 64 KiB cannot hide a deflated data set from the
+    limit: the part is refused (C000), not handed to an unbounded inflate."""
+    data, _ = bomb(16 * MiB)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.add_new(0x00020102, "OB", bytes(70000))  # Private Information
+    ds.file_meta.add_new(0x00020100, "UI", "1.2.3")
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    with pytest.raises(pydicom.errors.InvalidDicomError, match="larger than 64 KiB"):
+        read_part10(io.BytesIO(buffer.getvalue()), max_inflated_bytes=MiB)
+    response = stow(client, tokens["modality"], [buffer.getvalue()])
+    assert response.status_code == 400
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert stored_nothing(ctx)
+
+
 def test_stow_refuses_a_deflate_bomb_a700_stores_the_rest(
     client: TestClient, ctx: Context, tokens: dict[str, str]
 ) -> None:
