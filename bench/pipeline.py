@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +43,20 @@ def direct_seconds(folder: Path, threads: int) -> float:
     return time.perf_counter() - start
 
 
+def reader_token(data: Path, env: dict[str, str]) -> str:
+    """A radiologist token in the stack's store (``radpipe token create``'s last line)."""
+    command = ["token", "create", "--role", "radiologist", "--name", "bench-reader"]
+    created = subprocess.run(
+        [sys.executable, "-m", "radpipe.cli", *command],
+        env={**env, "RADPIPE_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return created.stdout.splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -55,7 +70,9 @@ def main() -> None:
         RADPIPE_STUDY_STABLE_SECONDS=str(args.stable_seconds),
         RADPIPE_INFERENCE_THREADS=str(os.cpu_count() or 1),
     )
-    server, url, token = start_up(work / "data", env, "admin", log=work / "up.log")
+    # A modality pushes and a radiologist reads the alerts (admin is not a clinical role).
+    server, url, token = start_up(work / "data", env, "modality", log=work / "up.log")
+    reader = {"Authorization": f"Bearer {reader_token(work / 'data', env)}"}
     wait_until_idle(server.pid)
     try:
         pipeline, direct = [], []
@@ -69,15 +86,11 @@ def main() -> None:
             folder = work / f"study{round_}"
             write_series(phantom_to_datasets(phantom, patient_id=f"BENCH{round_}"), folder)
             direct.append(direct_seconds(folder, os.cpu_count() or 1))
-            seen = len(
-                httpx.get(f"{url}/api/alerts", headers={"Authorization": f"Bearer {token}"}).json()
-            )
+            seen = len(httpx.get(f"{url}/api/alerts", headers=reader).json())
             push(list(iter_files([folder])), f"{url}/dicom-web", token, show_progress=False)
             uploaded = time.perf_counter()
             while True:
-                alerts = httpx.get(
-                    f"{url}/api/alerts", headers={"Authorization": f"Bearer {token}"}
-                ).json()
+                alerts = httpx.get(f"{url}/api/alerts", headers=reader).json()
                 if len(alerts) > seen:
                     break
                 if time.perf_counter() - uploaded > 600:

@@ -256,6 +256,19 @@ class AuditLog:
         return result
 
 
+#: The actor of what the pipeline does on its own (no person): the export to the PACS.
+SYSTEM_ROLE = "system"
+
+
+def audit_export(
+    documents: DocumentStore, study_id: str, destinations: list[str], objects: int
+) -> None:
+    """Results sent back to the PACS re-identified (vault read, original identifiers out):
+    ``export.pacs`` by ``exporter``, the study id as target."""
+    detail = {"destinations": destinations, "objects": objects}
+    AuditLog(documents).append("exporter", SYSTEM_ROLE, "export.pacs", study_id, detail)
+
+
 def public(entry: Mapping[str, Any]) -> dict[str, Any]:
     """An entry as the API answers it (``id`` for ``_id``)."""
     return {("id" if k == "_id" else k): v for k, v in entry.items()}

@@ -22,6 +22,7 @@ import httpx
 import pydicom
 from pynetdicom import AE
 
+from radpipe.common.audit import audit_export
 from radpipe.common.context import Context
 from radpipe.common.dateshift import first_day, shift
 from radpipe.common.dicomio import read_part10, write_part10
@@ -290,6 +291,7 @@ def export_study(ctx: Context, study_id: str, today: date | None = None) -> None
         )
         ctx.studies.add_event(study_id, "exported", {"objects": len(complete)})
         log.info("export.done", study_id=study_id, objects=len(complete))
+        audit_export(ctx.documents, study_id, sorted(senders), len(complete))
     if failures:
         raise TransientError(
             f"{len(keys) - len(complete)} of {len(keys)} result objects not exported yet, "

@@ -111,6 +111,19 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
         )
         output = demo.stdout
         assert demo.returncode == 0, demo.stderr + (tmp_path / "up.log").read_text()
+        # The demo pushed as a modality and read as a radiologist, with its own two tokens.
+        listed = subprocess.run(
+            [sys.executable, "-m", "radpipe.cli", "token", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()[1:]
+        assert sorted((row.split()[0], row.split()[1]) for row in listed) == [
+            ("demo-modality", "modality"),
+            ("demo-radiologist", "radiologist"),
+        ]
         assert "stored, 0 failed" in output
         assert ": alerted, risk high" in output, output
         assert ": analyzed, risk none" in output, output
@@ -159,7 +172,7 @@ def test_up_with_dimse_port_takes_storescu_with_its_default_called_ae(tmp_path: 
         )
         assert store.returncode == 0, store.stderr
         assert "Rejected" not in store.stderr, store.stderr
-        token_create = ["token", "create", "--role", "admin", "--name", "dimse-check"]
+        token_create = ["token", "create", "--role", "radiologist", "--name", "dimse-check"]
         made = subprocess.run(
             [sys.executable, "-m", "radpipe.cli", *token_create],
             env=env,

@@ -361,3 +361,29 @@ def test_rotating_the_secret_key_keeps_tokens_and_sessions_and_renews_csrf(
     fresh = re.search(r'name="csrf-token" content="([0-9a-f]+)"', client.get("/").text).group(1)  # type: ignore[union-attr]
     assert fresh != old_csrf
     assert client.post(f"/logout?csrf={fresh}", follow_redirects=False).status_code == 303
+
+
+def test_an_export_to_the_pacs_is_audited(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import AnyHttpUrl
+
+    from radpipe.ingest import export
+
+    from .test_stages import analyzed
+
+    study_id = analyzed(ctx, 0.9)
+    deid = next(iter(ctx.objects.list(ctx.buckets["deid"])))  # stands in for a result object
+    data = ctx.objects.get(ctx.buckets["deid"], deid)
+    ctx.objects.put(ctx.buckets["results"], f"{study_id}/result.dcm", data)
+    sent: list[str] = []
+
+    def fake_stow(url: str, headers: dict[str, str], items: list) -> tuple[set[str], list[str]]:
+        sent.extend(key for key, _ in items)
+        return {key for key, _ in items}, []
+
+    monkeypatch.setattr(export, "_stow", fake_stow)
+    ctx.settings.export_stow_url = AnyHttpUrl("https://pacs.example.org/dicom-web")
+    export.export_study(ctx, study_id)
+    [entry] = ctx.documents.collection("audit").find({"action": "export.pacs"})
+    assert (entry["actor"], entry["role"], entry["target"]) == ("exporter", "system", study_id)
+    assert entry["detail"] == {"destinations": ["stow"], "objects": 1}
+    assert sent == [f"{study_id}/result.dcm"]
