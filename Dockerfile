@@ -8,6 +8,11 @@
 #
 # The service is chosen by the command: `radpipe serve ingest|portal|notify` or
 # `radpipe worker deid|inference|notify`; the default is the all-in-one `radpipe up`.
+#
+# Reproducible: Python packages are installed with `--constraint requirements.lock` (`make
+# lock`), torch at TORCH_VERSION, OHIF at OHIF_VERSION (the Makefile's). Hardened: runs as
+# uid 10001, needs no capability, and writes only to /tmp and /data, so it runs with a
+# read-only root filesystem (compose: read_only + tmpfs; Kubernetes: emptyDir volumes).
 
 # cpu | cuda
 ARG VARIANT=cpu
@@ -16,6 +21,8 @@ ARG TORCH_VERSION=2.13.0
 # Index to take torch from: PyTorch's own CPU or CUDA wheel index for the matching variant
 # (pass it with --build-arg TORCH_INDEX_URL=...); empty means pip's configured index.
 ARG TORCH_INDEX_URL=
+# The prebuilt OHIF viewer (npm @ohif/app) the portal serves at /ohif; the Makefile's version.
+ARG OHIF_VERSION=3.11.1
 
 # ---------------------------------------------------------------------------------------
 # builder: a wheel of the project only (pure Python, identical for both variants).
@@ -26,6 +33,16 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services/ ./services/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------
+# ohif: the prebuilt viewer from npm (its dist folder only; no Node in the final image).
+FROM node:22-slim AS ohif
+ARG OHIF_VERSION
+WORKDIR /ohif
+RUN npm pack --silent "@ohif/app@${OHIF_VERSION}" \
+    && tar xzf "ohif-app-${OHIF_VERSION}.tgz" \
+    && rm "ohif-app-${OHIF_VERSION}.tgz" \
+    && test -f package/dist/index.html
 
 # ---------------------------------------------------------------------------------------
 # runtime-cpu: Debian slim with the CPU-only torch wheel (a few hundred MB, not GBs of CUDA).
@@ -72,7 +89,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     HOME=/home/radpipe \
-    RADPIPE_DATA_DIR=/data
+    RADPIPE_DATA_DIR=/data \
+    RADPIPE_OHIF_DIR=/opt/ohif
 
 # A fixed numeric uid/gid so Kubernetes' runAsNonRoot can verify it and volume ownership is
 # predictable across hosts.
@@ -82,11 +100,16 @@ RUN groupadd --system --gid 10001 radpipe \
     && mkdir -p /data \
     && chown 10001:10001 /data
 
-# torch is already in the venv at the pinned version, so pip keeps it and adds the rest.
+# torch is already in the venv at the pinned version, so pip keeps it and adds the rest at
+# the versions of requirements.lock.
 COPY --from=builder /wheels/ /tmp/wheels/
-RUN pip install --no-cache-dir /tmp/wheels/*.whl \
-    && rm -rf /tmp/wheels \
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels /tmp/requirements.lock \
     && python -c "import torch, radpipe; print('torch', torch.__version__)"
+
+# Owned by root, read-only to the service user.
+COPY --from=ohif /ohif/package/dist/ /opt/ohif/
 
 USER 10001:10001
 WORKDIR /data

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,15 @@ SECRET_KEYS = {
     "RADPIPE_S3_ACCESS_KEY",
     "RADPIPE_S3_SECRET_KEY",
     "RADPIPE_MONGO_URL",
+    "RADPIPE_BROKER_URL",
     "RADPIPE_WEBHOOK_SECRET",
 }
+#: The pods that touch the raw (PHI) bucket, and those that hold PHI or re-identified data.
+RAW_BUCKET = {"ingest", "worker-deid"}
+PHI_PODS = {"ingest", "worker-deid", "worker-export", "portal"}
+#: The first MinIO release with the fix for CVE-2025-62506 (GHSA-jjjj-jwhf-8rgr) and its commit.
+MINIO_FIXED = "RELEASE.2025-10-15T17-29-55Z"
+MINIO_COMMIT = "9e49d5e7a648f00e26f2246f4dc28e6b07f8c84a"
 RENDER_TARGETS = ("base", "overlays/dev", "overlays/gpu", "overlays/keda")
 #: The oldest Kubernetes release the manifests promise to work on; the newest one the
 #: installed kubernetes-validate knows is checked too.
@@ -181,7 +189,46 @@ def test_dockerignore_keeps_secrets_and_the_venv_out_of_the_context() -> None:
     ]
     assert patterns[0] == "*", "start from nothing and let back in only what the wheel needs"
     let_back_in = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
-    assert let_back_in == {"pyproject.toml", "README.md", "services/"}
+    assert let_back_in == {"pyproject.toml", "README.md", "services/", "requirements.lock"}
+
+
+def test_dockerfile_builds_ohif_in_and_installs_from_the_lock_file() -> None:
+    """OHIF (issue: built into the image, not only for tests) and reproducible pins."""
+    instructions = _dockerfile_instructions()
+    args = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"OHIF_VERSION := {args['OHIF_VERSION']}\n" in makefile, "one OHIF version"
+    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert any(re.fullmatch(r"node:\d+-slim AS ohif", rest) for rest in froms)
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    assert any('npm pack --silent "@ohif/app@${OHIF_VERSION}"' in run for run in runs)
+    copies = [rest for keyword, rest in instructions if keyword == "COPY"]
+    assert "--from=ohif /ohif/package/dist/ /opt/ohif/" in copies
+    env = " ".join(rest for keyword, rest in instructions if keyword == "ENV")
+    assert "RADPIPE_OHIF_DIR=/opt/ohif" in env  # the portal serves it at /ohif
+    assert "requirements.lock /tmp/requirements.lock" in copies
+    assert any("pip install --no-cache-dir --constraint /tmp/requirements.lock" in r for r in runs)
+
+
+def test_requirements_lock_pins_every_dependency_exactly() -> None:
+    lines = [
+        line
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pins = {}
+    for line in lines:
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)", line)
+        assert match, f"not an exact pin: {line!r}"
+        pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+    assert "radpipe" not in pins and "torch" not in pins  # the project; TORCH_VERSION
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    declared = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in requirements}
+    missing = {re.sub(r"[-_.]+", "-", n).lower() for n in declared} - set(pins) - {"torch"}
+    assert missing == set(), "run `make lock` after changing dependencies"
 
 
 # ------------------------------------------------------------------------------ Compose
@@ -284,15 +331,16 @@ def test_compose_has_every_service_of_the_design(compose_config: dict[str, Any])
     assert set(_radpipe_services(compose_config)) == {*DEPLOYMENTS, "worker-inference-gpu"}
     assert services["mongo"]["image"].startswith("mongo:7")
     assert services["redis"]["image"] == "redis:7-alpine"
-    assert services["redis"]["command"][:3] == ["redis-server", "--appendonly", "yes"]
-    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    redis = " ".join(services["redis"]["command"])
+    assert "exec redis-server --appendonly yes" in redis and "--requirepass" in redis
+    assert services["minio"]["image"] == f"radpipe/minio:{MINIO_FIXED}"
     init_script = " ".join(services["minio-init"]["command"])
     assert all(bucket in init_script for bucket in BUCKETS)
 
 
 MC_STUB = """#!/bin/sh
 echo "mc $*" >> "$MC_LOG"
-if [ "$1 $2 $3" = "admin policy create" ]; then cat "$6" > "$MC_LOG.policy.json"; fi
+if [ "$1 $2 $3" = "admin policy create" ]; then cat "$6" > "$MC_LOG.$5.json"; fi
 """
 
 
@@ -315,6 +363,8 @@ def test_compose_minio_init_creates_buckets_but_refuses_placeholders(
         "MINIO_ROOT_PASSWORD": secret,
         "RADPIPE_S3_ACCESS_KEY": "radpipe",
         "RADPIPE_S3_SECRET_KEY": secret,
+        "RADPIPE_S3_PHI_ACCESS_KEY": "radpipe-phi",
+        "RADPIPE_S3_PHI_SECRET_KEY": secret + "-phi",
     }
     result = subprocess.run(
         [*service["entrypoint"], script],
@@ -333,11 +383,29 @@ def test_compose_minio_init_creates_buckets_but_refuses_placeholders(
     assert [f"mc mb --ignore-existing local/{bucket}" for bucket in BUCKETS] == [
         call for call in calls if call.startswith("mc mb")
     ]
-    policy = json.loads(log.with_name("mc.log.policy.json").read_text())
-    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
-    assert resources == {"arn:aws:s3:::radpipe-*", "arn:aws:s3:::radpipe-*/*"}
+
+    def grants(name: str) -> dict[str, set[str]]:
+        policy = json.loads(log.with_name(f"mc.log.{name}.json").read_text())
+        return {
+            action: set(statement["Resource"])
+            for statement in policy["Statement"]
+            for action in statement["Action"]
+        }
+
+    # The PHI account: every radpipe-* bucket, raw included.
+    phi = grants("radpipe-phi")
+    assert phi["s3:GetObject"] == phi["s3:PutObject"] == {"arn:aws:s3:::radpipe-*/*"}
+    assert phi["s3:ListBucket"] == {"arn:aws:s3:::radpipe-*"}
+    # The other account lists every bucket (start-up checks them) but no raw object.
+    other = grants("radpipe")
+    objects = {"arn:aws:s3:::radpipe-deid/*", "arn:aws:s3:::radpipe-results/*"}
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert other[action] == objects, action
+    assert other["s3:ListBucket"] == {"arn:aws:s3:::radpipe-*"}
     assert f"mc admin user add local radpipe {secret}" in calls
+    assert f"mc admin user add local radpipe-phi {secret}-phi" in calls
     assert "mc admin policy attach local radpipe --user radpipe" in calls
+    assert "mc admin policy attach local radpipe-phi --user radpipe-phi" in calls
 
 
 def test_compose_commands_follow_the_cli_contract(compose_config: dict[str, Any]) -> None:
@@ -369,7 +437,7 @@ def test_compose_commands_follow_the_cli_contract(compose_config: dict[str, Any]
 def test_compose_health_checks_gate_startup(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
     for name in ("mongo", "minio", "redis"):
-        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+        assert services[name]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
     for name in HTTP_SERVICES:
         assert "/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
     for name, service in _radpipe_services(compose_config).items():
@@ -386,13 +454,15 @@ def test_compose_every_radpipe_service_gets_the_same_store_credentials(
     compose_config: dict[str, Any],
 ) -> None:
     example = _env_example()
+    mongo_password, redis_password = example["MONGO_RADPIPE_PASSWORD"], example["REDIS_PASSWORD"]
     expected = {
-        "RADPIPE_MONGO_URL": "mongodb://mongo:27017/radpipe",
+        # MongoDB with authentication, Redis with a password: both in the URLs.
+        "RADPIPE_MONGO_URL": (
+            f"mongodb://radpipe:{mongo_password}@mongo:27017/radpipe?authSource=radpipe"
+        ),
         "RADPIPE_S3_ENDPOINT": "http://minio:9000",
-        "RADPIPE_S3_ACCESS_KEY": example["RADPIPE_S3_ACCESS_KEY"],
-        "RADPIPE_S3_SECRET_KEY": example["RADPIPE_S3_SECRET_KEY"],
         "RADPIPE_SECRET_KEY": example["RADPIPE_SECRET_KEY"],
-        "RADPIPE_BROKER_URL": "redis://redis:6379/0",
+        "RADPIPE_BROKER_URL": f"redis://:{redis_password}@redis:6379/0",
         "RADPIPE_PUBLIC_URL": example["RADPIPE_PUBLIC_URL"],
     }
     for name, service in _radpipe_services(compose_config).items():
@@ -401,6 +471,10 @@ def test_compose_every_radpipe_service_gets_the_same_store_credentials(
         wanted = {**expected, "RADPIPE_SECRET_KEY": ""} if keyless else expected
         assert {key: env.get(key) for key in wanted} == wanted, name
         assert (env.get("RADPIPE_KEYLESS") == "true") is keyless, name
+        # Only ingest and worker-deid hold the MinIO account of the raw (PHI) bucket.
+        prefix = "RADPIPE_S3_PHI_" if name in RAW_BUCKET else "RADPIPE_S3_"
+        assert env["RADPIPE_S3_ACCESS_KEY"] == example[f"{prefix}ACCESS_KEY"], name
+        assert env["RADPIPE_S3_SECRET_KEY"] == example[f"{prefix}SECRET_KEY"], name
     # The object-store credentials reach no container outside Radpipe but the one that
     # creates them; MinIO's root account reaches none of Radpipe's.
     for name, service in compose_config["services"].items():
@@ -435,6 +509,83 @@ def test_compose_orthanc_pushes_to_ingest_with_a_token(compose_config: dict[str,
     assert server["Url"].rstrip("/") == "http://ingest:8000/dicom-web"
     token = _env_example()["RADPIPE_PACS_TOKEN"]
     assert server["HttpHeaders"] == {"Authorization": f"Bearer {token}"}
+
+
+def test_minio_image_is_built_from_the_release_that_fixes_cve_2025_62506(
+    compose_config: dict[str, Any], hadolint: str
+) -> None:
+    minio = compose_config["services"]["minio"]
+    assert minio["build"]["args"] == {"MINIO_RELEASE": MINIO_FIXED, "MINIO_COMMIT": MINIO_COMMIT}
+    assert minio["image"].endswith(":" + MINIO_FIXED)
+    release = re.fullmatch(r"RELEASE\.(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)", MINIO_FIXED)
+    assert release and release[1] >= "2025-10-15T17-29-55Z"
+    dockerfile = (ROOT / "deploy" / "minio" / "Dockerfile").read_text()
+    assert f"ARG MINIO_RELEASE={MINIO_FIXED}" in dockerfile
+    assert f"ARG MINIO_COMMIT={MINIO_COMMIT}" in dockerfile
+    assert 'test "$(git rev-parse HEAD)" = "${MINIO_COMMIT}"' in dockerfile
+    assert "USER 10001:10001" in dockerfile
+    result = subprocess.run(
+        [hadolint, "--no-color", "deploy/minio/Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout
+
+
+def test_compose_containers_are_hardened(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    for name, service in _radpipe_services(compose_config).items():
+        assert service["user"] == "10001:10001", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        writable = {entry.split(":")[0] for entry in service["tmpfs"]}
+        assert writable == {"/tmp", "/data"}, name
+        assert _env(service)["HOME"] == "/tmp", name
+    minio = services["minio"]
+    assert minio["read_only"] is True and minio["cap_drop"] == ["ALL"]
+    assert minio["user"] == "10001:10001"
+    for name in ("mongo", "redis", "minio"):
+        assert "no-new-privileges:true" in services[name]["security_opt"], name
+
+
+def test_compose_mongodb_requires_authentication_and_redis_a_password(
+    compose_config: dict[str, Any],
+) -> None:
+    services = compose_config["services"]
+    example = _env_example()
+    mongo = _env(services["mongo"])
+    assert mongo["MONGO_INITDB_ROOT_PASSWORD"] == example["MONGO_ROOT_PASSWORD"]
+    assert mongo["MONGO_RADPIPE_PASSWORD"] == example["MONGO_RADPIPE_PASSWORD"]
+    target = "/docker-entrypoint-initdb.d/10-radpipe-user.js"
+    mounts = {
+        (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+        for v in services["mongo"]["volumes"]
+    }
+    assert (str(ROOT / "deploy" / "mongo" / "init-radpipe-user.js"), target) in mounts
+    script = (ROOT / "deploy" / "mongo" / "init-radpipe-user.js").read_text()
+    assert 'roles: [{ role: "readWrite", db: "radpipe" }]' in script
+    assert "process.env.MONGO_RADPIPE_PASSWORD" in script
+    redis = services["redis"]
+    assert _env(redis)["REDIS_PASSWORD"] == example["REDIS_PASSWORD"]
+    assert re.search(r'--requirepass "\$\$?REDIS_PASSWORD"$', redis["command"][-1])
+    check = " ".join(redis["healthcheck"]["test"])
+    assert "REDISCLI_AUTH=" in check and "-a " not in check  # never on a command line
+
+
+def test_compose_refuses_to_start_without_store_passwords(
+    compose: list[str], tmp_path: Path
+) -> None:
+    for missing in ("MONGO_RADPIPE_PASSWORD", "REDIS_PASSWORD", "RADPIPE_S3_PHI_SECRET_KEY"):
+        env_file = tmp_path / f"{missing}.env"
+        env_file.write_text(
+            "".join(f"{k}={v}\n" for k, v in _env_example().items() if k != missing)
+        )
+        result = _compose_run(compose, env_file, "config", "-q", drop=[missing])
+        assert result.returncode != 0, missing
+        assert "set it in .env" in result.stderr, missing
 
 
 # ------------------------------------------------------------------------------ kustomize
@@ -647,6 +798,7 @@ def test_k8s_deployments_are_locked_down_and_sized(
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod["automountServiceAccountToken"] is False, name
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
         for container in pod["containers"]:
@@ -659,6 +811,7 @@ def test_k8s_deployments_are_locked_down_and_sized(
             assert security["capabilities"]["drop"] == ["ALL"], name
             mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
             assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
+            assert "emptyDir" in volumes[mounts["/data"]], f"{name}: /data must be an emptyDir"
             assert {"configMapRef": {"name": "radpipe-config"}} in container["envFrom"]
             assert {"secretRef": {"name": "radpipe-secrets"}} in container["envFrom"]
             assert container["image"].startswith(f"{IMAGE}:0.1.0"), name
@@ -708,10 +861,19 @@ def test_k8s_settings_keep_secrets_out_of_the_configmap(
     config = _objects(rendered["base"], "ConfigMap")["radpipe-config"]["data"]
     assert all(key.startswith("RADPIPE_") for key in config)
     assert not SECRET_KEYS & set(config)
-    assert config["RADPIPE_BROKER_URL"] == "redis://redis:6379/0"
-    [secret] = _load_all(K8S / "base" / "secret.example.yaml")
-    assert secret["metadata"]["name"] == "radpipe-secrets"
-    assert set(secret["stringData"]) == SECRET_KEYS
+    secrets = {s["metadata"]["name"]: s for s in _load_all(K8S / "base" / "secret.example.yaml")}
+    assert set(secrets) == {"radpipe-secrets", "radpipe-raw-s3", "radpipe-redis"}
+    data = secrets["radpipe-secrets"]["stringData"]
+    assert set(data) == SECRET_KEYS
+    # MongoDB with authentication and Redis with a password: the URLs carry the credentials.
+    mongo = r"mongodb://radpipe:[^@]+@mongodb:27017/radpipe\?.*"
+    assert re.fullmatch(mongo, data["RADPIPE_MONGO_URL"])
+    assert re.fullmatch(r"redis://:[^@]+@redis:6379/0", data["RADPIPE_BROKER_URL"])
+    assert set(secrets["radpipe-raw-s3"]["stringData"]) == {
+        "RADPIPE_S3_ACCESS_KEY",
+        "RADPIPE_S3_SECRET_KEY",
+    }
+    assert set(secrets["radpipe-redis"]["stringData"]) == {"password"}
     assert not _objects(rendered["base"], "Secret")
 
 
@@ -735,12 +897,32 @@ def test_k8s_network_policies_deny_by_default_and_fence_phi(
                 opened.setdefault(name, set()).update(p["port"] for p in rule["ports"])
     assert opened == {"ingest": {8000, 11112}, "portal": {8000}, "notify": {8000}}
 
-    # Only the pods that touch the raw (PHI) bucket are fenced, and only to the stores.
+    # The pods that hold PHI or re-identified data are fenced to the stores (and the exporter
+    # to the PACS too); inference, which runs bundle code, to the stores only.
     phi = policies["phi-egress"]["spec"]
     assert phi["policyTypes"] == ["Egress"]
-    assert _selected_deployments(objects, phi["podSelector"]) == {"ingest", "worker-deid"}
+    assert _selected_deployments(objects, phi["podSelector"]) == PHI_PODS
     egress_ports = {port["port"] for rule in phi["egress"] for port in rule["ports"]}
     assert egress_ports == {9000, 27017, 6379, 53}
+    inference = policies["inference-egress"]["spec"]
+    assert _selected_deployments(objects, inference["podSelector"]) == {"worker-inference"}
+    assert {p["port"] for rule in inference["egress"] for p in rule["ports"]} == egress_ports
+    pacs = policies["export-to-pacs"]["spec"]
+    assert _selected_deployments(objects, pacs["podSelector"]) == {"worker-export"}
+    assert [list(peer) for rule in pacs["egress"] for peer in rule["to"]] == [["ipBlock"]]
+    assert {p["port"] for rule in pacs["egress"] for p in rule["ports"]} == {2762, 443}
+    fenced: set[str] = set()
+    for policy in policies.values():
+        if "Egress" in policy["spec"]["policyTypes"]:
+            fenced |= _selected_deployments(objects, policy["spec"]["podSelector"])
+    assert set(DEPLOYMENTS) - fenced == {"notify", "worker-notify"}  # webhooks, SMTP
+    # Only ingest and worker-deid mount the raw bucket's MinIO account.
+    for name, deployment in _objects(objects, "Deployment").items():
+        for container in _containers(deployment):
+            raw = {"secretRef": {"name": "radpipe-raw-s3"}} in container["envFrom"]
+            assert raw == (name in RAW_BUCKET), name
+            if raw:  # last, so that its RADPIPE_S3_* win over radpipe-secrets'
+                assert container["envFrom"][-1] == {"secretRef": {"name": "radpipe-raw-s3"}}
     minio = policies["minio-ingress"]["spec"]
     assert minio["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "minio"}}
     allowed = [peer["podSelector"] for peer in minio["ingress"][0]["from"]]
@@ -831,10 +1013,15 @@ def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest
         assert metadata["address"] == "redis.radpipe.svc.cluster.local:6379"
         assert metadata["listLength"].isdigit()
         lists[spec["scaleTargetRef"]["name"]] = metadata["listName"]
+        assert trigger["authenticationRef"] == {"name": "radpipe-redis"}  # Redis's password
     assert lists == {"worker-deid": "deid", "worker-inference": "inference-cpu"}
     assert not _objects(objects, "HorizontalPodAutoscaler"), "KEDA owns the HPAs here"
     keda_policy = _objects(objects, "NetworkPolicy")["redis-ingress-keda"]["spec"]
     assert keda_policy["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    [auth] = [o for o in objects if o["kind"] == "TriggerAuthentication"]
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "radpipe-redis", "key": "password"}
+    ]
 
 
 def _normalized(objects: list[Manifest]) -> list[Manifest]:
@@ -864,3 +1051,105 @@ def test_renderer_matches_kubectl_kustomize(
     assert result.returncode == 0, result.stderr
     expected = _normalized(list(yaml.safe_load_all(result.stdout)))
     assert _normalized(rendered[target]) == expected
+
+
+# ------------------------------------------------------------------------------ supply chain
+
+PIP_AUDIT_STUB = """#!/bin/sh
+# A stand-in pip-audit: records its arguments; MODE says what the "database" answers.
+echo "$*" >> "$AUDIT_LOG"
+for arg in "$@"; do last="$arg"; done
+case "$MODE" in
+  offline) echo "No known vulnerabilities found"; exit 0;;
+  online)
+    if grep -q '^requests==2.31.0$' "$last" 2>/dev/null; then
+      echo "requests 2.31.0 GHSA-9wx4-h78v-vm56"; exit 1
+    fi
+    echo "No known vulnerabilities found"; exit 0;;
+  vulnerable)
+    if grep -q '^requests==2.31.0$' "$last" 2>/dev/null; then
+      echo "requests 2.31.0 GHSA-9wx4-h78v-vm56"; exit 1
+    fi
+    echo "jinja2 3.1.0 GHSA-0000-0000-0000"; exit 1;;
+esac
+"""
+
+
+def _audit(tmp_path: Path, mode: str, ci: bool) -> tuple[subprocess.CompletedProcess[str], str]:
+    bin_dir = tmp_path / f"bin-{mode}-{ci}"
+    bin_dir.mkdir()
+    (bin_dir / "bandit").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "pip-audit").write_text(PIP_AUDIT_STUB)
+    for tool in ("bandit", "pip-audit"):
+        (bin_dir / tool).chmod(0o755)
+    log = tmp_path / f"audit-{mode}-{ci}.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BIN": str(bin_dir),
+        "MODE": mode,
+        "AUDIT_LOG": str(log),
+        "CI": "true" if ci else "",
+        "TMPDIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "audit.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result, log.read_text() if log.exists() else ""
+
+
+def test_make_audit_is_run_by_ci_after_the_tests() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^audit: install.*\n\tBIN=\$\(BIN\) scripts/audit\.sh$", makefile, re.M)
+    steps = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip().startswith("make ")
+    ]
+    assert steps == ["make test", "make audit"]
+
+
+def test_bandit_skips_are_each_justified_and_services_are_clean() -> None:
+    config = (ROOT / "bandit.yaml").read_text()
+    skips = yaml.safe_load(config)["skips"]
+    for test_id in skips:
+        assert re.search(rf"^# .*\b{test_id}\b", config, re.M), f"{test_id} skipped, no reason"
+    bandit = _executable("bandit")
+    if bandit is None:
+        _tool_missing("bandit", "pip install bandit")
+    assert bandit is not None
+    result = subprocess.run(
+        [bandit, "-c", "bandit.yaml", "-r", "services", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_audit_never_passes_when_the_vulnerability_database_is_unreachable(
+    tmp_path: Path,
+) -> None:
+    """pip-audit says "No known vulnerabilities found" for packages it could not look up; the
+    canary advisory must be reported before the lock file's result is believed."""
+    result, calls = _audit(tmp_path, "offline", ci=True)
+    assert result.returncode == 1
+    assert "vulnerability database is unreachable" in result.stderr
+    assert "NOT audited" in result.stderr and "CI=true: failing" in result.stderr
+    assert "requirements.lock" not in calls  # no audit claimed
+    local, _ = _audit(tmp_path, "offline", ci=False)
+    assert local.returncode == 0 and "(not CI: skipped)" in local.stderr
+
+
+def test_audit_checks_the_lock_strictly_once_the_database_answers(tmp_path: Path) -> None:
+    result, calls = _audit(tmp_path, "online", ci=True)
+    assert result.returncode == 0, result.stderr
+    [lock_call] = [line for line in calls.splitlines() if "requirements.lock" in line]
+    assert "--strict" in lock_call and "--no-deps" in lock_call
+    vulnerable, _ = _audit(tmp_path, "vulnerable", ci=True)
+    assert vulnerable.returncode != 0
+    assert "GHSA-0000-0000-0000" in vulnerable.stdout
