@@ -5,7 +5,10 @@ The AI report names a device as observer and is not verified (PS3.3 C.17.2,
 VerificationFlag UNVERIFIED); the final report names the signing radiologist as the person
 observer (TID 1002) and as the Verifying Observer (Verifying Observer Sequence), with
 VerificationFlag VERIFIED and CompletionFlag COMPLETE. Rejected findings are left out; edited
-ones carry the radiologist's diameter.
+ones carry the radiologist's diameter, and a finding whose mask was edited also the Volume
+measured on that mask. The verified masks (a DICOM SEG written at sign-off) are listed with the
+images as evidence (Current Requested Procedure Evidence Sequence), and each finding's group
+shares its Tracking UID with its SEG segment.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class VerifiedFinding:
     center_sop_instance_uid: str | None
     center_yx: tuple[float, float]
     decision: str  # "accept" | "edit"
+    #: Measured on the radiologist's edited mask (mm³); ``None`` when the mask was not edited.
+    volume_mm3: float | None = None
+    #: The group's Tracking UID (shared with the finding's segment in the verified SEG).
+    tracking_uid: str | None = None
 
 
 def final_report(
@@ -60,13 +67,14 @@ def final_report(
     uid: Callable[[str], str],
     when: datetime,
     series_number: int = 90,
+    evidence: Sequence[pydicom.Dataset] = (),
 ) -> pydicom.Dataset:
     """The verified TID 1500 report over ``sources`` (the analysed series, de-identified).
 
     Each finding is a TID 1410 group with a CIRCLE Image Region on its centre slice (its
     verified diameter, PS3.3 C.18.6.1.1 pixel coordinates) and a Diameter measurement
     (SCT 81827009, UCUM "mm"). ``uid(purpose)`` gives each new UID, so a retried sign-off
-    writes the same object.
+    writes the same object. ``evidence`` adds instances beside ``sources`` (the verified SEG).
 
     Raises:
         ValueError: ``sources`` is empty (the report needs the study it belongs to).
@@ -87,22 +95,32 @@ def final_report(
             graphic_data=np.array([[cx + 0.5, cy + 0.5], [cx + 0.5 + radius, cy + 0.5]]),
             source_image=hd.sr.SourceImageForRegion.from_source_image(source),
         )
+        values = [
+            hd.sr.Measurement(
+                name=codes.SCT.Diameter,
+                value=round(finding.diameter_mm, 2),
+                unit=codes.UCUM.Millimeter,
+            )
+        ]
+        if finding.volume_mm3 is not None:
+            values.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.Volume,
+                    value=round(finding.volume_mm3, 1),
+                    unit=codes.UCUM.CubicMillimeter,
+                )
+            )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=uid(f"finding-{finding.number}"), identifier=f"Nodule {finding.number}"
+                    uid=finding.tracking_uid or uid(f"finding-{finding.number}"),
+                    identifier=f"Nodule {finding.number}",
                 ),
                 referenced_region=region,
                 finding_type=NODULE,
                 finding_category=CATEGORY,
                 finding_sites=[hd.sr.FindingSite(LUNG)],
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.SCT.Diameter,
-                        value=round(finding.diameter_mm, 2),
-                        unit=codes.UCUM.Millimeter,
-                    )
-                ],
+                measurements=values,
             )
         )
     observer = hd.sr.ObserverContext(
@@ -126,7 +144,7 @@ def final_report(
                 del item.ContentSequence
     root.ContentSequence.append(_impression(impression))
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
+        evidence=[*sources, *evidence],
         content=content,
         series_instance_uid=uid("series"),
         series_number=series_number,

@@ -41,8 +41,14 @@ def agreement(ctx: Context, caller: Principal, resident: str) -> dict[str, Any]:
     """
     if caller.role == "resident" and caller.name != resident:
         raise Forbidden("a resident sees their own agreement page only")
-    AuthService(ctx.documents).audit(caller, "resident.agreement.view", resident)
     reads = list(ctx.documents.collection(blinding.READS).find({"by": resident}).sort("at", 1))
+    # The page shows these studies' reads and AI comparisons: the entry names them.
+    AuthService(ctx.documents).audit(
+        caller,
+        "resident.agreement.view",
+        resident,
+        ids=list(dict.fromkeys(r["study_id"] for r in reads)),
+    )
     rows: list[dict[str, Any]] = []
     versus: dict[str, list[tuple[bool, bool]]] = {"ai": [], "attending": []}
     weekly: dict[str, dict[str, list[bool]]] = defaultdict(lambda: {"ai": [], "attending": []})

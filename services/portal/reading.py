@@ -1,28 +1,38 @@
 """Residents read first: the read a reader commits, its comparison with the AI and with the
 attending, and the attending's RADPEER score of it.
 
-A read is ``finding_present``, the largest nodule's ``diameter_mm``, and where it is: ``slice``
+A read is ``finding_present``, the largest nodule's ``diameter_mm``, where it is: ``slice``
 (0-based, in the analysed series' volume order, the viewer's order) and ``center_yx`` (pixel
-row and column on that slice). Masks for Dice and IoU are the nodules as spheres of their
-diameter around their centres in millimetres (the AI's finding centres, the read's
-location); a side with a finding but no location has no mask, and two empty sides are "n/a".
+row and column on that slice), and optionally the nodule's drawn ``mask`` (wire encoding
+``rle-slices-v1`` of ``radpipe.common.masks``, in that series' grid; stored in ``results`` under
+``{study}/reads/{read}/mask.json``; without a diameter, the read's diameter is the mask's
+equivalent-sphere diameter).
+
+Dice and IoU are computed on voxel masks in the series' grid: the AI's from its SEG (one segment
+per finding), the reader's drawn mask, the attending's verified findings (an edited mask, else
+the AI's segment of an accepted finding). Only a side given by a diameter and a place without a
+mask (a read, or a finding edited by diameter) stands in as a sphere of that diameter around
+that place, and each comparison says which it used (``masks``: "mask", "sphere", "mask+sphere",
+"none" for no finding, "unknown" for a finding with neither mask nor place). Two empty sides
+are "n/a", as is a side that is "unknown".
 """
 
 from __future__ import annotations
 
-import io
-import math
+import hashlib
+import json
 import secrets
 from typing import Any, Literal
 
-import pydicom
 from pydantic import BaseModel, Field
 
-from radpipe.common import blinding
+from radpipe.common import blinding, masks
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
 from radpipe.common.errors import BadRequest, Conflict, NotFound
 from radpipe.common.studies import StudyState, now
+
+from . import viewer
 
 READABLE = frozenset(
     {StudyState.DEIDENTIFIED, StudyState.ANALYZED, StudyState.ALERTED, StudyState.SIGNED}
@@ -39,6 +49,8 @@ class ReadIn(BaseModel):
     diameter_mm: float | None = Field(None, gt=0, le=500)
     slice: int | None = Field(None, ge=0)
     center_yx: tuple[float, float] | None = None
+    #: The drawn nodule (``radpipe.common.masks``, encoding ``rle-slices-v1``).
+    mask: dict[str, Any] | None = None
 
 
 class ScoreIn(BaseModel):
@@ -55,7 +67,9 @@ def post_read(ctx: Context, caller: Principal, study_id: str, body: ReadIn) -> d
 
     Raises:
         Conflict: the images are not de-identified yet, or the caller has read it already.
-        BadRequest: a size or place given for an absent finding.
+        BadRequest: a size or place given for an absent finding; a mask that does not decode
+            or fit the series, a drawn nodule for an absent finding, an empty one for a present
+            finding (nothing is stored).
     """
     study = ctx.studies.get(study_id)
     if study["state"] not in READABLE:
@@ -64,17 +78,43 @@ def post_read(ctx: Context, caller: Principal, study_id: str, body: ReadIn) -> d
         raise BadRequest("a read without a finding has no diameter_mm or center_yx; drop them")
     if _reads(ctx).find_one({"study_id": study_id, "by": caller.name}) is not None:
         raise Conflict(f"{caller.name} has committed a read of study {study_id} already")
+    read_id = secrets.token_hex(8)
+    drawn, diameter = None, body.diameter_mm
+    if body.mask is not None:
+        geo = viewer.geometry(ctx, study)
+        try:
+            mask = masks.decode(body.mask, geo)
+        except masks.MaskError as exc:
+            raise BadRequest(f"mask of the read: {exc}") from None
+        if body.finding_present and not mask:
+            raise BadRequest("a read with a finding draws it: the mask is empty")
+        if not body.finding_present and mask:
+            raise BadRequest('a read without a finding has an empty mask: send "empty": true')
+        data = json.dumps(masks.encode(mask, geo), separators=(",", ":")).encode()
+        volume = masks.voxel_count(mask) * geo.voxel_mm3
+        if diameter is None and mask:
+            diameter = round(masks.equivalent_diameter(volume), 2)
+        drawn = {
+            "key": f"{study_id}/reads/{read_id}/mask.json",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "series_uid": geo.series_uid,
+            "voxels": masks.voxel_count(mask),
+            "volume_mm3": round(volume, 1),
+            "encoding": masks.ENCODING,
+        }
+        ctx.objects.put(ctx.buckets["results"], drawn["key"], data, "application/json")
     read = {
-        "_id": secrets.token_hex(8),
+        "_id": read_id,
         "study_id": study_id,
         "version": study.get("version", 1),
         "by": caller.name,
         "role": caller.role,
         "at": now(),
         "finding_present": body.finding_present,
-        "diameter_mm": body.diameter_mm,
+        "diameter_mm": diameter,
         "slice": body.slice,
         "center_yx": list(body.center_yx) if body.center_yx else None,
+        "mask": drawn,
         "score": None,
     }
     _reads(ctx).insert_one(read)
@@ -116,28 +156,9 @@ def score_read(
 
 # -- comparison -------------------------------------------------------------------------------
 
-Sphere = tuple[float, float, float, float]  # centre z, y, x (mm), radius (mm)
-
 
 def _public(read: dict[str, Any]) -> dict[str, Any]:
     return {("id" if k == "_id" else k): v for k, v in read.items()}
-
-
-def _spacing(ctx: Context, study: dict[str, Any]) -> tuple[float, float, float]:
-    """(slice, row, column) spacing in mm of the analysed series, from one of its slices."""
-    analysis = study.get("analysis") or {}
-    for series in (study.get("deid") or {}).get("series", []):
-        if series.get("series_uid") == analysis.get("series_uid") or not analysis:
-            keys = series.get("keys") or []
-            if not keys:
-                break
-            ds = pydicom.dcmread(
-                io.BytesIO(ctx.objects.get(ctx.buckets["deid"], keys[0])), stop_before_pixels=True
-            )
-            dy, dx = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
-            dz = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-            return dz, dy, dx
-    return 1.0, 1.0, 1.0
 
 
 def _category(diameter: float | None, present: bool, thresholds: dict[str, Any]) -> str:
@@ -153,41 +174,33 @@ def _category(diameter: float | None, present: bool, thresholds: dict[str, Any])
     return "low"
 
 
-def _overlap(a: Sphere, b: Sphere) -> float:
-    """Intersection volume of two spheres (mm³)."""
-    d = math.dist(a[:3], b[:3])
-    ra, rb = a[3], b[3]
-    if d >= ra + rb:
-        return 0.0
-    if d <= abs(ra - rb):
-        r = min(ra, rb)
-        return 4.0 / 3.0 * math.pi * r**3
-    return math.pi * (ra + rb - d) ** 2 * (d**2 + 2 * d * (ra + rb) - 3 * (ra - rb) ** 2) / (12 * d)
-
-
-def overlap_scores(a: list[Sphere] | None, b: list[Sphere] | None) -> dict[str, Any]:
-    """Dice and IoU of two sphere masks; "n/a" when both are empty or a side has no mask."""
-    if a is None or b is None or (not a and not b):
+def overlap_scores(a: masks.Mask | None, b: masks.Mask | None) -> dict[str, Any]:
+    """Dice and IoU of two masks; "n/a" when both are empty or a side has no mask."""
+    if a is None or b is None:
         return {"dice": "n/a", "iou": "n/a"}
-    volume_a = sum(4.0 / 3.0 * math.pi * s[3] ** 3 for s in a)
-    volume_b = sum(4.0 / 3.0 * math.pi * s[3] ** 3 for s in b)
-    inter = min(sum(_overlap(x, y) for x in a for y in b), volume_a, volume_b)
-    union = volume_a + volume_b - inter
-    return {
-        "dice": round(2 * inter / (volume_a + volume_b), 4),
-        "iou": round(inter / union, 4) if union > 0 else "n/a",
-    }
+    return masks.overlap(a, b)
 
 
 def _side(
-    present: bool, diameter: float | None, spheres: list[Sphere] | None, category: str
+    present: bool,
+    diameter: float | None,
+    mask: masks.Mask | None,
+    how: str,
+    category: str,
 ) -> dict[str, Any]:
     return {
         "finding_present": present,
         "diameter_mm": diameter,
         "category": category,
-        "spheres": spheres,
+        "mask": mask,
+        "how": how,
     }
+
+
+def _how(parts: list[str]) -> str:
+    """What a side's mask was made of: "mask", "sphere", "mask+sphere", or "none"."""
+    kinds = sorted(set(parts))
+    return "+".join(kinds) if kinds else "none"
 
 
 def _compare(read: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -199,8 +212,57 @@ def _compare(read: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
         "diameter_difference_mm": diff,
         "risk_category": {"read": read["category"], "other": other["category"]},
         "risk_category_agree": read["category"] == other["category"],
-        **overlap_scores(read["spheres"], other["spheres"]),
+        **overlap_scores(read["mask"], other["mask"]),
+        "masks": {"read": read["how"], "other": other["how"]},
     }
+
+
+class _Grid:
+    """The study's voxel grid and the masks on it, loaded once per comparison."""
+
+    def __init__(self, ctx: Context, study: dict[str, Any]) -> None:
+        self.ctx, self.study = ctx, study
+        try:
+            self.geo: masks.Geometry | None = viewer.geometry(ctx, study)
+        except (Conflict, NotFound):
+            self.geo = None
+        self.ai = viewer.ai_masks(ctx, study) if self.geo is not None else {}
+
+    def sphere(self, zyx: list[float] | tuple[float, ...], diameter: float) -> masks.Mask | None:
+        if self.geo is None:
+            return None
+        z, y, x = (float(v) for v in zyx[:3])
+        return masks.sphere(self.geo, (z, y, x), diameter)
+
+    def drawn(self, stored: dict[str, Any]) -> masks.Mask | None:
+        if self.geo is None or stored.get("series_uid") != self.geo.series_uid:
+            return None  # drawn on another series than the one analysed since
+        return viewer.stored_mask(self.ctx, stored["key"], self.geo)
+
+    def reader(self, r: dict[str, Any], thresholds: dict[str, Any]) -> dict[str, Any]:
+        present, diameter = r["finding_present"], r.get("diameter_mm")
+        cat = _category(diameter, present, thresholds)
+        if r.get("mask"):
+            return _side(present, diameter, self.drawn(r["mask"]), "mask", cat)
+        if not present:
+            return _side(present, diameter, {}, "none", cat)
+        where = r.get("center_yx")
+        if r.get("slice") is None or where is None or diameter is None:
+            return _side(present, diameter, None, "unknown", cat)
+        return _side(present, diameter, self.sphere([r["slice"], *where], diameter), "sphere", cat)
+
+    def finding(self, number: int, finding: dict[str, Any], diameter: float) -> tuple[Any, str]:
+        """The AI's finding ``number`` as a mask: its SEG segment, else a sphere."""
+        if number in self.ai:
+            return self.ai[number], "mask"
+        centre = finding.get("center_voxel_zyx") or [0.0, 0.0, 0.0]
+        return self.sphere(centre, diameter), "sphere"
+
+
+def _union(parts: list[masks.Mask | None]) -> masks.Mask | None:
+    if any(p is None for p in parts):
+        return None
+    return masks.union(p for p in parts if p is not None)
 
 
 def with_comparison(ctx: Context, study: dict[str, Any], read: dict[str, Any]) -> dict[str, Any]:
@@ -208,38 +270,25 @@ def with_comparison(ctx: Context, study: dict[str, Any], read: dict[str, Any]) -
     or else the latest radiologist's read by someone else)."""
     analysis = study.get("analysis") or {}
     thresholds = (analysis.get("risk") or {}).get("thresholds") or {}
-    dz, dy, dx = _spacing(ctx, study)
+    grid = _Grid(ctx, study)
     ai_findings = analysis.get("findings") or []
-
-    def ai_sphere(finding: dict[str, Any], diameter: float) -> Sphere:
-        z, y, x = (finding.get("center_voxel_zyx") or [0.0, 0.0, 0.0])[:3]
-        return (z * dz, y * dy, x * dx, diameter / 2.0)
-
-    def reader(r: dict[str, Any]) -> dict[str, Any]:
-        spheres: list[Sphere] | None = []
-        if r["finding_present"]:
-            where = r.get("center_yx")
-            if r.get("slice") is None or where is None or r.get("diameter_mm") is None:
-                spheres = None
-            else:
-                y, x = where
-                spheres = [(r["slice"] * dz, y * dy, x * dx, r["diameter_mm"] / 2.0)]
-        cat = _category(r.get("diameter_mm"), r["finding_present"], thresholds)
-        return _side(r["finding_present"], r.get("diameter_mm"), spheres, cat)
-
-    this = reader(read)
+    this = grid.reader(read, thresholds)
     comparison: dict[str, Any] = {}
     if analysis:
         largest = max((f.get("diameter_mm", 0.0) for f in ai_findings), default=None)
         risk = analysis.get("risk") or {}
+        parts = [
+            grid.finding(n, f, f.get("diameter_mm", 0.0)) for n, f in enumerate(ai_findings, 1)
+        ]
         ai = _side(
             bool(ai_findings),
             largest,
-            [ai_sphere(f, f.get("diameter_mm", 0.0)) for f in ai_findings],
+            _union([m for m, _ in parts]),
+            _how([how for _, how in parts]),
             str(risk.get("category", _category(largest, bool(ai_findings), thresholds))),
         )
         comparison["ai"] = _compare(this, ai)
-    attending = _attending(ctx, study, read, ai_findings, ai_sphere, thresholds, reader)
+    attending = _attending(ctx, study, read, grid, thresholds)
     if attending is not None:
         comparison["attending"] = {"by": attending.pop("by"), **_compare(this, attending)}
     return {**_public(read), "comparison": comparison}
@@ -249,22 +298,35 @@ def _attending(
     ctx: Context,
     study: dict[str, Any],
     read: dict[str, Any],
-    ai_findings: list[dict[str, Any]],
-    ai_sphere: Any,
+    grid: _Grid,
     thresholds: dict[str, Any],
-    reader: Any,
 ) -> dict[str, Any] | None:
+    """The attending's side: the signed findings (edited masks, else the AI's segments of the
+    accepted ones; a finding edited by diameter only, a sphere), else another radiologist's
+    latest read."""
     signed = study.get("signed")
+    ai_findings = (study.get("analysis") or {}).get("findings") or []
     if study["state"] == StudyState.SIGNED and signed and signed.get("by") != read["by"]:
-        verified = signed.get("findings") or []
-        spheres = [
-            ai_sphere(ai_findings[v["finding"] - 1], v["diameter_mm"])
-            for v in verified
-            if 0 < v["finding"] <= len(ai_findings)
-        ]
+        verified = [v for v in signed.get("findings") or [] if 0 < v["finding"] <= len(ai_findings)]
+        decisions = ((study.get("review") or {}).get("decisions")) or {}
+        parts: list[tuple[masks.Mask | None, str]] = []
+        for v in verified:
+            n, finding = v["finding"], ai_findings[v["finding"] - 1]
+            decision = decisions.get(str(n)) or {}
+            if v.get("mask") and grid.geo is not None:
+                parts.append((viewer.stored_mask(ctx, v["mask"], grid.geo), "mask"))
+            elif decision.get("decision") == "edit" and decision.get("diameter_mm") is not None:
+                centre = finding.get("center_voxel_zyx") or [0.0, 0.0, 0.0]
+                parts.append((grid.sphere(centre, v["diameter_mm"]), "sphere"))
+            else:
+                parts.append(grid.finding(n, finding, v["diameter_mm"]))
         largest = max((v["diameter_mm"] for v in verified), default=None)
         side = _side(
-            bool(verified), largest, spheres, _category(largest, bool(verified), thresholds)
+            bool(verified),
+            largest,
+            _union([m for m, _ in parts]),
+            _how([how for _, how in parts]),
+            _category(largest, bool(verified), thresholds),
         )
         return {"by": signed["by"], **side}
     others = [
@@ -274,4 +336,4 @@ def _attending(
     ]
     if not others:
         return None
-    return {"by": others[-1]["by"], **reader(others[-1])}
+    return {"by": others[-1]["by"], **grid.reader(others[-1], thresholds)}

@@ -7,16 +7,28 @@ needs a decision on every finding, moves the study to ``signed`` and writes the 
 report (``radpipe.common.report``) into the results, indexed for QIDO-RS/WADO-RS and handed to
 the exporter like the AI results. The notify stage sends nothing for a signed study and closes
 its open alert.
+
+An edit corrects the size (``diameter_mm``) or the mask (``mask``, wire encoding
+``rle-slices-v1`` of ``radpipe.common.masks`` in the analysed series' grid, validated strictly):
+the mask is stored in ``results`` (``{study}/v{version}/masks/finding-{n}-{sha256}.json``), and
+the finding's volume and equivalent-sphere diameter are measured on it. At sign-off the edited
+masks and the AI segments of the accepted findings are written as one verified DICOM SEG (the
+inference SEG writer), referenced from the final report as evidence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import pydicom
 from pydantic import BaseModel, Field
 
+from radpipe.common import masks
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
 from radpipe.common.dicomindex import add_to_index, index_document
@@ -25,6 +37,8 @@ from radpipe.common.errors import BadRequest, Conflict, NotFound
 from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
 from radpipe.common.report import VerifiedFinding, final_report
 from radpipe.common.studies import StudyState, now
+
+from . import viewer
 
 REVIEWABLE = (str(StudyState.ANALYZED), str(StudyState.ALERTED))
 
@@ -35,6 +49,8 @@ class DecisionIn(BaseModel):
     decision: Literal["accept", "reject", "edit"]
     reason: str | None = Field(None, max_length=1000)
     diameter_mm: float | None = Field(None, gt=0, le=500)
+    #: The corrected mask of an edit (``radpipe.common.masks``, encoding ``rle-slices-v1``).
+    mask: dict[str, Any] | None = None
 
 
 def decisions_of(study: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -83,12 +99,16 @@ def decide(
     reason = (body.reason or "").strip() or None
     if body.decision == "reject" and reason is None:
         raise BadRequest('a rejection needs a reason: send {"decision": "reject", "reason": …}')
-    if body.decision == "edit" and body.diameter_mm is None:
+    if body.decision == "edit" and (body.diameter_mm is None) == (body.mask is None):
         raise BadRequest(
-            'an edit needs the corrected size: send {"decision": "edit", "diameter_mm": …}'
+            'an edit needs the corrected size or mask, one of them: send {"decision": "edit", '
+            '"diameter_mm": …} or {"decision": "edit", "mask": {"encoding": "rle-slices-v1", …}}'
         )
+    if body.decision != "edit" and (body.diameter_mm is not None or body.mask is not None):
+        raise BadRequest(f"a decision {body.decision!r} carries no diameter_mm or mask")
     finding = findings[number - 1]
     model = (study.get("analysis") or {}).get("model") or {}
+    version = study.get("version", 1)
     at = now()
     decision = {
         "finding": number,
@@ -96,11 +116,15 @@ def decide(
         "reason": reason,
         "diameter_mm": body.diameter_mm if body.decision == "edit" else None,
         "ai_diameter_mm": finding.get("diameter_mm"),
+        "ai_volume_mm3": finding.get("volume_mm3"),
         "by": caller.name,
         "at": at,
         "model": {k: model.get(k) for k in ("name", "version", "sha256")},
     }
-    version = study.get("version", 1)
+    stored = None
+    if body.mask is not None:
+        stored, measured = _store_mask(ctx, study, number, body.mask)
+        decision.update(measured)
     event = {"type": "finding.decision", "at": at, "version": version, "detail": decision}
     result = ctx.studies.studies.update_one(
         {"_id": study_id, "version": version, "state": {"$in": list(REVIEWABLE)}},
@@ -114,11 +138,85 @@ def decide(
         },
     )
     if result.matched_count != 1:
+        if stored is not None and not _referenced(ctx, study_id, stored):
+            ctx.objects.delete(ctx.buckets["results"], stored)
         raise Conflict(f"study {study_id} changed meanwhile (re-opened or signed); reload it")
     AuthService(ctx.documents).audit(
-        caller, "finding.decision", study_id, finding=number, decision=body.decision
+        caller,
+        "finding.decision",
+        study_id,
+        finding=number,
+        decision=body.decision,
+        mask=stored is not None,
     )
     return decision
+
+
+def _store_mask(
+    ctx: Context, study: dict[str, Any], number: int, payload: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Validate an edited mask, store it, and measure it: (key, the decision's fields).
+
+    Raises:
+        BadRequest: the mask does not decode or fit the analysed series, or is empty (an
+            empty mask removes the finding: that is a rejection, with its reason).
+    """
+    geo = viewer.geometry(ctx, study)
+    try:
+        mask = masks.decode(payload, geo)
+    except masks.MaskError as exc:
+        raise BadRequest(f"mask of finding {number}: {exc}") from None
+    if not mask:
+        raise BadRequest(
+            f"the edited mask of finding {number} is empty: a finding without a nodule is "
+            'rejected, with a reason ({"decision": "reject", "reason": …})'
+        )
+    data = json.dumps(masks.encode(mask, geo), separators=(",", ":")).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"{study['_id']}/v{study.get('version', 1)}/masks/finding-{number}-{digest[:24]}.json"
+    ctx.objects.put(ctx.buckets["results"], key, data, "application/json")
+    voxels = masks.voxel_count(mask)
+    volume = voxels * geo.voxel_mm3
+    return key, {
+        "diameter_mm": round(masks.equivalent_diameter(volume), 2),
+        "volume_mm3": round(volume, 1),
+        "mask": {"key": key, "sha256": digest, "voxels": voxels, "encoding": masks.ENCODING},
+    }
+
+
+def _referenced(ctx: Context, study_id: str, key: str) -> bool:
+    """Whether a decision of the study names the mask ``key`` (the same mask sent twice)."""
+    study = ctx.studies.find(study_id) or {}
+    return any(
+        (d.get("mask") or {}).get("key") == key
+        for d in ((study.get("review") or {}).get("decisions") or {}).values()
+    )
+
+
+def current_mask(ctx: Context, caller: Principal, study_id: str, number: int) -> dict[str, Any]:
+    """Finding ``number``'s mask as it stands (the edited one, else the AI's segment) in the
+    wire encoding, with the grid's spacing and where it comes from.
+
+    Raises:
+        NotFound: no such study or finding, or a resident who has not read it yet.
+    """
+    from radpipe.common import blinding
+
+    study = ctx.studies.get(study_id)
+    if not blinding.sees_ai(ctx.documents, caller, study_id):
+        raise NotFound("no AI mask: commit your read first (POST /api/studies/{id}/reads)")
+    findings = _findings(study)
+    if not 1 <= number <= len(findings):
+        raise NotFound(f"study {study_id} has {len(findings)} finding(s); number them from 1")
+    decision = decisions_of(study).get(str(number)) or {}
+    geo = viewer.geometry(ctx, study)
+    mask = viewer.finding_masks(ctx, study, decisions_of(study)).get(number, {})
+    return {
+        **masks.encode(mask, geo),
+        "spacing_mm": list(geo.spacing),
+        "finding": number,
+        "source": "edited" if decision.get("mask") else "ai",
+    }
 
 
 def sign(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
@@ -148,7 +246,16 @@ def sign(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
         "by": caller.name,
         "at": at,
         "findings": [
-            {"finding": n, "decision": d["decision"], "diameter_mm": _diameter(d, f)}
+            {
+                "finding": n,
+                "decision": d["decision"],
+                "diameter_mm": _diameter(d, f),
+                **(
+                    {"volume_mm3": d.get("volume_mm3"), "mask": d["mask"]["key"]}
+                    if d.get("mask")
+                    else {}
+                ),
+            }
             for n, d, f in verified
         ],
         "rejected": [
@@ -183,9 +290,10 @@ def _store_report(
     caller: Principal,
     verified: list[tuple[int, dict[str, Any], dict[str, Any]]],
     at: Any,
-) -> dict[str, str] | None:
-    """Write the final SR into ``results`` and the DICOM index; ``None`` when the study has
-    no analysed series to report on (a study analysed from multi-frame sources, say)."""
+) -> dict[str, Any] | None:
+    """Write the final SR (and the verified SEG, its ``seg``) into ``results`` and the DICOM
+    index; ``None`` when the study has no analysed series to report on (a study analysed from
+    multi-frame sources, say)."""
     analysis = study.get("analysis") or {}
     series_uid = analysis.get("series_uid")
     series = [
@@ -213,9 +321,12 @@ def _store_report(
                 float((f.get("center_voxel_zyx") or [0, 0, 0])[2]),
             ),
             decision=d["decision"],
+            volume_mm3=d.get("volume_mm3") if d.get("mask") else None,
+            tracking_uid=uid(f"finding-{n}"),
         )
         for n, d, f in verified
     ]
+    seg = _verified_seg(ctx, study, sources, findings, uid, at)
     n = len(findings)
     impression = (
         f"{n} lung nodule(s) verified; largest {max(f.diameter_mm for f in findings):.1f} mm."
@@ -223,15 +334,90 @@ def _store_report(
         else "No lung nodule."
     ) + f" Signed by {caller.name}."
     ds = final_report(
-        sources, findings, signer=caller.name, impression=impression, uid=uid, when=at
+        sources,
+        findings,
+        signer=caller.name,
+        impression=impression,
+        uid=uid,
+        when=at,
+        evidence=[seg] if seg is not None else [],
     )
+    stored: dict[str, dict[str, str]] = {}
+    for kind, obj in (("final-seg", seg), ("final-sr", ds)):
+        if obj is not None:
+            stored[kind] = _put_result(ctx, study_id, obj)
+    return {"kind": "final-sr", **stored["final-sr"], "seg": stored.get("final-seg")}
+
+
+def _put_result(ctx: Context, study_id: str, ds: pydicom.Dataset) -> dict[str, str]:
+    """Store one signed object in ``results`` and the DICOM index (like the AI results)."""
     bucket = ctx.buckets["results"]
     key = f"{study_id}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
     ctx.objects.put(bucket, key, write_part10(ds), "application/dicom")
     add_to_index(ctx.documents, index_document(ds, study_id, key, bucket))
     return {
-        "kind": "final-sr",
         "key": key,
         "series_uid": str(ds.SeriesInstanceUID),
         "sop_instance_uid": str(ds.SOPInstanceUID),
     }
+
+
+def _verified_seg(
+    ctx: Context,
+    study: dict[str, Any],
+    sources: Sequence[pydicom.Dataset],
+    findings: list[VerifiedFinding],
+    uid: Any,
+    at: Any,
+) -> pydicom.Dataset | None:
+    """The verified findings' masks (edited, else the AI's segment) as one binary DICOM SEG,
+    written by the inference SEG writer; ``None`` when no verified finding has a mask or the
+    sources are not the viewer's grid (a multi-frame source)."""
+    from radpipe.inference.findings import Finding
+    from radpipe.inference.result_context import ResultContext
+    from radpipe.inference.seg import segmentation
+
+    geo = viewer.geometry(ctx, study)
+    current = viewer.finding_masks(ctx, study, decisions_of(study))
+    kept = [f for f in findings if current.get(f.number)]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    order = [by_uid.get(item["sop"]) for item in viewer.slices(ctx, study)]
+    if not kept or len(order) != geo.slices or any(ds is None for ds in order):
+        return None
+    ordered = [ds for ds in order if ds is not None]  # the grid's (volume) order
+    labels = np.zeros(geo.shape, dtype=np.uint8 if len(kept) < 256 else np.uint16)
+    for label, finding in enumerate(kept, start=1):
+        for k, flat in current[finding.number].items():
+            labels[k].reshape(-1)[flat] = label
+    model = (study.get("analysis") or {}).get("model") or {}
+    context = ResultContext(
+        sources=ordered,
+        name=str(model.get("name") or "radpipe"),
+        version=str(model.get("version") or "unknown"),
+        serial=str(model.get("sha256") or "unknown")[:64],
+        when=at,
+        uid=uid,
+    )
+    stand_ins = [
+        Finding(
+            label=label,
+            diameter_mm=f.diameter_mm,
+            volume_mm3=f.volume_mm3 or 0.0,
+            center_voxel_zyx=(0.0, 0.0, 0.0),
+            center_patient_xyz=(0.0, 0.0, 0.0),
+            probability=1.0,
+        )
+        for label, f in enumerate(kept, start=1)
+    ]
+    seg = segmentation(
+        context, stand_ins, labels, [f.tracking_uid or uid(f"finding-{f.number}") for f in kept], 91
+    )
+    # The writer labels its output as the AI's; this one is the radiologist's verified masks.
+    seg.SeriesDescription = "Verified nodule segmentation (signed)"
+    seg.ContentLabel = "VERIFIED_NODULES"
+    seg.ContentDescription = "Verified nodule masks (signed report)"
+    for item, finding in zip(seg.SegmentSequence, kept, strict=True):
+        item.SegmentLabel = f"Nodule {finding.number}"
+        item.TrackingID = f"Nodule {finding.number}"
+        item.SegmentAlgorithmType = "SEMIAUTOMATIC"
+    return seg

@@ -1,12 +1,15 @@
 """The reading room in headless Chromium, on a phantom analysed by the real demo bundle: a
 radiologist from login through the worklist into the viewer (keyboard scroll, a window preset
-and the overlay's opacity checked on the canvas pixels), a refused then an accepted sign-off
-after rejecting the finding; a resident who sees no AI, in the page or the API, until the read,
-then the comparison; a role denial answered 403 and audited; "Open in OHIF" on the session with
-the SEG overlay and the TID 1500 measurement shown. Screenshots in test-artifacts/."""
+and the overlay's opacity checked on the canvas pixels), a finding's mask painted with the mouse
+and saved (the overlay's pixels changed), a refused then an accepted sign-off after rejecting
+the finding; a resident who sees no AI, in the page or the API, until the read (a mask drawn
+by keyboard only), then the comparison; a role denial answered 403 and audited; "Open in OHIF"
+on the session with the SEG overlay and the TID 1500 measurement shown. Screenshots in
+test-artifacts/."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -43,22 +46,31 @@ def browser() -> Any:
         launched.close()
 
 
-def login(browser: Any, url: str, name: str, password: str) -> Any:
+def login(browser: Any, url: str, name: str, password: str, home: str = "/") -> Any:
     page = browser.new_page(viewport={"width": 1400, "height": 950})
     page.goto(url + "/login")
     page.fill("input[name=username]", name)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
-    page.wait_for_url(url + "/")
+    page.wait_for_url(url + home)
     return page
 
 
+def until(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll ``expression`` in the page until it is true. (``wait_for_function`` compiles its
+    predicate with ``new Function``, which the portal's CSP refuses: no 'unsafe-eval'.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
 def drawn(page: Any, value: str) -> None:
-    page.wait_for_function(f"document.getElementById('view').dataset.drawn === {value!r}")
+    until(page, f"document.getElementById('view').dataset.drawn === {value!r}")
 
 
 def shows_slice(page: Any, text: str) -> None:
-    page.wait_for_function(f"document.getElementById('slice-indicator').textContent === {text!r}")
+    until(page, f"document.getElementById('slice-indicator').textContent === {text!r}")
 
 
 def pixel(page: Any, y: float, x: float, size: int = 160) -> list[int]:
@@ -146,6 +158,41 @@ def test_radiologist_reads_reviews_and_signs(
     page.wait_for_selector("#sign-msg.error")
     assert "undecided" in page.inner_text("#sign-msg")
     page.screenshot(path=str(ARTIFACTS / "reading-room-sign-refused.png"), full_page=True)
+
+    # The finding's mask edited with the mouse: a brush stroke beside the nodule, saved; the
+    # overlay, drawn again from the server, is red where the brush went (canvas pixels).
+    spot_y, spot_x = y, x + 22
+    page.click("#overlay-toggle")
+    drawn(page, f"{k}|1|1")
+    before = pixel(page, spot_y, spot_x)
+    assert not (before[0] > 200 and before[1] < 90), before
+    page.click("button.mask-edit[data-finding='1']")
+    until(page, "document.getElementById('view').dataset.editing === '1'")
+    assert page.locator("#mask-tools").is_visible()
+    box = page.locator("#view").bounding_box()
+    fit = CANVAS / 160
+    page.mouse.move(box["x"] + (spot_x + 0.5) * fit, box["y"] + (spot_y - 4 + 0.5) * fit)
+    page.mouse.down()
+    for dy in range(-3, 5):
+        page.mouse.move(box["x"] + (spot_x + 0.5) * fit, box["y"] + (spot_y + dy + 0.5) * fit)
+    page.mouse.up()
+    voxels = int(page.get_attribute("#view", "data-mask-voxels") or 0)
+    page.screenshot(path=str(ARTIFACTS / "reading-room-mask-painting.png"), full_page=True)
+    # The tools by keyboard on the canvas: e the eraser, b the brush again.
+    page.keyboard.press("e")
+    assert page.get_attribute("#view", "data-tool") == "eraser"
+    page.keyboard.press("b")
+    page.click("#mask-save")
+    page.wait_for_selector("#mask-msg.ok")
+    until(page, "document.getElementById('view').dataset.overlayGen === '1'")
+    drawn(page, f"{k}|1|1")
+    after = pixel(page, spot_y, spot_x)
+    assert after[0] > 200 and after[1] < 90 and after[2] < 90, after
+    page.screenshot(path=str(ARTIFACTS / "reading-room-mask-saved.png"), full_page=True)
+    edit = ctx.studies.get(alerted)["review"]["decisions"]["1"]
+    assert edit["decision"] == "edit" and edit["mask"]["voxels"] == voxels > 0
+    assert page.get_attribute("tr[data-finding='1']", "data-decision") == "edit"
+    # Then every finding rejected (the last decision counts) and the study signed.
     for n in range(1, len(findings) + 1):
         form = page.locator(f"form.decision[data-finding='{n}']")
         form.locator("input[name=reason]").fill("vessel, not a nodule")
@@ -160,7 +207,11 @@ def test_radiologist_reads_reviews_and_signs(
     assert signed["state"] == "signed" and signed["signed"]["rejected"] == list(
         range(1, len(findings) + 1)
     )
-    decision = next(e for e in signed["events"] if e["type"] == "finding.decision")
+    decision = next(
+        e
+        for e in signed["events"]
+        if e["type"] == "finding.decision" and e["detail"]["decision"] == "reject"
+    )
     assert decision["detail"]["reason"] == "vessel, not a nodule"
 
 
@@ -197,7 +248,8 @@ def test_resident_reads_first_then_sees_the_comparison(
     assert forged.status == 403 and "CSRF" in forged.json()["detail"]  # no token, no read
     audit = list(ctx.documents.collection("audit").find({"action": "access.denied"}))
     assert [(a["actor"], a["target"]) for a in audit] == [
-        ("res", f"POST /api/studies/{alerted}/findings/1/decision")
+        ("res", f"POST /api/studies/{alerted}/findings/1/decision"),
+        ("res", f"POST /api/studies/{alerted}/reads"),  # the refused CSRF check too
     ]
 
     # The read, by keyboard to the finding's slice and a click on the nodule.
@@ -210,11 +262,28 @@ def test_resident_reads_first_then_sees_the_comparison(
     page.mouse.click(box["x"] + (x + 0.5) * fit, box["y"] + (y + 0.5) * fit)
     assert page.input_value("#read-slice") == str(k + 1)  # shown from 1
     page.fill("#read-diameter", f"{finding['diameter_mm']:.1f}")
+
+    # The mask drawn by keyboard only: the button by Enter, dabs by space at the cursor (it
+    # starts on the clicked centre; i/j/k/l move it), the slice keys still scroll.
+    page.focus("#read-draw")
+    page.keyboard.press("Enter")
+    until(page, "document.getElementById('view').dataset.editing === 'read'")
+    assert page.evaluate("document.activeElement.id") == "view"
+    page.keyboard.press("ArrowDown")
+    shows_slice(page, f"Slice {k + 2} / {len(study['analysis']['input_sop_uids'])}")
+    page.keyboard.press("ArrowUp")
+    drawn(page, f"{k}|2|0")
+    for key in ("]", "]", " ", "k", "k", " "):
+        page.keyboard.press(key)
+    assert int(page.get_attribute("#view", "data-mask-voxels") or 0) > 20
+    page.screenshot(path=str(ARTIFACTS / "reading-room-resident-drawn-mask.png"), full_page=True)
     page.click("#read-form button[type=submit]")
     page.wait_for_selector("#comparison")
     comparison = page.inner_text("#comparison")
     assert "presence agrees" in comparison and "category high/high" in comparison
-    assert "Dice" in comparison
+    assert "Dice" in comparison and "(mask vs mask)" in comparison and "drawn mask" in comparison
+    [read] = list(ctx.documents.collection("reads").find({"study_id": alerted}))
+    assert read["mask"]["voxels"] > 20
     assert page.locator("#findings").count() == 1 and page.locator("#overlay-toggle").count() == 1
     assert page.request.get(f"{live_url}/api/studies/{alerted}").json()["ai_hidden"] is False
     assert len(page.request.get(f"{live_url}/api/alerts").json()) == 1
@@ -293,8 +362,7 @@ def test_open_in_ohif_from_the_portal_with_the_session_seg_and_sr(
 
 def test_admin_screens_in_chromium(ctx: Context, live_url: str, browser: Any) -> None:
     AuthService(ctx.documents).add_user("root", "admin", "a long admin password")
-    page = login(browser, live_url, "root", "a long admin password")
-    page.goto(live_url + "/admin")
+    page = login(browser, live_url, "root", "a long admin password", home="/admin")
     form = page.locator("#add-user")
     form.locator("input[name=name]").fill("newres")
     form.locator("select[name=role]").select_option("resident")
@@ -302,15 +370,16 @@ def test_admin_screens_in_chromium(ctx: Context, live_url: str, browser: Any) ->
     form.locator("button[type=submit]").click()
     page.wait_for_selector("tr[data-user='newres']")
     page.select_option("select.role[data-user='newres']", "radiologist")
-    page.wait_for_function(
-        "fetch('/api/admin/users').then(r => r.json()).then(u => u[1].role === 'radiologist')"
+    until(
+        page,
+        "fetch('/api/admin/users').then(r => r.json()).then(u => u[1].role === 'radiologist')",
     )
     tokens = page.locator("#add-token")
     tokens.locator("input[name=name]").fill("ct-scanner-3")
     tokens.locator("select[name=role]").select_option("modality")
     tokens.locator("button[type=submit]").click()
     page.wait_for_selector("#new-token:has-text('rp_')")
-    page.wait_for_function("document.getElementById('alert-config').value.includes('{')")
+    until(page, "document.getElementById('alert-config').value.includes('{')")
     config = page.input_value("#alert-config")
     assert '"rules"' in config or '"deadlines"' in config
     page.screenshot(path=str(ARTIFACTS / "reading-room-admin.png"), full_page=True)
