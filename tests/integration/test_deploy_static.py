@@ -734,22 +734,30 @@ def _selected_deployments(objects: list[Manifest], selector: Manifest) -> set[st
     }
 
 
+#: Secrets as examples only, never applied from the repository.
+SECRET_EXAMPLES = ("secret.example.yaml", "secrets-more.example.yaml")
+
+
+def _example_secrets() -> list[Manifest]:
+    return [doc for name in SECRET_EXAMPLES for doc in _load_all(K8S / "base" / name)]
+
+
 def test_every_k8s_file_is_used_and_the_secret_example_is_not() -> None:
     used: set[Path] = set()
     for target in RENDER_TARGETS:
         render(K8S / target, used)
     on_disk = {path.resolve() for path in K8S.rglob("*.yaml")}
-    secret_example = (K8S / "base" / "secret.example.yaml").resolve()
-    assert secret_example in on_disk
-    assert secret_example not in used, "real secrets must not be applied from the repository"
-    assert on_disk - used == {secret_example}
+    examples = {(K8S / "base" / name).resolve() for name in SECRET_EXAMPLES}
+    assert examples <= on_disk
+    assert not examples & used, "real secrets must not be applied from the repository"
+    assert on_disk - used == examples
 
 
 def test_k8s_manifests_pass_kubernetes_validate(
     kubernetes_validate: Any, rendered: dict[str, list[Manifest]]
 ) -> None:
     versions = sorted({OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version()})
-    secret = _load_all(K8S / "base" / "secret.example.yaml")
+    secret = _example_secrets()
     kinds = set()
     failures = []
     for target, objects in [*rendered.items(), ("secret.example.yaml", secret)]:
@@ -861,7 +869,7 @@ def test_k8s_settings_keep_secrets_out_of_the_configmap(
     config = _objects(rendered["base"], "ConfigMap")["radpipe-config"]["data"]
     assert all(key.startswith("RADPIPE_") for key in config)
     assert not SECRET_KEYS & set(config)
-    secrets = {s["metadata"]["name"]: s for s in _load_all(K8S / "base" / "secret.example.yaml")}
+    secrets = {s["metadata"]["name"]: s for s in _example_secrets()}
     assert set(secrets) == {"radpipe-secrets", "radpipe-raw-s3", "radpipe-redis"}
     data = secrets["radpipe-secrets"]["stringData"]
     assert set(data) == SECRET_KEYS
