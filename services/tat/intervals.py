@@ -123,6 +123,8 @@ class Timeline:
     source: str = "unknown"
     state: str = ""
     failed: bool = False
+    #: Intervals computed once (``stages`` is not changed after construction).
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def arrival(self) -> datetime | None:
@@ -132,14 +134,25 @@ class Timeline:
     def ordered_stages(self) -> list[tuple[str, datetime]]:
         return [(stage, self.stages[stage]) for stage in STAGES if stage in self.stages]
 
+    def spans(self) -> list[tuple[str, float]]:
+        """:meth:`consecutive` then :meth:`end_to_end`."""
+        if "spans" not in self._memo:
+            self._memo["spans"] = self.consecutive() + self.end_to_end()
+        spans: list[tuple[str, float]] = self._memo["spans"]
+        return spans
+
     def consecutive(self) -> list[tuple[str, float]]:
         """(name, seconds) between each known stage and the next known one, in stage order;
         a negative value means the two happened out of order."""
+        if "consecutive" in self._memo:
+            memo: list[tuple[str, float]] = self._memo["consecutive"]
+            return memo
         known = self.ordered_stages()
-        return [
+        self._memo["consecutive"] = [
             (interval_name(a, b), (tb - ta).total_seconds())
             for (a, ta), (b, tb) in itertools.pairwise(known)
         ]
+        return self.consecutive()
 
     def end_to_end(self) -> list[tuple[str, float]]:
         return [
@@ -261,7 +274,7 @@ def analyse(
     e2e_names = [name for name, _, _ in END_TO_END]
     samples = _Samples()
     for t in timelines:
-        for name, seconds in t.consecutive() + t.end_to_end():
+        for name, seconds in t.spans():
             samples.add(name, seconds)
     intervals = samples.figures(targets, order)
     end_to_end = samples.figures(targets, e2e_names)
@@ -317,7 +330,7 @@ def _cut(
     for value in sorted(groups):
         group = _Samples()
         for t in groups[value]:
-            for name, seconds in t.consecutive() + t.end_to_end():
+            for name, seconds in t.spans():
                 group.add(name, seconds)
         out[value] = {"studies": len(groups[value]), "intervals": group.figures(targets, order)}
     return out
