@@ -160,7 +160,7 @@ def stage_task(
                         study_id=study_id,
                         task_id=self.request.id,
                         cause="retries-spent",
-                        error=type(exc).__name__,
+                        exc_info=True,  # type, scrubbed message, innermost frame
                     )
                     reason = f"gave up after {attempt} attempts: {reason}"
                     give_up(ctx, self, study_id, reason, attempt)
