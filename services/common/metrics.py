@@ -23,6 +23,12 @@ QUEUE_LENGTH = Gauge(
     "radpipe_queue_length", "Tasks waiting in a stage's queue (autoscaling input)", ["queue"]
 )
 
+DEAD_LETTERS = Gauge(
+    "radpipe_dead_letters",
+    "Tasks dead-lettered: retries spent, a permanent failure, or a worker that died running them "
+    "RADPIPE_MAX_DELIVERIES times (the newest 10,000 are kept)",
+)
+
 
 def refresh_gauges(ctx: Context) -> None:
     from .studies import StudyState
@@ -31,3 +37,6 @@ def refresh_gauges(ctx: Context) -> None:
         STUDIES.labels(str(state)).set(ctx.studies.studies.count_documents({"state": str(state)}))
     for queue, length in ctx.tasks.queue_lengths().items():
         QUEUE_LENGTH.labels(queue).set(length)
+    dead_letter_count = getattr(ctx.tasks, "dead_letter_count", None)  # brokers that keep one
+    if dead_letter_count is not None:
+        DEAD_LETTERS.set(dead_letter_count())

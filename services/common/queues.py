@@ -94,6 +94,12 @@ class CeleryDispatcher:
         with self._celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
 
+    def dead_letter_count(self) -> int:
+        """Entries on the dead-letter list (the newest ``DEAD_LETTER_KEEP`` are kept)."""
+        with self._celery.connection_for_read() as connection:
+            client = getattr(connection.default_channel, "client", None)
+            return int(client.llen(DEAD_LETTER_KEY)) if client is not None else 0
+
     def queue_lengths(self) -> dict[str, int]:
         """Ready messages per queue (the Redis transport keeps each queue as a list)."""
         with self._celery.connection_for_read() as connection:

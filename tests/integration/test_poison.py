@@ -154,6 +154,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
         ("radpipe.deid.run", poison, "deid")
     ]
     assert entries[0]["reason"] == study["failure"]["reason"]
+    assert sender.dead_letter_count() == 1  # the radpipe_dead_letters gauge
     # The admins were paged with the stage and the reason.
     assert alert["rule"] == "pipeline-failed" and alert["stage"] == "deid"
     assert "worker died 3 times" in alert["summary"]

@@ -38,6 +38,23 @@ def test_each_queue_has_its_own_exchange_and_routing_key() -> None:
         assert (queue.exchange.name, queue.routing_key) == (name, name)
 
 
+def test_the_delivery_ledger_counts_each_attempt_apart_and_forgets_it_when_settled() -> None:
+    """The counting logic only (kombu's in-memory transport has no Redis client, so the ledger
+    counts in this process); redelivery itself is tested with real workers in
+    tests/integration/test_poison.py."""
+    ledger = queues.DeliveryLedger(
+        queues.make_celery(Settings(secret_key=SECRET, broker_url="memory://"))
+    )  # type: ignore[arg-type]
+    assert [ledger.delivered("task-a", 0) for _ in range(3)] == [1, 2, 3]
+    assert ledger.delivered("task-a", 1) == 1  # a retry is a new attempt with the same id
+    assert ledger.delivered("task-b", 0) == 1
+    ledger.settled("task-a", 0)
+    assert ledger.delivered("task-a", 0) == 1
+    ledger.dead_letter({"task": "radpipe.deid.run", "study_id": "s1", "reason": "r1"})
+    ledger.dead_letter({"task": "radpipe.deid.run", "study_id": "s2", "reason": "r2"})
+    assert [e["study_id"] for e in ledger.dead_letters()] == ["s2", "s1"]
+
+
 def published_by_exchange_and_key(broker_url: str) -> dict[str, list[str]]:
     """Publish one message per queue by exchange + routing key only; what each queue holds."""
     celery = queues.make_celery(Settings(secret_key=SECRET, broker_url=broker_url))  # type: ignore[arg-type]
