@@ -61,7 +61,8 @@ _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _PERSON_NAME = re.compile(r"[^\s'\"(),;\[\]]*\^[^\s'\"(),;\[\]]*")
 _DOTTED = re.compile(r"(?<![\w.])\d+(?:\.\d+){2,}(?![\w.])")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-_WORD = re.compile(r"[\w.+-]+")
+#: A word, or an address with its port (``127.0.0.1:6379``), which is kept whole.
+_WORD = re.compile(r"(?P<address>(?:\d{1,3}(?:\.\d{1,3}){3}|localhost):\d{1,5}\b)|[\w.+-]+")
 _DIGITS = re.compile(r"\d{4}")
 #: Ids Radpipe writes on purpose: UUIDs (task ids) and hex pseudonyms (study, instance keys).
 _ALLOWED_ID = re.compile(
@@ -74,6 +75,8 @@ _DECIMAL = re.compile(r"\d{1,6}\.\d+(?:e-?\d+)?[a-zA-Z%]{0,3}")
 
 def _word(match: re.Match[str]) -> str:
     word = match.group(0)
+    if match.group("address"):
+        return word
     bare = word.strip(".-+")
     if _ALLOWED_ID.fullmatch(bare) or _DECIMAL.fullmatch(bare) or not _DIGITS.search(word):
         return word
@@ -88,8 +91,8 @@ def scrub(text: str) -> str:
     (UIDs; an IPv4 address stays), and any word with a run of four or more digits (dates,
     times, record and accession numbers, phone numbers). UUIDs and hex pseudonyms of 16 or
     more characters, and decimals such as durations, are kept, so lines still name what they
-    are about. The rules are deliberately wide: a lost port number costs less than a leaked
-    value, and an unquoted free-text name cannot be recognised at all (see docs/security.md).
+    are about. The rules are deliberately wide: a lost number costs less than a leaked value,
+    and an unquoted free-text name cannot be recognised at all (see docs/security.md).
     """
     text = _QUOTED.sub(REDACTED, text)
     text = _EMAIL.sub(REDACTED, text)

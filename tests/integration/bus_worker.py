@@ -41,6 +41,14 @@ stage_task(celery, "radpipe.test.permanent", "inference", max_retries=3)(permane
 stage_task(celery, "radpipe.test.flaky", "deid", max_retries=2)(flaky)
 stage_task(celery, "radpipe.test.export", "export", max_retries=0, fails_study=False)(refused)
 
+
+@celery.task(name="radpipe.test.unwrapped", acks_late=True)
+def unwrapped(study_id: str, patient: str) -> None:
+    """A task outside the stage wrapper: Celery itself logs its failure, args and traceback."""
+    called(study_id)
+    raise ValueError(f"Invalid value for VR PN: {patient!r} of MRN7731904 born 19700101")
+
+
 if __name__ == "__main__":
     configure_logging(get_settings().log_level)
     run_worker(celery, "deid", 1, "solo", warn_root=False)

@@ -4,6 +4,7 @@ which skips late acknowledgement, redelivery and the retry messages themselves).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -211,3 +212,31 @@ def test_a_side_stage_that_gives_up_leaves_the_study_state_alone(
     assert event["detail"] == {"reason": "export destination refused the objects", "attempts": 1}
     assert ctx.studies.get(study_id)["state"] == "received"
     assert stage_worker.calls_for(study_id) == 1
+
+
+def test_celery_failure_lines_carry_no_task_argument_or_exception_text(
+    stage_worker: StageWorker,
+) -> None:
+    """Celery's own "raised unexpected" line (exception repr, traceback, args in the record)
+    passes the PHI filter installed on Celery's loggers."""
+    stage_worker.celery.send_task(
+        "radpipe.test.unwrapped",
+        args=["study-x", "Doe^Jane"],
+        queue="deid",
+        exchange="deid",
+        routing_key="deid",
+    )
+    stage_worker.wait_for(lambda: "raised unexpected" in stage_worker.log.read_text(), "Celery")
+    lines = [json.loads(line) for line in stage_worker.log.read_text().splitlines()]
+    (failure,) = [line for line in lines if "raised unexpected" in str(line["event"])]
+    assert failure["logger"] == "celery.app.trace" and failure["level"] == "error"
+    assert str(failure["event"]).endswith("raised unexpected: ValueError([redacted])")
+    assert failure["error"] == "ValueError"
+    assert (
+        failure["error_message"]
+        == "Invalid value for VR PN: [redacted] of [redacted] born [redacted]"
+    )
+    assert str(failure["error_at"]).endswith("in unwrapped")
+    text = stage_worker.log.read_text()
+    assert "Doe" not in text and "7731904" not in text and "19700101" not in text
+    assert "Traceback" not in text

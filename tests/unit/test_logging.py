@@ -44,8 +44,8 @@ UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
             f"study {STUDY} alert pipeline-failed-{STUDY}-v1",
         ),
         (
-            "succeeded in 0.0123s: None; can't reach 127.0.0.1",
-            "succeeded in 0.0123s: None; can't reach 127.0.0.1",
+            "succeeded in 0.0123s: None; can't reach 127.0.0.1:6379/0",
+            "succeeded in 0.0123s: None; can't reach 127.0.0.1:6379/0",
         ),
     ],
 )
