@@ -320,10 +320,12 @@ def import_ris(
     rows = ctx.documents.collection(RIS_ROWS)
     matched = 0
     for start in range(0, len(parsed.clean), WRITE_BATCH):
+        chunk = parsed.clean[start : start + WRITE_BATCH]
+        wanted = {"attributes.AccessionNumber": {"$in": [row.accession for row in chunk]}}
+        known = {(s.get("attributes") or {}).get("AccessionNumber") for s in summaries.find(wanted)}
+        matched += sum(row.accession in known for row in chunk)
         with ctx.documents.exclusive():  # one transaction per batch on the embedded engine
-            for row in parsed.clean[start : start + WRITE_BATCH]:
-                summary = summaries.find_one({"attributes.AccessionNumber": row.accession})
-                matched += summary is not None
+            for row in chunk:
                 rows.update_one(
                     {"_id": row.accession},
                     {
