@@ -105,26 +105,35 @@ class PduGuard:
         return header
 
     def _bound(self, body: bytearray) -> bytearray:
-        """The PDU with every data set fragment past the instance limit emptied."""
-        out = bytearray()
+        """The PDU with every data set fragment past the instance limit emptied (the PDU
+        itself, not a copy, when nothing is cut: the usual case)."""
+        items: list[tuple[int, int, int, int]] = []  # (context, control, start, end)
+        cut = False
         offset = 0
         while offset + 6 <= len(body):
-            (item_length,) = struct.unpack(">L", body[offset : offset + 4])
+            (item_length,) = struct.unpack_from(">L", body, offset)
             if item_length < 2:  # malformed: leave it to pynetdicom's decoder to refuse
                 return body
             context_id, control = body[offset + 4], body[offset + 5]
-            data = body[offset + 6 : offset + 4 + item_length]
-            offset += 4 + item_length
+            start, end = offset + 6, offset + 4 + item_length
+            offset = end
+            keep = True
             if not control & 1:  # a data set fragment
-                self._dataset_bytes += len(data)
+                self._dataset_bytes += end - start
                 if self._dataset_bytes > self.max_instance:
-                    self._cut = True
-                    data = bytearray()
+                    self._cut = cut = True
+                    keep = False
                 if control & 2:  # its last fragment: the message is complete
                     with self._lock:
                         self._messages.append(self._cut)
                     self._dataset_bytes, self._cut = 0, False
-            out += struct.pack(">LBB", len(data) + 2, context_id, control) + data
+            items.append((context_id, control, start, end if keep else start))
+        if not cut:
+            return body
+        out = bytearray()
+        for context_id, control, start, end in items:
+            out += struct.pack(">LBB", end - start + 2, context_id, control)
+            out += body[start:end]
         return out + body[offset:]
 
     def over_limit(self) -> bool:

@@ -246,3 +246,48 @@ def test_pdu_over_the_maximum_aborts_the_association_before_it_is_read(
                 raw.sendall(b"\0" * 512 * 1024)
     echo = run_dcmtk("echoscu", "-aet", "CT_SCANNER", "127.0.0.1", str(scp))
     assert echo.returncode == 0, echo.stderr
+
+
+def test_pdu_guard_cuts_only_the_data_sets_over_the_limit() -> None:
+    """PduGuard alone, on P-DATA-TF PDUs built by hand (PS3.8 9.3.5, E.2): fragments of one
+    data set spread over PDUs are counted together; past the limit they pass on empty, the
+    message still completes, and the handler learns which messages were cut, in order."""
+    from radpipe.ingest.dimse import PduGuard, PduTooLong
+
+    def pdv(control: int, data: bytes) -> bytes:
+        return struct.pack(">LBB", len(data) + 2, 1, control) + data
+
+    def pdu(*items: bytes) -> bytes:
+        body = b"".join(items)
+        return struct.pack(">BBL", 0x04, 0, len(body)) + body
+
+    last_command = 0b11  # the last (here only) command fragment
+    data, last_data = 0b00, 0b10  # data set fragment; its last
+    stream = bytearray(
+        pdu(pdv(last_command, b"C" * 10), pdv(data, b"a" * 60))
+        + pdu(pdv(last_data, b"a" * 60))  # 120 bytes: over the limit of 100
+        + pdu(pdv(last_command, b"C" * 10), pdv(last_data, b"b" * 50))  # 50: kept
+    )
+
+    def recv(n: int) -> bytearray:
+        chunk = stream[:n]
+        del stream[:n]
+        return chunk
+
+    guard = PduGuard(recv, max_pdu=1000, max_instance=100)
+    seen = []
+    while stream:
+        header = guard.recv(6)
+        length = struct.unpack(">BBL", header)[2]
+        seen.append(bytes(guard.recv(length)))
+    assert b"a" * 60 in seen[0]  # 60 of 100: kept
+    assert b"a" not in seen[1] and seen[1] == pdv(last_data, b"")  # cut, message complete
+    assert b"b" * 50 in seen[2]
+    assert [guard.over_limit(), guard.over_limit(), guard.over_limit()] == [True, False, False]
+
+    stream[:] = struct.pack(">BBL", 0x04, 0, 1001)
+    with pytest.raises(PduTooLong):
+        guard.recv(6)  # refused at its header: the body is never read
+    stream[:] = struct.pack(">BBL", 0x01, 0, 2 * 1024**2)  # a 2 MiB A-ASSOCIATE-RQ
+    with pytest.raises(PduTooLong):
+        guard.recv(6)
