@@ -101,7 +101,8 @@ RUN groupadd --system --gid 10001 radpipe \
     && chown 10001:10001 /data
 
 # torch is already in the venv at the pinned version, so pip keeps it and adds the rest at
-# the versions of requirements.lock.
+# the versions of requirements.lock (torch's own dependencies included: they are resolved
+# again here; not in the torch step, whose index mirrors only some of their versions).
 COPY --from=builder /wheels/ /tmp/wheels/
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/wheels/*.whl \
