@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -34,6 +35,20 @@ def _bcp195(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
+class TlsConfigError(ValueError):
+    """A DICOM TLS file that cannot be loaded; the message names the setting."""
+
+
+def _load(what: str, load: Callable[[], object]) -> None:
+    try:
+        load()
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"{what} cannot be loaded ({type(exc).__name__}: {exc.strerror or exc}): point it "
+            "at a readable PEM file (certificate chain, unencrypted private key, CA bundle)"
+        ) from None
+
+
 def scp_context(settings: Settings) -> ssl.SSLContext | None:
     """The C-STORE SCP's server context, or None when ``RADPIPE_DIMSE_TLS_CERT`` is unset.
 
@@ -44,9 +59,13 @@ def scp_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.dimse_tls_cert is None:
         return None
     context = _bcp195(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    context.load_cert_chain(settings.dimse_tls_cert, settings.dimse_tls_key)
-    if settings.dimse_tls_ca is not None:
-        context.load_verify_locations(cafile=settings.dimse_tls_ca)
+    cert, key, ca = settings.dimse_tls_cert, settings.dimse_tls_key, settings.dimse_tls_ca
+    _load(
+        "RADPIPE_DIMSE_TLS_CERT / RADPIPE_DIMSE_TLS_KEY",
+        lambda: context.load_cert_chain(cert, key),
+    )
+    if ca is not None:
+        _load("RADPIPE_DIMSE_TLS_CA", lambda: context.load_verify_locations(cafile=ca))
     if settings.dimse_tls_require_client_cert:
         context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -57,12 +76,16 @@ def scu_context(settings: Settings) -> ssl.SSLContext:
     ``RADPIPE_DIMSE_TLS_CA`` (the system's CAs when unset), host name included; Radpipe's
     own certificate (``RADPIPE_DIMSE_TLS_CERT``) is presented when configured."""
     context = _bcp195(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    if settings.dimse_tls_ca is not None:
-        context.load_verify_locations(cafile=settings.dimse_tls_ca)
+    cert, key, ca = settings.dimse_tls_cert, settings.dimse_tls_key, settings.dimse_tls_ca
+    if ca is not None:
+        _load("RADPIPE_DIMSE_TLS_CA", lambda: context.load_verify_locations(cafile=ca))
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if settings.dimse_tls_cert is not None:
-        context.load_cert_chain(settings.dimse_tls_cert, settings.dimse_tls_key)
+    if cert is not None:
+        _load(
+            "RADPIPE_DIMSE_TLS_CERT / RADPIPE_DIMSE_TLS_KEY",
+            lambda: context.load_cert_chain(cert, key),
+        )
     return context
 
 

@@ -80,3 +80,16 @@ def test_a_person_s_plain_http_webhook_is_refused_before_anything_is_sent(
     channels.send(settings, Target("webhook", "k", "https://ana.example/hook", "ana"), message)
     channels.send(settings, Target("slack", "k", "http://127.0.0.1:9/hook", "s"), message)
     assert posted == ["https://ana.example/hook", "http://127.0.0.1:9/hook"]
+
+
+def test_an_unreadable_tls_file_names_the_setting(tmp_path: Path) -> None:
+    from radpipe.common.transport import TlsConfigError, scp_context, scu_context
+
+    missing = tmp_path / "nowhere.pem"
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    settings = _settings(dimse_tls_cert=missing, dimse_tls_key=missing, dimse_tls_ca=not_pem)
+    with pytest.raises(TlsConfigError, match=r"RADPIPE_DIMSE_TLS_CERT / RADPIPE_DIMSE_TLS_KEY"):
+        scp_context(settings)
+    with pytest.raises(TlsConfigError, match=r"RADPIPE_DIMSE_TLS_CA cannot be loaded"):
+        scu_context(settings)
