@@ -79,7 +79,7 @@ def test_token_list_revoke_and_rotate(runner: CliRunner, tmp_path: Path) -> None
         store.authenticate_token(old)
     listing = runner.invoke(main, ["token", "list"])
     rows = [line.split() for line in listing.output.splitlines()[1:]]
-    assert [(r[0], r[1], r[-1]) for r in rows] == [
+    assert sorted((r[0], r[1], r[-1]) for r in rows) == [
         ("ct", "modality", "revoked"),
         ("ct", "modality", "valid"),
     ]
@@ -142,7 +142,7 @@ def test_demo_creates_one_token_per_role_and_reuses_them(tmp_path: Path) -> None
     first = demo_tokens(store, data, actor)
     assert {store.authenticate_token(t).role for t in first.values()} == {"modality", "radiologist"}
     assert demo_tokens(store, data, actor) == first  # reused, nothing added
-    assert [e["name"] for e in store.list_tokens()] == ["demo-modality", "demo-radiologist"]
+    assert sorted(e["name"] for e in store.list_tokens()) == ["demo-modality", "demo-radiologist"]
     assert (data / DEMO_TOKENS_FILE).stat().st_mode & 0o777 == 0o600
     assert first["modality"] not in str(list(store.tokens.find({})))  # the store: hashes only
     store.revoke_token("demo-radiologist")
