@@ -255,7 +255,8 @@ def test_an_admin_signs_in_to_the_admin_screen_not_the_worklist(
         follow_redirects=False,
     )
     assert answer.headers["location"] == "/admin"
-    assert client.get("/admin").status_code == 200
+    admin_page = client.get("/admin")
+    assert admin_page.status_code == 200 and '<a href="/">Worklist</a>' not in admin_page.text
     assert client.get("/static/admin.js").status_code == 200
     assert client.get("/").status_code == 403
     assert client.get("/api/studies").status_code == 403
