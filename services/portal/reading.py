@@ -79,7 +79,8 @@ def post_read(ctx: Context, caller: Principal, study_id: str, body: ReadIn) -> d
     if _reads(ctx).find_one({"study_id": study_id, "by": caller.name}) is not None:
         raise Conflict(f"{caller.name} has committed a read of study {study_id} already")
     read_id = secrets.token_hex(8)
-    drawn, diameter = None, body.diameter_mm
+    drawn: dict[str, Any] | None = None
+    diameter = body.diameter_mm
     if body.mask is not None:
         geo = viewer.geometry(ctx, study)
         try:
@@ -94,15 +95,16 @@ def post_read(ctx: Context, caller: Principal, study_id: str, body: ReadIn) -> d
         volume = masks.voxel_count(mask) * geo.voxel_mm3
         if diameter is None and mask:
             diameter = round(masks.equivalent_diameter(volume), 2)
+        key = f"{study_id}/reads/{read_id}/mask.json"
         drawn = {
-            "key": f"{study_id}/reads/{read_id}/mask.json",
+            "key": key,
             "sha256": hashlib.sha256(data).hexdigest(),
             "series_uid": geo.series_uid,
             "voxels": masks.voxel_count(mask),
             "volume_mm3": round(volume, 1),
             "encoding": masks.ENCODING,
         }
-        ctx.objects.put(ctx.buckets["results"], drawn["key"], data, "application/json")
+        ctx.objects.put(ctx.buckets["results"], key, data, "application/json")
     read = {
         "_id": read_id,
         "study_id": study_id,
