@@ -64,8 +64,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # Redelivery of unacknowledged tasks after a broker restart or a killed worker.
-        broker_transport_options={"visibility_timeout": 900},
+        # Redelivery of unacknowledged tasks after a broker restart or a killed worker: kombu
+        # looks for them every ``unacked_restore_interval`` seconds (the throttle of 1 makes
+        # each look a real one) and restores those older than the visibility timeout.
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
         task_default_retry_delay=2,
     )
     return app

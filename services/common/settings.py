@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0)
     #: Deliveries of one task attempt whose worker died (OOM, SIGKILL) before it is dead-lettered.
     max_deliveries: int = Field(3, ge=1)
+    #: Seconds before the Redis broker hands an unacknowledged task to a worker again (one
+    #: whose worker died); longer than the longest task, or a running task is started twice.
+    broker_visibility_timeout: int = Field(900, ge=1)
     #: De-identification profile file (TOML): options per source (see ``deid/profile.py``).
     deid_profile: Path | None = None
     log_level: str = "INFO"

@@ -1,15 +1,17 @@
 """A real deid worker (``python -m tests.integration.poison_worker``) for the poison-work tests.
 
-It runs the production deid tasks on a prefork pool, with one change made before they are
-registered: the de-identification of a study whose id is listed in ``POISON_STUDIES`` (a
-test-only variable, not a Radpipe setting) writes the pool process's pid to ``POISON_STARTS``
-and then waits, so the test can kill that process from outside as the kernel's OOM killer
-would. Every other study is de-identified by the real code.
+It runs the production deid tasks on the pool given as its argument (``prefork``, the
+default, or ``solo`` as in ``radpipe up``), with one change made before they are registered:
+the de-identification of a study whose id is listed in ``POISON_STUDIES`` (a test-only
+variable, not a Radpipe setting) writes the pid of the process running it to
+``POISON_STARTS`` and then waits, so the test can kill that process from outside as the
+kernel's OOM killer would. Every other study is de-identified by the real code.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from radpipe.common.context import Context
@@ -37,4 +39,5 @@ if __name__ == "__main__":
     from radpipe.deid import tasks
 
     configure_logging(get_settings().log_level)
-    run_worker(tasks.celery, "deid", 1, "prefork", warn_root=False)
+    pool = sys.argv[1] if len(sys.argv) > 1 else "prefork"
+    run_worker(tasks.celery, "deid", 1, pool, warn_root=False)
