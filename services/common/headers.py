@@ -5,8 +5,8 @@
   (``frame-ancestors 'none'``), forms post only to Radpipe. Inline *style* attributes stay
   allowed (the templates use a few; styles cannot run code). The prebuilt OHIF viewer under
   ``/ohif/`` gets its own, relaxed policy: its ``index.html`` carries inline bootstrap scripts,
-  its codecs are WebAssembly and its image decoders run in ``blob:`` workers. Still same-origin
-  only for every fetch, and never framed.
+  its codecs are WebAssembly, its image decoders run in ``blob:`` workers and its SEG/SR
+  display needs ``eval``. Still same-origin only for every fetch, and never framed.
 - ``X-Frame-Options: DENY`` for browsers that predate ``frame-ancestors`` (clickjacking).
 - ``X-Content-Type-Options: nosniff``: a DICOM or JSON answer is never run as a script.
 - ``Referrer-Policy: no-referrer``: URLs can carry pseudonymous ids and original UIDs; they
@@ -37,14 +37,15 @@ PORTAL_CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-#: OHIF 3 (npm @ohif/app): inline bootstrap scripts in index.html, WebAssembly codecs
-#: ('wasm-unsafe-eval' compiles wasm only; JavaScript eval stays off), web workers from blob:
-#: URLs, data: fonts and images. Fetches stay same-origin. Checked in Chromium by
-#: tests/e2e/test_csp_browser.py (no violation while OHIF renders a study).
+#: OHIF 3 (npm @ohif/app): inline bootstrap scripts in index.html, WebAssembly codecs, web
+#: workers from blob: URLs, data: fonts and images, and 'unsafe-eval': its SEG and SR
+#: display compile code at run time (without it the SEG overlay never draws,
+#: tests/e2e/test_reading_room_browser.py). Fetches stay same-origin; the portal's own pages
+#: keep the strict policy. Checked in Chromium by tests/e2e/test_csp_browser.py.
 OHIF_CSP = "; ".join(
     [
         "default-src 'self'",
-        "script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval' blob:",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval' blob:",
         "worker-src 'self' blob:",
         "style-src 'self' 'unsafe-inline'",
         "img-src 'self' data: blob:",
