@@ -147,3 +147,31 @@ def test_manager_dashboard_figures_charts_filters_and_ris_import(
     imports = list(ctx.documents.collection(service.IMPORTS).find({}))
     assert len(imports) == 1
     assert foreign == []
+
+
+def test_an_empty_period_renders_without_script_errors(
+    ctx: Context, live_url: str, browser: Any
+) -> None:
+    AuthService(ctx.documents).add_user("boss", "manager", "turnaround-9")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
+    page.goto(live_url + "/login")
+    page.fill("input[name=username]", "boss")
+    page.fill("input[name=password]", "turnaround-9")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_url + "/")
+    page.goto(live_url + "/tat")
+    loaded(page)
+    assert page.inner_text("#tat-intervals tbody") == "No study in this period."
+    assert page.inner_text("#tat-stuck tbody") == "No study is stuck."
+    assert page.inner_text("#ris-report") == "No RIS file imported yet."
+    assert errors == []
