@@ -185,8 +185,9 @@ class AuditLog:
         offset: int = 0,
         limit: int = 100,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Entries matching every filter given, newest first; and how many match."""
-        query: dict[str, Any] = {"seq": {"$gt": 0}}
+        """Entries matching every filter given, newest first (entries from before the chain,
+        without ``seq``, after the chained ones); and how many match."""
+        query: dict[str, Any] = {}
         for name, value in (("actor", actor), ("action", action), ("target", target)):
             if value is not None:
                 query[name] = value
@@ -196,7 +197,8 @@ class AuditLog:
                 **({"$lt": until} if until is not None else {}),
             }
         total = self.entries.count_documents(query)
-        cursor = self.entries.find(query).sort("seq", -1).skip(offset).limit(limit)
+        order = [("seq", -1), ("at", -1)]
+        cursor = self.entries.find(query).sort(order).skip(offset).limit(limit)
         return [public(entry) for entry in cursor], total
 
     def chain(self, batch: int = 1000) -> Iterator[dict[str, Any]]:

@@ -97,6 +97,22 @@ def test_deleting_the_newest_entries_is_seen_from_the_head(ctx: Context) -> None
     ]
 
 
+def test_entries_from_before_the_chain_are_listed_and_counted(
+    client: TestClient, ctx: Context, tokens: dict[str, str]
+) -> None:
+    log = AuditLog(ctx.documents)
+    old = datetime(2026, 1, 5, tzinfo=UTC)
+    log.entries.insert_one(
+        {"_id": "a1b2c3", "at": old, "actor": "x", "role": "admin", "action": "user.add",
+         "target": "ana", "detail": {}}
+    )  # fmt: skip
+    _write(log, 2)
+    result = log.verify()
+    assert result.ok and (result.checked, result.unchained) == (2, 1)
+    page = client.get("/api/audit", headers=bearer(tokens["auditor"])).json()
+    assert [e["target"] for e in page["entries"]] == ["s1", "s0", "ana"]
+
+
 def test_radpipe_audit_verify_exits_1_naming_the_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
