@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
+from weakref import WeakKeyDictionary, WeakSet
 
 from pymongo.errors import DuplicateKeyError
 
@@ -38,18 +39,18 @@ LAG_RANGE = (-300.0, 7 * 86400.0)
 DEFAULT_DAYS = 30
 AI_RISKS = ("high", "moderate", "low", "none", "pending")
 
-_indexed: set[int] = set()
+_indexed: WeakSet[DocumentStore] = WeakSet()  # stores whose indexes this process made
 
 
 def ensure_indexes(documents: DocumentStore) -> None:
     """The indexes the TAT queries use (once per store and process)."""
-    if id(documents) in _indexed:
+    if documents in _indexed:
         return
     documents.collection("studies").create_index("created_at")
     documents.collection(IMPORTS).create_index("at")
     documents.collection(RIS_FLAGGED).create_index([("import_id", 1), ("line", 1)])
     documents.collection(RIS_ROWS).create_index("exam_complete_at")
-    _indexed.add(id(documents))
+    _indexed.add(documents)
 
 
 def ris_bucket(ctx: Context) -> str:
@@ -125,15 +126,34 @@ def make_filters(
 # -- timelines ---------------------------------------------------------------------------------
 
 
-def _first_instance(documents: DocumentStore, study_id: str) -> Document:
-    """The study's first received instance (the ``study_id, received_at`` index, one row)."""
+#: Study id -> (acquisition time, sender) of its first received instance: that instance never
+#: changes once recorded, so each process reads it once per study (bounded, then cleared).
+_FIRST: WeakKeyDictionary[DocumentStore, dict[str, tuple[datetime | None, str | None]]] = (
+    WeakKeyDictionary()
+)
+FIRST_CACHE = 100_000
+
+
+def _first_instance(documents: DocumentStore, study_id: str) -> tuple[datetime | None, str | None]:
+    """(acquired, source) of the study's first received instance (``study_id, received_at``
+    index, one row)."""
+    cache = _FIRST.setdefault(documents, {})
+    known = cache.get(study_id)
+    if known is not None:
+        return known
     cursor = (
         documents.collection("instances")
         .find({"study_id": study_id})
         .sort("received_at", 1)
         .limit(1)
     )
-    return next(iter(cursor), {})
+    first = next(iter(cursor), None)
+    if first is None:
+        return None, None  # not cached: the instance may be recorded in a moment
+    if len(cache) >= FIRST_CACHE:
+        cache.clear()
+    cache[study_id] = facts = (acquired_at(first), first.get("source"))
+    return facts
 
 
 def acquired_at(instance: Document) -> datetime | None:
@@ -172,8 +192,7 @@ def ris_rows_of(documents: DocumentStore, studies: list[Document]) -> dict[str, 
 def timeline_of(documents: DocumentStore, study: Document, row: Document | None) -> Timeline:
     """One study's timeline: its events, the acquisition measured at receipt, its RIS row."""
     extra: dict[str, datetime] = {}
-    first = _first_instance(documents, study["_id"])
-    acquired = acquired_at(first)
+    acquired, sender = _first_instance(documents, study["_id"])
     if acquired is not None:
         extra["acquired"] = acquired
     for stage, key in (
@@ -192,7 +211,7 @@ def timeline_of(documents: DocumentStore, study: Document, row: Document | None)
         modality=str(modality),
         priority=str((row or {}).get("priority") or "unknown"),
         risk=str(risk),
-        source=str(study.get("source") or first.get("source") or "unknown"),
+        source=str(study.get("source") or sender or "unknown"),
         state=str(study.get("state", "")),
         failed=study.get("state") == "failed",
     )
