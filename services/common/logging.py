@@ -253,3 +253,6 @@ def configure_logging(level: str = "INFO") -> None:
     # Third-party loggers that would print request lines with query strings (source UIDs).
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # At DEBUG these dump what they read and the DIMSE messages; INFO at most, whatever is set.
+    for name in ("pydicom", "pynetdicom"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.getEffectiveLevel()))
