@@ -24,9 +24,8 @@ from .rules import AlertConfig, Override, Rotation, Schedule, Silence, on_call
 
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
 link_router = APIRouter(prefix="/alerts/ack", tags=["alerts"])
-Reader = Annotated[
-    Principal, Depends(require("oncall", "radiologist", "resident", "manager", "auditor"))
-]
+#: Alerts are clinical (they name a finding): no manager, auditor or admin reads them.
+Reader = Annotated[Principal, Depends(require("oncall", "radiologist", "resident"))]
 Responder = Annotated[Principal, Depends(require("oncall", "radiologist"))]
 #: Rules and schedules are the system's: admin only (it sees no alert, which is clinical).
 Admin = Annotated[Principal, Depends(require("admin"))]

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from radpipe.common.api import SESSION_COOKIE, Caller, Ctx, require
 from radpipe.common.auth import SESSION_IDLE, AuthService, LoginLocked, Principal, csrf_token
-from radpipe.common.errors import BadRequest, NotFound, Unauthorized
+from radpipe.common.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from radpipe.common.roles import CLINICAL_ROLES
 from radpipe.common.studies import StudyState
 
@@ -24,10 +24,11 @@ router = APIRouter(tags=["portal"])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC = Path(__file__).parent / "static"
 STATIC_FILES = frozenset({"viewer.js", "session.js", "worklist.js", "admin.js"})
-Reader = Annotated[
-    Principal,
-    Depends(require("radiologist", "resident", "oncall", "manager", "auditor")),
-]
+#: Study data, even de-identified, is clinical: managers see TAT aggregates and auditors the
+#: audit log (DESIGN 1), neither reads studies.
+Reader = Annotated[Principal, Depends(require("radiologist", "resident", "oncall"))]
+#: Where each role starts after sign-in; the worklist for the clinical roles.
+HOME = {"admin": "/admin", "manager": "/tat", "auditor": "/api/audit"}
 
 
 class Filters(BaseModel):
@@ -205,8 +206,8 @@ def login(
     except Unauthorized:
         return RedirectResponse("/login?error=1", status_code=303)
     role = AuthService(ctx.documents).authenticate_session(session).role
-    # Admins see no clinical data: their start page is the admin screen, not the worklist.
-    response = RedirectResponse("/admin" if role == "admin" else "/", status_code=303)
+    # Admins, managers and auditors see no clinical data: each starts on its own screen.
+    response = RedirectResponse(HOME.get(role, "/"), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         session,
@@ -233,12 +234,16 @@ def logout(request: Request, ctx: Ctx) -> Response:
 def worklist(
     request: Request,
     ctx: Ctx,
-    caller: Reader,
+    caller: Caller,
     filters: Annotated[Filters, Depends()],
     state: StudyState | None = None,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
+    if caller.role not in CLINICAL_ROLES:
+        if caller.role in HOME:  # a non-clinical user who opened the portal's root
+            return RedirectResponse(HOME[caller.role], status_code=303)
+        raise Forbidden(f"role {caller.role!r} has no portal pages; it uses the API")
     # Highest AI risk first, across all studies (the store's worklist order): reordering,
     # not just flagging, is what shortens waits.
     studies, total = service.list_studies(

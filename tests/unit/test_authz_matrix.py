@@ -29,7 +29,7 @@ from radpipe.common.roles import ROLES
 PUBLIC = frozenset({"anonymous", *ROLES})  # no credential needed
 ANY = frozenset(ROLES)  # any signed-in role
 CLINICAL = frozenset({"radiologist", "resident", "oncall"})
-READERS = CLINICAL | {"manager", "auditor"}  # de-identified study data and alerts
+READERS = CLINICAL  # de-identified study data and alerts: clinical roles only (DESIGN 1)
 RESPONDERS = frozenset({"oncall", "radiologist"})
 READING = frozenset({"resident", "radiologist"})
 RADIOLOGIST = frozenset({"radiologist"})
@@ -84,7 +84,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/studies/{study_id}/overlay/{sop_uid}.png"): READERS,
     ("GET", "/api/residents/{name}/agreement"): READING,
     ("GET", "/residents/{name}"): READING,
-    ("GET", "/"): READERS,
+    # The root: the worklist for clinical roles; the others are sent to their own screen.
+    ("GET", "/"): READERS | {"admin", "manager", "auditor"},
     ("GET", "/studies/{study_id}"): READERS,
     ("GET", "/static/{name}"): ANY,
     ("GET", "/ohif"): CLINICAL,
@@ -258,7 +259,10 @@ def test_admin_is_not_a_clinical_role(ctx: Context, tokens: dict[str, str]) -> N
     clinical_or_data = {
         key
         for key, admitted in MATRIX.items()
-        if admitted & (CLINICAL | MODALITY) and admitted is not PUBLIC and admitted is not ANY
+        if admitted & (CLINICAL | MODALITY)
+        and admitted is not PUBLIC
+        and admitted is not ANY
+        and key != ("GET", "/")  # admin is redirected to /admin from there, shown nothing
     }
     assert clinical_or_data, "the matrix lists clinical routes"
     assert all("admin" not in MATRIX[key] for key in clinical_or_data)
@@ -274,3 +278,20 @@ def test_a_refused_csrf_check_is_audited_too(client: TestClient, ctx: Context) -
     assert answer.status_code == 403 and "CSRF" in answer.json()["detail"]
     [entry] = ctx.documents.collection("audit").find({"action": "access.denied"})
     assert (entry["actor"], entry["target"]) == ("ana", "POST /api/studies/nothing/sign")
+
+
+def test_non_clinical_roles_are_sent_from_the_root_to_their_own_screen(
+    ctx: Context, tokens: dict[str, str]
+) -> None:
+    """Admin, manager and auditor see no worklist (DESIGN 1): the root redirects them."""
+    from radpipe.app import build_app
+
+    with TestClient(build_app(ctx, ["portal"])) as client:
+        for role, home in (("admin", "/admin"), ("manager", "/tat"), ("auditor", "/api/audit")):
+            answer = client.get(
+                "/", headers={"Authorization": f"Bearer {tokens[role]}"}, follow_redirects=False
+            )
+            assert (answer.status_code, answer.headers["location"]) == (303, home)
+            assert "worklist" not in answer.text.lower()
+        refused = client.get("/", headers={"Authorization": f"Bearer {tokens['modality']}"})
+        assert refused.status_code == 403

@@ -37,7 +37,10 @@ def test_study_list_detail_and_metrics(client: TestClient, ctx: Context, tokens)
     assert listing["total"] == 1
     study = listing["studies"][0]
     assert study["state"] == "received" and study["instance_count"] == 3
-    detail = client.get(f"/api/studies/{study['id']}", headers=bearer(tokens["manager"])).json()
+    detail = client.get(f"/api/studies/{study['id']}", headers=bearer(tokens["radiologist"])).json()
+    for role in ("manager", "auditor", "admin"):  # study data is clinical (DESIGN 1)
+        answer = client.get(f"/api/studies/{study['id']}", headers=bearer(tokens[role]))
+        assert answer.status_code == 403, role
     assert [e["type"] for e in detail["events"]] == ["received"]
     assert detail["links"]["portal"].endswith(f"/studies/{study['id']}")
     assert "Doe" not in str(detail) and "MRN" not in str(detail)
