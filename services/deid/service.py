@@ -65,10 +65,11 @@ def _profiles(path: Path | None) -> ProfileSet:
     return load_profiles(path)
 
 
-def read_dataset(data: bytes) -> Dataset:
-    """Parse stored Part 10 bytes, or raise ``InvalidDicom`` naming the parser's complaint."""
+def read_dataset(data: bytes, max_inflated_bytes: int) -> Dataset:
+    """Parse stored Part 10 bytes, or raise ``InvalidDicom`` naming the parser's complaint;
+    a deflated data set inflates to at most ``max_inflated_bytes`` (the STOW instance limit)."""
     try:
-        ds = read_part10(io.BytesIO(data))
+        ds = read_part10(io.BytesIO(data), max_inflated_bytes=max_inflated_bytes)
         ds.SOPInstanceUID  # noqa: B018 - the walk needs the dataset to be readable to its end
     except Exception as exc:  # any parser failure is a permanent, per-file reason
         raise InvalidDicom(f"cannot parse stored instance: {type(exc).__name__}") from None
@@ -103,7 +104,8 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
     for instance in ctx.studies.instances_of(study_id):
         profile = profiles.for_source(instance.get("source"))
         try:
-            ds = read_dataset(ctx.objects.get(ctx.buckets["raw"], instance["raw_key"]))
+            raw = ctx.objects.get(ctx.buckets["raw"], instance["raw_key"])
+            ds = read_dataset(raw, ctx.settings.max_instance_bytes)
             keys = keys or study_keys(ctx, study_id, ds)
             _one(ctx, study_id, instance, ds, _deidentifier(keys[0], keys[1], profile), result)
         except (InvalidDicom, Quarantined) as exc:

@@ -28,7 +28,7 @@ from .findings import (
 )
 from .model import bundle_grid, pre_process, predict
 from .risk import Risk, assess_risk
-from .volume import Volume, VolumeError, series_to_volume
+from .volume import MAX_FRAME_BYTES, MAX_PIXEL_BYTES, Volume, VolumeError, series_to_volume
 
 __all__ = [
     "Analysis",
@@ -73,7 +73,12 @@ class Analysis:
 
 
 def analyze(
-    datasets: Sequence[pydicom.Dataset], bundle: Bundle, *, threads: int | None = None
+    datasets: Sequence[pydicom.Dataset],
+    bundle: Bundle,
+    *,
+    threads: int | None = None,
+    max_pixel_bytes: int = MAX_PIXEL_BYTES,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
 ) -> Analysis:
     """Run every stage on one series and time each.
 
@@ -95,7 +100,9 @@ def analyze(
         timings[stage] = now - t0
         t0 = now
 
-    volume = series_to_volume(datasets)
+    volume = series_to_volume(
+        datasets, max_pixel_bytes=max_pixel_bytes, max_frame_bytes=max_frame_bytes
+    )
     lap("series_to_volume")
     tensor = pre_process(volume, bundle)
     lap("pre_process")

@@ -68,7 +68,13 @@ def analyze_study(ctx: Context, study_id: str) -> None:
     ]
     load_seconds = time.perf_counter() - started
     try:
-        analysis = analyze(datasets, bundle, threads=ctx.settings.inference_threads)
+        analysis = analyze(
+            datasets,
+            bundle,
+            threads=ctx.settings.inference_threads,
+            max_pixel_bytes=ctx.settings.max_pixel_bytes,
+            max_frame_bytes=ctx.settings.max_frame_bytes,
+        )
     except VolumeError as exc:
         raise PipelineError(f"the series cannot form a volume: {exc.reason}") from None
     except Exception as exc:  # a failing model is a permanent, per-study reason
