@@ -15,8 +15,10 @@ Both kinds of rule pass the same checks (:meth:`Rule.from_dict`), at write time 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from .ports import Document, DocumentStore
@@ -24,6 +26,9 @@ from .ports import Document, DocumentStore
 #: The overrides, one document per bundle name.
 ROUTING_RULES = "routing_rules"
 RULE_KEYS = ("modality", "body_part", "sop_class", "series_description", "min_instances")
+#: The bundles shipped in the package (data, not code: the portal lists them without importing
+#: the inference service).
+BUILTIN_BUNDLES = Path(__file__).resolve().parent.parent / "inference" / "bundles"
 Mode = Literal["add", "replace", "disable"]
 MODES: tuple[str, ...] = ("add", "replace", "disable")
 
@@ -177,3 +182,21 @@ def set_override(
 def clear_override(documents: DocumentStore, bundle: str) -> bool:
     """Back to the bundle's own rules; whether there was an override."""
     return documents.collection(ROUTING_RULES).delete_one({"_id": bundle}).deleted_count == 1
+
+
+def declared_bundles(models_dir: Path | None) -> dict[str, tuple[Path, tuple[Rule, ...]]]:
+    """Every installed bundle's folder and its own rules, by name: the shipped ones, then
+    ``models_dir`` (which wins on a name clash). Read from ``configs/metadata.json`` only."""
+    found: dict[str, tuple[Path, tuple[Rule, ...]]] = {}
+    for root in (BUILTIN_BUNDLES, models_dir):
+        if root is None or not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            meta_path = folder / "configs" / "metadata.json"
+            if not meta_path.is_file():
+                continue
+            meta = json.loads(meta_path.read_text())
+            where = f"bundle {folder}"
+            rules = tuple(Rule.from_dict(rule, where) for rule in meta.get("radpipe_routing", []))
+            found[str(meta.get("name", folder.name))] = (folder, rules)
+    return found

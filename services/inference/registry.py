@@ -25,18 +25,23 @@ admin added are tried first, across all bundles, then the bundles' own.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from radpipe.common.errors import PipelineError
 from radpipe.common.ports import Document, DocumentStore
-from radpipe.common.routing import Rule, effective_rules, overrides
+from radpipe.common.routing import (
+    BUILTIN_BUNDLES,
+    Rule,
+    declared_bundles,
+    effective_rules,
+    overrides,
+)
 
 __all__ = ["BUILTIN", "Entry", "Rule", "discover", "route"]
 
-BUILTIN = Path(__file__).resolve().parent / "bundles"
+BUILTIN = BUILTIN_BUNDLES
 
 
 @dataclass(frozen=True)
@@ -57,19 +62,10 @@ def discover(models_dir: Path | None, documents: DocumentStore | None = None) ->
     """Bundles by name: the shipped ones, then ``models_dir`` (overriding by name); with
     ``documents``, each with the admin's routing override applied."""
     stored = overrides(documents) if documents is not None else {}
-    found: dict[str, Entry] = {}
-    for root in (BUILTIN, models_dir):
-        if root is None or not root.is_dir():
-            continue
-        for folder in sorted(root.iterdir()):
-            meta_path = folder / "configs" / "metadata.json"
-            if not meta_path.is_file():
-                continue
-            meta = json.loads(meta_path.read_text())
-            name = str(meta.get("name", folder.name))
-            where = f"bundle {folder}"
-            rules = tuple(Rule.from_dict(rule, where) for rule in meta.get("radpipe_routing", []))
-            found[name] = Entry(name, folder, rules, rules)
+    found = {
+        name: Entry(name, folder, rules, rules)
+        for name, (folder, rules) in declared_bundles(models_dir).items()
+    }
     for name, override in stored.items():
         if name in found:
             entry = found[name]

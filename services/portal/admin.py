@@ -20,7 +20,6 @@ from radpipe.common.context import Context
 from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.roles import ROLES
 from radpipe.common.studies import now
-from radpipe.inference.registry import discover
 
 router = APIRouter(tags=["admin"])
 Admin = Annotated[Principal, Depends(require("admin"))]
@@ -110,17 +109,17 @@ def routing_table(ctx: Context) -> list[dict[str, Any]]:
     then overrides of bundles no longer installed (the router ignores them)."""
     stored = routing.overrides(ctx.documents)
     table = []
-    for name, entry in sorted(discover(ctx.settings.models_dir).items()):
+    for name, (_, declared) in sorted(routing.declared_bundles(ctx.settings.models_dir).items()):
         override = stored.pop(name, None)
         try:
-            effective = [r.describe() for r in routing.effective_rules(entry.declared, override)]
+            effective = [r.describe() for r in routing.effective_rules(declared, override)]
         except ValueError as exc:
             effective = [f"invalid override: {exc}"]
         table.append(
             {
                 "bundle": name,
                 "installed": True,
-                "declared": [{"rule": r.to_dict(), "text": r.describe()} for r in entry.declared],
+                "declared": [{"rule": r.to_dict(), "text": r.describe()} for r in declared],
                 "override": _override(override),
                 "effective": effective,
                 "disabled": (override or {}).get("mode") == "disable",
@@ -162,7 +161,7 @@ def list_routing(ctx: Ctx, _: Admin) -> list[dict[str, Any]]:
 def set_routing(bundle: str, body: RoutingIn, ctx: Ctx, caller: Admin) -> dict[str, Any]:
     """Add rules before the bundle's own, replace them, or disable the bundle; the rules pass
     the checks of a bundle's own (400 naming the fault, nothing stored, if not)."""
-    if bundle not in discover(ctx.settings.models_dir):
+    if bundle not in routing.declared_bundles(ctx.settings.models_dir):
         raise NotFound(f"no bundle {bundle!r} is installed; install it first (radpipe models add)")
     try:
         routing.set_override(
