@@ -288,6 +288,9 @@ def study_page(study_id: str, request: Request, ctx: Ctx, caller: Reader) -> Res
     doc = ctx.studies.get(study_id)
     study = service.public_study(ctx, doc, caller)
     AuthService(ctx.documents).audit(caller, "study.view", study_id)
+    if not any(e.get("type") == "opened" for e in doc.get("events", [])):
+        # The first time a reader opens the study: a turnaround stage (docs/tat.md).
+        ctx.studies.add_event(study_id, "opened", {"role": caller.role})
     return _page(request, ctx, "study.html", caller, **service.study_page(ctx, doc, study, caller))
 
 

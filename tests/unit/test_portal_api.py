@@ -223,3 +223,16 @@ def test_mask_routes_answer_exact_codes(client: TestClient, ctx: Context, tokens
     )
     assert posted.status_code == 409  # images not ready to read
     assert list(ctx.objects.list(ctx.buckets["results"], f"{study['id']}/")) == []
+
+
+def test_the_first_view_of_a_study_page_is_the_opened_stage(
+    client: TestClient, ctx: Context, tokens
+) -> None:
+    """TAT's "opened" stage: one event, at the first view by a reader; later views add none."""
+    from .test_stages import analyzed
+
+    study_id = analyzed(ctx, 0.9)
+    for role in ("radiologist", "resident"):
+        assert client.get(f"/studies/{study_id}", headers=bearer(tokens[role])).status_code == 200
+    opened = [e for e in ctx.studies.get(study_id)["events"] if e["type"] == "opened"]
+    assert [e["detail"] for e in opened] == [{"role": "radiologist"}]
