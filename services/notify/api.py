@@ -64,7 +64,11 @@ def list_alerts(
     hidden = blinding.hidden_studies(
         ctx.documents, caller, {a.get("study_id") or "" for a in found}
     )
-    return [_public(a) for a in found if (a.get("study_id") or "") not in hidden]
+    shown = [_public(a) for a in found if (a.get("study_id") or "") not in hidden]
+    AuthService(ctx.documents).audit(
+        caller, "alert.list", "alerts", alerts=[a["id"] for a in shown], state=state or ""
+    )
+    return shown
 
 
 @router.get("/config")
@@ -219,6 +223,7 @@ def get_alert(alert_id: str, ctx: Ctx, caller: Reader) -> dict[str, Any]:
     alert = service.get_alert(ctx, alert_id)
     if blinding.hidden_studies(ctx.documents, caller, [alert.get("study_id") or ""]):
         raise NotFound(f"no alert {alert_id}")  # as if absent: its existence is the AI's
+    AuthService(ctx.documents).audit(caller, "alert.view", alert_id)
     return _public(alert)
 
 

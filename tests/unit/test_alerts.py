@@ -226,6 +226,10 @@ def test_api_ack_close_and_filters(client: TestClient, ctx: Context, tokens: dic
     assert ids(since=(now() + timedelta(minutes=1)).isoformat()) == []
     detail = client.get("/api/alerts/f1-v1", headers=oncall).json()
     assert next(h["type"] for h in detail["history"]) == "alert.opened"
+    # Every view of alerts by a person is audited (issue 13.6): the list with the ids it showed.
+    views = ctx.documents.collection("audit").find({"actor": "test-oncall"})
+    seen = [(e["action"], e["target"]) for e in views if e["action"].startswith("alert.")]
+    assert ("alert.view", "f1-v1") in seen and ("alert.list", "alerts") in seen
     resident = {"Authorization": f"Bearer {tokens['resident']}"}
     assert client.post("/api/alerts/f1-v1/ack", headers=resident).status_code == 403
 
