@@ -15,6 +15,7 @@ from .alerts import ensure_alert_indexes
 from .docstore import make_document_store
 from .identity import study_id_for
 from .keys import Purpose
+from .migrations import run_migrations
 from .objectstore import bucket_names, make_object_store
 from .ports import DocumentStore, ObjectStore, TaskDispatcher
 from .queues import CeleryDispatcher, make_celery
@@ -84,8 +85,9 @@ def build_context(settings: Settings, tasks: TaskDispatcher | None = None) -> Co
     context.studies.ensure_indexes()
     ensure_alert_indexes(documents)
     blinding.ensure_indexes(documents)
-    if not settings.keyless:  # once: vault entries from before keys per purpose re-wrapped
-        context.vault.rewrap_legacy()
+    # The schema version and the data migrations not yet run (a store written by a later
+    # release is refused); a keyless process leaves the vault's re-wrap to one with the key.
+    run_migrations(documents, None if settings.keyless else context.vault)
     return context
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, StringConstraints
 from pymongo import ReturnDocument
 
-from .dicomindex import INDEX, ensure_summaries, qido_indexes
+from .dicomindex import INDEX, qido_indexes
 from .errors import NotFound
 from .ports import Document, DocumentStore
 
@@ -179,8 +179,8 @@ class StudyRepository:
         for collection, keys in qido_indexes().items():
             for key in keys:
                 self._documents.collection(collection).create_index(key)
-        ensure_summaries(self._documents)
-        self.backfill_sources()
+        # The data migrations (QIDO summaries, senders) run in the migrations runner
+        # (common/migrations.py), called at start after the indexes exist.
 
     def get(self, study_id: str) -> Document:
         doc = self.studies.find_one({"_id": study_id})
@@ -258,7 +258,9 @@ class StudyRepository:
 
     def backfill_sources(self, batch: int = 500) -> int:
         """Studies recorded before studies kept their sender get ``source`` and ``sources``
-        from their instances, once (at start; a marker in ``migrations`` says it ran).
+        from their instances, once (schema version 2: run at start by
+        :func:`radpipe.common.migrations.run_migrations`; a marker in ``migrations`` says it
+        ran).
 
         Pages through the studies lacking the field in ``_id`` order; each page in one
         transaction on the embedded engine. Running it twice, or in two processes at once,
