@@ -107,11 +107,11 @@ def stage_task(
             task_id = self.request.id or f"local-{study_id}"
             delivery = ledger.delivered(task_id, self.request.retries)
             try:
-                attempt(self, ctx, study_id, delivery)
+                run_attempt(self, ctx, study_id, delivery)
             finally:  # not reached when the worker dies: the count stays for the redelivery
                 ledger.settled(task_id, self.request.retries)
 
-        def attempt(self: Task, ctx: Context, study_id: str, delivery: int) -> None:
+        def run_attempt(self: Task, ctx: Context, study_id: str, delivery: int) -> None:
             attempt = self.request.retries + 1
             if delivery > deliveries:
                 lost = delivery - 1

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 from radpipe.common.context import build_context
 from radpipe.common.settings import Settings
@@ -55,11 +56,13 @@ def test_no_planted_value_reaches_a_log_line_or_a_metric(tmp_path: Path, redis_u
     logs = tmp_path / "logs"
     logs.mkdir()
     ingest_port, portal_port = free_port(), free_port()
+    broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
+    redis.Redis.from_url(broker).flushdb()  # other tests leave tasks behind
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
     env.update(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_SECRET_KEY=SECRET,
-        RADPIPE_BROKER_URL=redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}",
+        RADPIPE_BROKER_URL=broker,
         RADPIPE_STUDY_STABLE_SECONDS="1",
         RADPIPE_TASK_MAX_RETRIES="2",
         RADPIPE_INFERENCE_THREADS="2",

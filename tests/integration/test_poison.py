@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from radpipe.common.alerts import alerts_of
 from radpipe.common.context import Context, build_context
@@ -77,6 +78,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
     logs = tmp_path / "logs"
     logs.mkdir()
     broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
+    redis.Redis.from_url(broker).flushdb()  # other tests leave tasks and dead letters behind
     settings = Settings(
         data_dir=tmp_path / "data",
         secret_key=SECRET,  # type: ignore[arg-type]
