@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     #: Queue the deid stage hands studies to; GPU deployments set ``inference-gpu``.
     inference_queue: Literal["inference-cpu", "inference-gpu"] = "inference-cpu"
     inference_threads: int | None = Field(None, ge=1)
+    #: Model monitoring (docs/monitoring.md): the rolling window of analysed studies whose
+    #: inputs are compared with the bundle's reference, the fewest that page, and the
+    #: population stability index at or above which a feature has drifted.
+    monitor_window: int = Field(200, ge=1)
+    monitor_min_studies: int = Field(30, ge=1)
+    monitor_drift_psi: float = Field(0.25, gt=0)
+    #: Reader PPV over the last ``monitor_ppv_window`` decisions under which the admins are
+    #: paged, once at least ``monitor_min_decisions`` were made.
+    monitor_ppv_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    monitor_ppv_window: int = Field(200, ge=1)
+    monitor_min_decisions: int = Field(30, ge=1)
     #: STOW-RS bodies are streamed to disk, so these bound disk use, not memory (413 above).
     max_request_bytes: int = Field(16 * 1024**3, gt=0)
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
@@ -94,6 +105,19 @@ class Settings(BaseSettings):
     wado_max_frames: int = Field(1000, ge=1)
     #: Results one QIDO-RS response holds; more matches get ``Warning: 299`` (PS3.18 8.3.4.4).
     qido_max_results: int = Field(1000, ge=1)
+    #: Back-pressure (ingest/backpressure.py): STOW-RS answers 503 with Retry-After and
+    #: C-STORE 0xA700 while a stage queue holds more ready tasks than its limit (0: none),
+    #: per queue in ``queue_limits`` (JSON, e.g. {"inference-gpu": 200}); lengths are read
+    #: from the broker at most once per ``queue_check_seconds``.
+    queue_limit: int = Field(10_000, ge=0)
+    queue_limits: dict[str, int] = {}
+    queue_check_seconds: float = Field(2.0, ge=0)
+    #: Intake stops while the data dir's filesystem has less free space than this, or than
+    #: this share of its size (whichever is larger), and resumes by itself when space returns.
+    disk_low_water_bytes: int = Field(1024**3, ge=0)
+    disk_low_water_percent: float = Field(0.0, ge=0, le=100)
+    #: The Retry-After of those refusals.
+    busy_retry_seconds: int = Field(30, ge=1)
     task_max_retries: int = Field(5, ge=0)
     #: Deliveries of one task attempt whose worker died (OOM, SIGKILL) before it is dead-lettered.
     max_deliveries: int = Field(3, ge=1)

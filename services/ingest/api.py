@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from radpipe.common import dicomjson
@@ -17,7 +17,7 @@ from radpipe.common.identity import study_id_for
 from radpipe.common.mime import choose
 from radpipe.common.studies import UID_PATTERN
 
-from . import service
+from . import backpressure, service
 from .multipart import MultipartReader, stow_boundary
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
@@ -43,6 +43,10 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
+    guard = backpressure.for_context(ctx)  # 503 before a byte is stored (PS3.18 10.5.3)
+    refusal = await run_in_threadpool(guard.refusal)
+    if refusal is not None:
+        return _busy(refusal)
     reader = MultipartReader(boundary, max_part_bytes=ctx.settings.max_instance_bytes)
     session = service.StowSession(ctx, study, source=caller.name)
     received = 0
@@ -52,6 +56,10 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
             if received > limit:
                 raise PayloadTooLarge(f"request exceeds RADPIPE_MAX_REQUEST_BYTES ({limit} bytes)")
             for part in reader.feed(chunk):
+                if (refusal := guard.disk_refusal()) is not None:  # the disk filled meanwhile
+                    part.close()
+                    await run_in_threadpool(session.abort)
+                    return _busy(refusal)
                 await run_in_threadpool(session.add, part)
         for part in reader.close():
             await run_in_threadpool(session.add, part)
@@ -70,6 +78,12 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
         media_type=media_type,
         headers=headers,
     )
+
+
+def _busy(refusal: backpressure.Refusal) -> Response:
+    """503 with Retry-After: intake is paused, the sender retries (RFC 9110 15.6.4)."""
+    headers = {"Retry-After": str(refusal.retry_after)}
+    return JSONResponse(refusal.body(), 503, headers=headers)
 
 
 @router.post("/studies")

@@ -46,6 +46,7 @@ from radpipe.common.context import Context
 from radpipe.common.logging import get_logger
 from radpipe.common.transport import scp_context
 
+from . import backpressure
 from .multipart import Part
 from .service import OUT_OF_RESOURCES, StowSession
 
@@ -164,6 +165,10 @@ def handle_store(event: Any, ctx: Context) -> int:
     if (guard is not None and guard.over_limit()) or path.stat().st_size > limit + 1024:
         log.warning("dimse.instance_too_large", calling_ae=calling, limit=limit)
         return OUT_OF_RESOURCES  # the temporary file is removed by pynetdicom
+    refusal = backpressure.for_context(ctx).refusal()  # low on disk, or a queue over its limit
+    if refusal is not None:
+        log.warning("dimse.refused", calling_ae=calling, reason=refusal.reason)
+        return OUT_OF_RESOURCES  # PS3.4 B.2.3: the SCU may send again later
     session = StowSession(ctx, None, source=calling)  # the calling AE picks the deid profile
     with path.open("rb") as file:
         part = Part("application/dicom", file, path.stat().st_size)
