@@ -16,11 +16,42 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from .settings import Settings
+
+class Settings(Protocol):
+    """The settings this module reads (``radpipe.common.settings.Settings`` has them); a
+    protocol, so ``settings`` can call :func:`check_transport` without an import cycle."""
+
+    @property
+    def dimse_tls_cert(self) -> Path | None: ...
+    @property
+    def dimse_tls_key(self) -> Path | None: ...
+    @property
+    def dimse_tls_ca(self) -> Path | None: ...
+    @property
+    def dimse_tls_require_client_cert(self) -> bool: ...
+    @property
+    def all_in_one(self) -> bool: ...
+    @property
+    def mongo_url(self) -> str | None: ...
+    @property
+    def s3_endpoint(self) -> Any: ...
+    @property
+    def alert_webhook_url(self) -> Any: ...
+    @property
+    def export_stow_url(self) -> Any: ...
+    @property
+    def slack_webhook_url(self) -> Any: ...
+    @property
+    def teams_webhook_url(self) -> Any: ...
+    @property
+    def export_dimse(self) -> str | None: ...
+    @property
+    def export_dimse_tls(self) -> bool: ...
+
 
 #: BCP 195 (RFC 7525 section 4.2) AEAD suites for TLS 1.2; TLS 1.3 suites are all AEAD.
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL"
