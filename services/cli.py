@@ -62,7 +62,7 @@ def up(
     from radpipe.common.auth import AuthService
     from radpipe.common.context import build_context
     from radpipe.common.logging import configure_logging, get_logger
-    from radpipe.stack import Supervisor, local_secret, start_broker
+    from radpipe.stack import Supervisor, local_secret, start_broker_command
 
     base = _settings(all_in_one=True)
     configure_logging(base.log_level)  # this process's own lines (DIMSE, supervisor) as JSON
@@ -75,7 +75,7 @@ def up(
         env["RADPIPE_DIMSE_PORT"] = str(dimse_port)
     broker = None
     if base.broker_url is None:
-        broker, env["RADPIPE_BROKER_URL"] = start_broker(data / "broker")
+        broker, env["RADPIPE_BROKER_URL"], broker_argv = start_broker_command(data / "broker")
     os.environ.update(env)  # this process serves the API with the same settings
     settings = _settings()
     context = build_context(settings)
@@ -84,7 +84,14 @@ def up(
         get_logger("radpipe.up").warning(
             "up.root", advice="run radpipe as an unprivileged user; nothing in it needs root"
         )
-    supervisor = Supervisor(env)
+    supervisor = Supervisor(
+        env,
+        state_dir=data,
+        backoff_max_seconds=settings.supervisor_backoff_max_seconds,
+        healthy_seconds=settings.supervisor_healthy_seconds,
+    )
+    if broker is not None:
+        supervisor.adopt("broker", broker, broker_argv)  # restarted on its port if it dies
     threading.Thread(target=supervisor.run, name="supervisor", daemon=True).start()
     click.echo(f"Radpipe is up: {settings.public_url}  (data in {data})")
     click.echo(f"  DICOMweb STOW-RS: {settings.public('dicom-web/studies')}")
@@ -109,10 +116,7 @@ def up(
         else:
             uvicorn.run(build_app(context, list(SERVICES)), host=host, port=port, log_config=None)
     finally:
-        supervisor.stop()
-        if broker is not None:
-            broker.terminate()
-            broker.wait(timeout=10)
+        supervisor.stop()  # the workers, then the broker
 
 
 def _bootstrap_admin(auth: AuthService) -> str | None:
@@ -375,6 +379,51 @@ def audit_hash(value: str) -> None:
     from radpipe.common.audit import keyed
 
     click.echo(keyed(_settings(all_in_one=True).secret, value))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="default: $RADPIPE_DATA_DIR")
+def backup(directory: Path, data_dir: Path | None) -> None:
+    """Back the all-in-one data dir up into DIRECTORY (new or empty): documents (online, while
+    radpipe up runs), objects, vault and key, with a SHA-256 manifest (docs/backup.md)."""
+    from radpipe.backup import BackupError
+    from radpipe.backup import backup as run_backup
+
+    overrides: dict[str, object] = {"all_in_one": True}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        summary = run_backup(_settings(**overrides), directory)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up to {summary.path}: {summary.files} files, {summary.objects} objects, "
+        f"schema version {summary.schema_version}"
+    )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), help="default: $RADPIPE_DATA_DIR")
+def restore(directory: Path, data_dir: Path | None) -> None:
+    """Restore the backup in DIRECTORY into a fresh data dir, after checking every file against
+    its manifest; the next start migrates it to this release's schema."""
+    from radpipe.backup import BackupError
+    from radpipe.backup import restore as run_restore
+
+    overrides: dict[str, object] = {"all_in_one": True}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    try:
+        summary = run_restore(_settings(**overrides), directory)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"restored into {summary.path}: {summary.files} files, {summary.objects} objects, "
+        f"schema version {summary.schema_version}; start it with radpipe up --data-dir "
+        f"{summary.path}"
+    )
 
 
 @main.command()

@@ -55,7 +55,8 @@ class Migration:
 
 
 def _summaries(documents: DocumentStore, vault: Any) -> object:
-    return ensure_summaries(documents)
+    ensure_summaries(documents)
+    return None
 
 
 def _sources(documents: DocumentStore, vault: Any) -> object:
