@@ -153,6 +153,11 @@ def health_router() -> APIRouter:
                 checks[name] = "ok"
             except Exception as exc:  # readiness reports, it does not raise
                 checks[name] = f"unavailable: {type(exc).__name__}"
+        if ctx.settings.all_in_one:  # radpipe up's workers, as its supervisor sees them
+            from radpipe.stack import worker_problems
+
+            problems = worker_problems(ctx.settings.data_dir)
+            checks["workers"] = "; ".join(f"{n}: {p}" for n, p in problems.items()) or "ok"
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
 

@@ -74,7 +74,8 @@ def stage_task(
     unacknowledged, and Celery redelivers it (``task_reject_on_worker_lost``); a redelivery is
     a ``<stage>.redelivered`` event on the timeline, and the delivery after
     ``RADPIPE_MAX_DELIVERIES`` dead-letters the task without running it, so a task that kills
-    its worker kills it at most that many times.
+    its worker kills it at most that many times. A failed attempt that will be tried again is a
+    ``<stage>.retried`` event (the attempt that failed, the error's type, the wait).
     """
     settings = get_settings()
     retries = settings.task_max_retries if max_retries is None else max_retries
@@ -176,6 +177,19 @@ def stage_task(
                     transient=transient,
                     error=type(exc).__name__,
                 )
+                try:  # the timeline says it; a store that fails here must not lose the retry
+                    ctx.studies.add_event(
+                        study_id,
+                        f"{stage}.retried",
+                        {
+                            "attempt": attempt,
+                            "next_attempt": attempt + 1,
+                            "delay": delay,
+                            "error": type(exc).__name__,
+                        },
+                    )
+                except Exception:
+                    log.warning("stage.retried-unrecorded", stage=stage, study_id=study_id)
                 # ``exc`` is not handed to Celery: its retry line would print the text.
                 raise self.retry(countdown=delay) from None
 

@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,8 @@ from .ports import ObjectStore
 from .settings import Settings
 
 RAW, DEID, RESULTS = "raw", "deid", "results"
+#: Prefix of the folder store's files being written (never an object key's last part).
+TEMP_PREFIX = ".tmp-"
 
 
 def bucket_names(settings: Settings) -> dict[str, str]:
@@ -58,16 +61,42 @@ class FolderObjectStore:
         length: int,
         content_type: str = "application/octet-stream",
     ) -> None:
+        """Write to a temp file beside the object, sync it, then rename it over the key.
+
+        A reader sees the old object or the whole new one, never part of one: a process killed
+        mid-write leaves only a ``.tmp-`` file, which :meth:`list` and keys never show (and
+        :meth:`sweep_temp` removes). The sync before the rename, and of the folder after it,
+        keeps a power cut from leaving a renamed but empty file.
+        """
         path = self._path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 shutil.copyfileobj(file, handle, 1024 * 1024)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def sweep_temp(self, older_than: float = 3600.0) -> int:
+        """Remove temp files left by writers that died mid-write; returns how many."""
+        cutoff, removed = time.time() - older_than, 0
+        for path in self.root.rglob(TEMP_PREFIX + "*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer finished or another sweep took it
+                continue
+        return removed
 
     def get(self, bucket: str, key: str) -> bytes:
         try:
@@ -76,14 +105,15 @@ class FolderObjectStore:
             raise NotFound(f"object {bucket}/{key} does not exist") from None
 
     def exists(self, bucket: str, key: str) -> bool:
-        return self._path(bucket, key).is_file()
+        path = self._path(bucket, key)
+        return path.is_file() and not path.name.startswith(TEMP_PREFIX)
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[str]:
         base = self.root / bucket
         if not base.is_dir():
             return
         for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.name.startswith(TEMP_PREFIX):
                 key = path.relative_to(base).as_posix()
                 if key.startswith(prefix):
                     yield key
@@ -97,7 +127,13 @@ class FolderObjectStore:
 
 
 class S3ObjectStore:
-    """MinIO or any S3 server, through the ``minio`` SDK."""
+    """MinIO or any S3 server, through the ``minio`` SDK.
+
+    Writes are atomic on the server's side: an object appears only when its PUT (or, above the
+    SDK's part size, its multipart upload's completion) succeeds, whole and checked, so a
+    writer killed mid-upload leaves nothing visible (an unfinished multipart upload is removed
+    by the bucket's lifecycle rule or ``mc admin``, and is never listed as an object).
+    """
 
     def __init__(
         self, endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     #: Seconds before the Redis broker hands an unacknowledged task to a worker again (one
     #: whose worker died); longer than the longest task, or a running task is started twice.
     broker_visibility_timeout: int = Field(900, ge=1)
+    #: ``radpipe up`` restarts a worker that died after a backoff doubled for each death in
+    #: a row, at most this long; one that then runs ``supervisor_healthy_seconds`` is healthy.
+    supervisor_backoff_max_seconds: float = Field(60.0, gt=0)
+    supervisor_healthy_seconds: float = Field(60.0, gt=0)
     #: De-identification profile file (TOML): options per source (see ``deid/profile.py``).
     deid_profile: Path | None = None
     log_level: str = "INFO"
