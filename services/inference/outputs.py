@@ -19,7 +19,13 @@ from datetime import datetime
 import pydicom
 from PIL import Image
 
-from .key_images import LUNG_WINDOW, OUTLINE_RGB, key_image, secondary_capture
+from .key_images import (
+    LUNG_WINDOW,
+    OUTLINE_RGB,
+    key_image,
+    key_object_selection,
+    secondary_capture,
+)
 from .result_context import AI_LABEL, ResultContext, center_index
 from .seg import segmentation
 from .service import Analysis
@@ -40,7 +46,7 @@ __all__ = [
 class ResultObject:
     """One DICOM result instance, ready for `pydicom.dcmwrite(..., enforce_file_format=True)`."""
 
-    kind: str  # "seg" | "sr" | "key-image" (SC)
+    kind: str  # "seg" | "sr" | "key-image" (SC) | "kos" (multi-frame sources)
     dataset: pydicom.Dataset
 
 
@@ -64,7 +70,8 @@ def build_results(
     """SEG (when there are findings), SR and one key image (SC + PNG) per finding.
 
     Series numbers: SEG `series_number`, SR `series_number + 1`, key images
-    `series_number + 2`. `uid(purpose)` gives every new UID ("seg-series", "sr-instance",
+    `series_number + 2`, the key object selection of a multi-frame source
+    `series_number + 3`. `uid(purpose)` gives every new UID ("seg-series", "sr-instance",
     "finding-1-tracking", ...), so a re-run with the same `uid` and `content_datetime`
     rebuilds identical objects.
 
@@ -88,25 +95,34 @@ def build_results(
     tracking = [uid(f"finding-{n}-tracking") for n in range(1, len(findings) + 1)]
     objects: list[ResultObject] = []
     if findings and labels is not None:
-        seg = segmentation(ctx, findings, labels, tracking, series_number)
+        seg = segmentation(ctx, findings, labels, tracking, series_number, volume.sop_instance_uids)
         objects.append(ResultObject("seg", seg))
     objects.append(ResultObject("sr", report(ctx, volume, analysis, tracking, series_number + 1)))
     pngs = []
+    key_frames = []
     for n, finding in enumerate(findings, start=1):
         k = center_index(finding, volume)
+        source, frame = ctx.slice_source(volume, k)  # frame: of a multi-frame source
+        key_frames.append((source, frame))
         mask = labels[k] == finding.label if labels is not None else None
-        pixels = key_image(sources[k], mask, finding, volume, f"Nodule {n}", ctx.name)
+        hu = volume.array[k] if frame is not None else None
+        pixels = key_image(source, mask, finding, volume, f"Nodule {n}", ctx.name, hu)
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
         pngs.append((f"finding-{n}.png", buffer.getvalue()))
-        sc = secondary_capture(ctx, sources[k], pixels, volume, n, series_number + 2)
+        sc = secondary_capture(ctx, source, pixels, volume, n, series_number + 2, frame)
         objects.append(ResultObject("key-image", sc))
+    if any(frame is not None for _, frame in key_frames):  # KOS: key frames, series + 3
+        kos = key_object_selection(ctx, key_frames, series_number + 3)
+        objects.append(ResultObject("kos", kos))
     return Results(objects=objects, pngs=pngs)
 
 
 def _check(sources: Sequence[pydicom.Dataset], volume: Volume, analysis: Analysis) -> None:
     uids = [str(ds.SOPInstanceUID) for ds in sources]
-    if uids != list(volume.sop_instance_uids):
+    # a multi-frame source is one instance for its frames (``uid#n`` in the volume's list)
+    analyzed = list(dict.fromkeys(r.split("#")[0] for r in volume.sop_instance_uids))
+    if uids != analyzed:
         raise ValueError(
             "sources must be the analyzed instances in volume.sop_instance_uids order "
             "(sort them by that list before calling build_results)"

@@ -35,10 +35,17 @@ __all__ = [
     "MANUFACTURER",
     "NODULE",
     "ResultContext",
+    "UnsupportedSources",
     "center_index",
+    "split_reference",
 ]
 
 AI_LABEL = "AI result, not for diagnosis"
+
+
+class UnsupportedSources(ValueError):
+    """The analyzed frames cannot be referenced by a result object (e.g. a SEG over frames
+    spread across several multi-frame instances): the findings stand without those objects."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,15 @@ class ResultContext:
     serial: str
     when: datetime
     uid: Callable[[str], str]
+
+    def slice_source(self, volume: Volume, k: int) -> tuple[pydicom.Dataset, int | None]:
+        """The instance holding slice ``k`` (volume order) and its frame number (from 1), or
+        ``None`` for a single-frame instance: what a reference to that slice names."""
+        uid, frame = split_reference(volume.sop_instance_uids[k])
+        for ds in self.sources:
+            if str(ds.SOPInstanceUID) == uid:
+                return ds, frame
+        raise ValueError(f"slice {k} ({uid}) is not among the result context's sources")
 
     def equipment(self, series_description: str) -> dict[str, Any]:
         return {
@@ -77,6 +93,14 @@ class ResultContext:
             if "ContributionDateTime" in item:  # highdicom stamps its own contribution "now"
                 item.ContributionDateTime = self.when.strftime("%Y%m%d%H%M%S")
         return ds
+
+
+def split_reference(reference: str) -> tuple[str, int | None]:
+    """A volume slice reference (``volume.sop_instance_uids``) as (SOP Instance UID, frame
+    number from 1); the frame is ``None`` for a single-frame instance (``uid#n`` names frame n
+    of a multi-frame one, PS3.3 C.7.6.16 order)."""
+    uid, _, frame = reference.partition("#")
+    return uid, int(frame) if frame else None
 
 
 def center_index(finding: Finding, volume: Volume) -> int:

@@ -54,13 +54,16 @@ def report(
     labels = analysis.label_map
     for number, finding in enumerate(analysis.findings, start=1):
         k = center_index(finding, volume)
-        source = ctx.sources[k]
+        source, frame = ctx.slice_source(volume, k)
         mask = labels[k] == finding.label if labels is not None else None
-        outline = _outline(mask, finding, source)
+        outline = _outline(mask, finding, volume)
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=outline,
-            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+            # a frame of a multi-frame source is named by its Referenced Frame Number
+            source_image=hd.sr.SourceImageForRegion.from_source_image(
+                source, referenced_frame_numbers=[frame] if frame else None
+            ),
         )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -103,9 +106,10 @@ def report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=measurements,
-        referenced_images=_library(ctx.sources, volume, analysis.findings),
+        referenced_images=(library := _library(ctx, volume, analysis.findings)),
     )
     root = report[0]
+    _name_library_frames(root, library)
     if not groups:
         for item in root.ContentSequence:
             if item.name == codes.DCM.ImagingMeasurements:
@@ -126,13 +130,75 @@ def report(
 
 
 def _library(
-    sources: Sequence[pydicom.Dataset], volume: Volume, findings: Sequence[Finding]
+    ctx: ResultContext, volume: Volume, findings: Sequence[Finding]
 ) -> list[pydicom.Dataset]:
     """Image Library (TID 1600) entries: the slices the groups point at, or the middle slice
     to name the series when there are none. OHIF's SR viewer needs a library to load the
-    report; listing every slice would cost ~10 ms and ~4 kB each."""
-    picked = sorted({center_index(f, volume) for f in findings}) or [len(sources) // 2]
-    return [sources[k] for k in picked]
+    report; listing every slice would cost ~10 ms and ~4 kB each. A frame of a multi-frame
+    source is an entry of its own, with that frame's geometry and number (TID 1601)."""
+    slices = len(volume.sop_instance_uids)
+    picked = sorted({center_index(f, volume) for f in findings}) or [slices // 2]
+    entries = [ctx.slice_source(volume, k) for k in picked]
+    return [ds if frame is None else _frame_entry(ds, frame) for ds, frame in entries]
+
+
+#: What highdicom's TID 1604 descriptors read from an image (Rows ... Modality at the top).
+_ENTRY_KEYWORDS = (
+    *("SOPClassUID", "SOPInstanceUID", "Modality", "FrameOfReferenceUID"),
+    *("Rows", "Columns", "StudyInstanceUID", "SeriesInstanceUID"),
+)
+
+
+def _frame_entry(ds: pydicom.Dataset, frame: int) -> pydicom.Dataset:
+    """Frame ``frame`` (from 1) of a multi-frame instance as an Image Library entry: its
+    geometry (TID 1604: pixel spacing, slice thickness, position, orientation) from its
+    per-frame or the shared functional groups (PS3.3 C.7.6.16), and ``ReferencedFrameNumber``,
+    which :func:`_name_library_frames` moves into the entry's Referenced SOP Sequence."""
+    groups = [ds.PerFrameFunctionalGroupsSequence[frame - 1]]
+    groups += list(ds.get("SharedFunctionalGroupsSequence", []))
+
+    def macro(keyword: str) -> pydicom.Dataset:
+        for group in groups:
+            if group.get(keyword):
+                item: pydicom.Dataset = group[keyword].value[0]
+                return item
+        raise ValueError(f"frame {frame} of {ds.SOPInstanceUID} lacks its {keyword}")
+
+    entry = pydicom.Dataset()
+    for keyword in _ENTRY_KEYWORDS:
+        if keyword in ds:
+            setattr(entry, keyword, ds[keyword].value)
+    measures = macro("PixelMeasuresSequence")
+    entry.PixelSpacing = measures.PixelSpacing
+    entry.SliceThickness = measures.get("SliceThickness")
+    entry.ImagePositionPatient = macro("PlanePositionSequence").ImagePositionPatient
+    entry.ImageOrientationPatient = macro("PlaneOrientationSequence").ImageOrientationPatient
+    entry.ReferencedFrameNumber = frame
+    return entry
+
+
+def _name_library_frames(root: pydicom.Dataset, library: Sequence[pydicom.Dataset]) -> None:
+    """TID 1601: an Image Library entry of a frame names it by Referenced Frame Number."""
+    frames = {
+        (str(entry.SOPInstanceUID), i): int(entry.ReferencedFrameNumber)
+        for i, entry in enumerate(library)
+        if "ReferencedFrameNumber" in entry
+    }
+    if not frames:
+        return
+    images = [
+        image
+        for item in root.ContentSequence
+        if item.name == codes.DCM.ImageLibrary
+        for group in item.get("ContentSequence", [])
+        for image in group.get("ContentSequence", [])
+        if image.ValueType == "IMAGE"
+    ]
+    for i, image in enumerate(images):
+        reference = image.ReferencedSOPSequence[0]
+        frame = frames.get((str(reference.ReferencedSOPInstanceUID), i))
+        if frame is not None:
+            reference.ReferencedFrameNumber = frame
 
 
 def _evaluations(analysis: Analysis) -> hd.sr.ContainerContentItem:
@@ -161,7 +227,7 @@ def _evaluations(analysis: Analysis) -> hd.sr.ContainerContentItem:
     return container
 
 
-def _outline(mask: np.ndarray | None, finding: Finding, source: pydicom.Dataset) -> np.ndarray:
+def _outline(mask: np.ndarray | None, finding: Finding, volume: Volume) -> np.ndarray:
     """Closed polygon (column, row) around the finding's cross-section, PS3.3 C.18.6.1.1
     pixel coordinates (0, 0 is the top left corner of the top left pixel).
 
@@ -182,7 +248,7 @@ def _outline(mask: np.ndarray | None, finding: Finding, source: pydicom.Dataset)
         radius = np.where(last >= 0, steps[np.maximum(last, 0)] + 0.5, 0.5)
     else:
         cy, cx = finding.center_voxel_zyx[1], finding.center_voxel_zyx[2]
-        spacing = float(source.PixelSpacing[0])
+        spacing = float(volume.spacing[1])  # a frame's own, or the shared Pixel Measures
         radius = np.full(angles.shape, finding.diameter_mm / 2.0 / spacing)
     points = np.stack(
         [cx + 0.5 + radius * np.cos(angles), cy + 0.5 + radius * np.sin(angles)], axis=1

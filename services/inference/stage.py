@@ -30,6 +30,7 @@ from radpipe.common.studies import StudyState
 from .bundle import Bundle, load_bundle, select_device
 from .outputs import build_results
 from .registry import Entry, discover, route
+from .result_context import UnsupportedSources
 from .service import VolumeError, analyze
 
 log = get_logger("radpipe.inference")
@@ -124,11 +125,6 @@ def _store_results(
     UIDs are keyed on the study and its version, so a redelivered task rewrites the same
     objects instead of adding copies; a re-opened study (version + 1) gets new ones.
     """
-    if any("#" in reference for reference in analysis.input_sop_uids):
-        # Frames of a multi-frame source: the findings stand, DICOM results need per-frame
-        # references the writers do not make yet.
-        log.warning("inference.no_result_objects", study_id=study_id, reason="multi-frame source")
-        return []
     secret = RESULT_UIDS  # no key: this worker holds none (RADPIPE_KEYLESS)
 
     def uid(purpose: str) -> str:
@@ -137,7 +133,11 @@ def _store_results(
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     order = [reference.split("#")[0] for reference in analysis.input_sop_uids]
     sources = [by_uid[u] for u in dict.fromkeys(order)]
-    results = build_results(sources, analysis.volume, analysis, uid=uid)
+    try:  # frames of a multi-frame source are referenced by their frame numbers
+        results = build_results(sources, analysis.volume, analysis, uid=uid)
+    except UnsupportedSources as exc:  # frames spread over several multi-frame instances
+        log.warning("inference.no_result_objects", study_id=study_id, reason=str(exc)[:200])
+        return []
     bucket = ctx.buckets["results"]
     stored: list[dict[str, str]] = []
     for obj in results.objects:
