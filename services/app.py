@@ -14,13 +14,22 @@ from radpipe.notify.api import router as notify_router
 from radpipe.portal.admin import router as admin_router
 from radpipe.portal.api import router as portal_router
 from radpipe.portal.auditlog import router as audit_router
+from radpipe.portal.monitoring_page import router as monitoring_router
 from radpipe.portal.ohif import router as ohif_router
 from radpipe.portal.tat_page import router as tat_page_router
 from radpipe.tat.api import router as tat_router
 
 ROUTERS: dict[str, list[APIRouter]] = {
     "ingest": [ingest_router, dicomweb_read_router],
-    "portal": [portal_router, ohif_router, admin_router, audit_router, tat_router, tat_page_router],
+    "portal": [
+        portal_router,
+        ohif_router,
+        admin_router,
+        audit_router,
+        tat_router,
+        tat_page_router,
+        monitoring_router,
+    ],
     "notify": [notify_router, notify_link_router],
 }
 

@@ -29,6 +29,70 @@ DEAD_LETTERS = Gauge(
     "RADPIPE_MAX_DELIVERIES times (the newest 10,000 are kept)",
 )
 
+#: Model monitoring (docs/monitoring.md), one series per model version.
+_MODEL = ["model", "name", "version", "sha256"]
+MODEL_ACCEPTANCE = Gauge(
+    "radpipe_model_acceptance_rate",
+    "Findings the readers accepted unchanged over all findings decided",
+    _MODEL,
+)
+MODEL_PPV = Gauge(
+    "radpipe_model_ppv", "Reader PPV: findings accepted or edited over all decided", _MODEL
+)
+MODEL_RECENT_PPV = Gauge(
+    "radpipe_model_recent_ppv",
+    "Reader PPV over the last RADPIPE_MONITOR_PPV_WINDOW decisions (what pages)",
+    _MODEL,
+)
+MODEL_FP_PER_STUDY = Gauge(
+    "radpipe_model_false_positives_per_study",
+    "Findings rejected in signed studies over the signed studies",
+    _MODEL,
+)
+MODEL_DECISIONS = Gauge(
+    "radpipe_model_decisions", "Findings decided by the readers", [*_MODEL, "decision"]
+)
+MODEL_STUDIES = Gauge("radpipe_model_studies", "Studies the model analysed", _MODEL)
+MODEL_DRIFT = Gauge(
+    "radpipe_model_drift_psi",
+    "Population stability index of an input feature over the rolling window vs the bundle's "
+    "training data",
+    [*_MODEL, "feature"],
+)
+MODEL_DRIFT_KS = Gauge(
+    "radpipe_model_drift_ks",
+    "Kolmogorov-Smirnov statistic of an input feature over the rolling window vs the bundle's "
+    "training data",
+    [*_MODEL, "feature"],
+)
+
+
+def refresh_model_gauges(ctx: Context) -> None:
+    """Set the model gauges from ``model_stats`` (a handful of documents per scrape)."""
+    from .monitoring import summaries
+
+    for figures in summaries(ctx.documents, ctx.settings):
+        labels = (
+            figures["model"],
+            str(figures["name"]),
+            str(figures["version"]),
+            str(figures["sha256"]),
+        )
+        for gauge, value in (
+            (MODEL_ACCEPTANCE, figures["acceptance_rate"]),
+            (MODEL_PPV, figures["ppv"]),
+            (MODEL_RECENT_PPV, figures["recent"]["ppv"]),
+            (MODEL_FP_PER_STUDY, figures["false_positives_per_study"]),
+            (MODEL_STUDIES, figures["studies"]),
+        ):
+            if value is not None:
+                gauge.labels(*labels).set(value)
+        for decision, count in figures["decisions"].items():
+            MODEL_DECISIONS.labels(*labels, decision).set(count)
+        for feature, stat in figures["inputs"]["drift"].items():
+            MODEL_DRIFT.labels(*labels, feature).set(stat["psi"])
+            MODEL_DRIFT_KS.labels(*labels, feature).set(stat["ks"])
+
 
 def refresh_gauges(ctx: Context) -> None:
     from .studies import StudyState
@@ -40,3 +104,4 @@ def refresh_gauges(ctx: Context) -> None:
     dead_letter_count = getattr(ctx.tasks, "dead_letter_count", None)  # brokers that keep one
     if dead_letter_count is not None:
         DEAD_LETTERS.set(dead_letter_count())
+    refresh_model_gauges(ctx)

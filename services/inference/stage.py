@@ -25,6 +25,7 @@ from radpipe.common.errors import PipelineError
 from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
 from radpipe.common.logging import get_logger
 from radpipe.common.metrics import STAGE_SECONDS
+from radpipe.common.monitoring import record_analysis
 from radpipe.common.studies import StudyState
 
 from .bundle import Bundle, load_bundle, select_device
@@ -102,6 +103,11 @@ def analyze_study(ctx: Context, study_id: str) -> None:
     result["series_uid"] = series["series_uid"]
     result["risk_threshold"] = ctx.settings.risk_threshold
     result["outputs"] = outputs
+    # Input statistics for model monitoring (docs/monitoring.md), counted once per study version.
+    volume, path = getattr(analysis, "volume", None), bundle.path
+    record_analysis(
+        ctx.documents, study_id, study["version"], result["model"], volume, datasets, path
+    )
     ctx.studies.transition(
         study_id,
         StudyState.ANALYZED,

@@ -4,6 +4,12 @@ admins through the same channels, with the stage and the reason.
 Run by the sweeper. Each finding is one alert whose id names the study, version and problem,
 upserted with ``$setOnInsert``, so a study is paged about once however often the sweeper
 looks. Queries go through the study indexes (``state``, ``updated_at``).
+
+Model monitoring (``radpipe.common.monitoring``, docs/monitoring.md) pages too: input drift
+against the bundle's training data (rule ``model.drift``) and a reader PPV under the threshold
+(``model.ppv``), per model version. A condition that starts holding opens one alert for its
+episode (the episode number is in the alert id); it is paged again only after it has cleared
+and come back.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from pymongo import ReturnDocument
 
+from radpipe.common import monitoring
 from radpipe.common.alerts import AlertState, alerts_of
 from radpipe.common.context import Context
 from radpipe.common.studies import StudyState
@@ -31,6 +38,9 @@ LOOKBACK = timedelta(days=2)
 #: A stage's queue without a consumer this long pages (workers take a while to start).
 NO_WORKER_GRACE = timedelta(minutes=2)
 _missing_since: dict[str, datetime] = {}
+#: Model figures are checked at most this often per process (they move with each study).
+MODEL_CHECK_EVERY = timedelta(seconds=30)
+_models_checked: dict[int, datetime] = {}
 
 
 def check_pipeline(ctx: Context, at: datetime) -> int:
@@ -49,6 +59,29 @@ def check_pipeline(ctx: Context, at: datetime) -> int:
         for study in stuck.limit(100):
             reason = f"stuck in {state} for more than {seconds:.0f} s"
             opened += _open(ctx, study, f"stuck-{state}", str(state), reason, at, "stuck")
+    last = _models_checked.get(id(ctx.documents))
+    if last is None or not timedelta(0) <= at - last < MODEL_CHECK_EVERY:
+        _models_checked[id(ctx.documents)] = at
+        opened += check_models(ctx, at)
+    return opened
+
+
+def check_models(ctx: Context, at: datetime) -> int:
+    """Page the admins once per episode of input drift or low reader PPV of a model version
+    (``model.drift``, ``model.ppv``); returns how many alerts were opened."""
+    opened = 0
+    for figures in monitoring.summaries(ctx.documents, ctx.settings):
+        key = figures["model"]
+        for name, condition in figures["conditions"].items():
+            turned = monitoring.set_condition(ctx.documents, key, name, condition["active"])
+            if not condition["active"]:
+                continue
+            stats = monitoring.stats_of(ctx.documents, key) or {}
+            number = turned or monitoring.episode(stats, name)
+            extra = {"model": key, "condition": f"model.{name}"}
+            problem = f"model.{name}-{key}-e{number}"
+            reason = f"Model monitoring: {condition['reason']}"
+            opened += _open(ctx, None, problem, "model", reason, at, f"model.{name}", extra)
     return opened
 
 
@@ -80,6 +113,7 @@ def _open(
     reason: str,
     at: datetime,
     rule: str,
+    extra: dict[str, Any] | None = None,
 ) -> int:
     if study is None:
         alert_id, study_id, version, summary = f"pipeline-{problem}", None, None, reason
@@ -112,6 +146,7 @@ def _open(
                 "acknowledged_at": None,
                 "acknowledged_by": None,
                 "history": [],
+                **(extra or {}),
             }
         },
         upsert=True,

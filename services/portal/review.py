@@ -35,6 +35,7 @@ from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.errors import BadRequest, Conflict, NotFound
 from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
+from radpipe.common.monitoring import record_decision, record_signed
 from radpipe.common.report import VerifiedFinding, final_report
 from radpipe.common.studies import StudyState, now
 
@@ -149,6 +150,7 @@ def decide(
         decision=body.decision,
         mask=stored is not None,
     )
+    record_decision(ctx.documents, study_id, version, decision)  # model monitoring
     return decision
 
 
@@ -274,6 +276,9 @@ def sign(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
     if updated is None:
         raise Conflict(f"study {study_id} changed meanwhile (re-opened or signed); reload it")
     AuthService(ctx.documents).audit(caller, "study.sign", study_id, verified=len(verified))
+    model = (study.get("analysis") or {}).get("model") or {}
+    rejected = len(signed["rejected"])  # model monitoring: false positives per signed study
+    record_signed(ctx.documents, study_id, study.get("version", 1), model, len(findings), rejected)
     if report is not None:
         ctx.tasks.send("export", study_id)
     return signed

@@ -118,6 +118,10 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/tat/imports/{import_id}/flagged"): TAT,
     ("GET", "/tat"): TAT,
     ("GET", "/tat/assets/{name}"): TAT,
+    # portal: model monitoring (aggregates per model version, no study data: docs/monitoring.md)
+    ("GET", "/api/monitoring"): TAT,
+    ("GET", "/monitoring"): TAT,
+    ("GET", "/monitoring/assets/{name}"): TAT,
     # notify: alerts
     ("GET", "/api/alerts"): READERS,
     ("GET", "/api/alerts/{alert_id}"): READERS,
