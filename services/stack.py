@@ -246,7 +246,7 @@ class Supervisor:
             try:
                 self.tend()
             except Exception:  # the supervisor itself must outlive any surprise
-                log.exception("supervisor.error")
+                log.error("supervisor.error", exc_info=True)
 
     def tend(self) -> None:
         """One look at every child: note deaths, start those whose backoff is over."""

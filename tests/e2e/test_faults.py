@@ -317,7 +317,7 @@ def test_killed_workers_and_restarted_broker_and_s3_complete_every_study_once(
 
             def settled() -> bool:
                 study = study_of(ctx, first_uid)
-                return bool(study) and all(
+                return study is not None and all(
                     f"{stage}.redelivered" in types(study) for stage in STAGES
                 )
 

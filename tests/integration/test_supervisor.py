@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def test_radpipe_up_names_restarts_with_backoff_and_reports_a_crash_loop(tmp_pat
         wait_for_port(port, 90)
         # Every child's command line names it: `radpipe worker <stage>`, and the broker.
         for stage in ("deid", "inference", "notify", "export"):
-            wait_for(lambda s=stage: worker_of(up.pid, s), 30, f"the {stage} worker", log_path)
+            wait_for(partial(worker_of, up.pid, stage), 30, f"the {stage} worker", log_path)
         named = children(up.pid).values()
         assert sum("valkey-server" in cmdline for cmdline in named) == 1
         assert all("radpipe worker" in c or "valkey-server" in c for c in named), named
@@ -75,7 +76,7 @@ def test_radpipe_up_names_restarts_with_backoff_and_reports_a_crash_loop(tmp_pat
         assert ready["ready"] is True and ready["checks"]["workers"] == "ok"
 
         # Killed five times in a row: waits of 1, 2, 4, 4, 4 s (capped), then a crash loop.
-        pids = []
+        pids: list[int] = []
         for _ in range(CRASH_LOOP):
             pid = wait_for(
                 lambda: (p := worker_of(up.pid, "inference")) not in (*pids, None) and p,
