@@ -53,9 +53,17 @@ class Nodule:
     center_mm: tuple[float, float, float]
     diameter_mm: float
     hu: float
+    kind: str = "solid"  # radpipe.phantoms also makes "part-solid" and "ground-glass"
+    site: str = "free"  # radpipe.phantoms also makes "juxtapleural" and "juxtavascular"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"center_mm": list(self.center_mm), "diameter_mm": self.diameter_mm, "hu": self.hu}
+        return {
+            "center_mm": list(self.center_mm),
+            "diameter_mm": self.diameter_mm,
+            "hu": self.hu,
+            "kind": self.kind,
+            "site": self.site,
+        }
 
 
 @dataclass

@@ -146,8 +146,9 @@ def test_written_files_pass_dciodvfy_without_errors(tmp_path: Path) -> None:
 
 
 def test_the_phantom_is_demo_data_outside_the_shared_library() -> None:
-    """The generator lives in ``radpipe.demo``: only the CLI's demo command imports it, never
-    a service or the common library (tests, benchmarks and the training script do)."""
+    """The generators live in ``radpipe.demo`` and ``radpipe.phantoms`` (built on it): only the
+    CLI's demo command imports them, never a service or the common library (tests, benchmarks
+    and the training script do)."""
     import importlib.util
 
     import radpipe
@@ -159,4 +160,91 @@ def test_the_phantom_is_demo_data_outside_the_shared_library() -> None:
         for path in root.rglob("*.py")
         if "radpipe.demo import" in path.read_text() or "from .demo import" in path.read_text()
     )
-    assert users == ["cli.py"]
+    assert users == ["cli.py", "phantoms.py"]
+    assert not [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "radpipe.phantoms import" in path.read_text()
+    ]
+
+
+# The wide-variation family (radpipe.phantoms): small volumes, the same code paths.
+
+PH_SHAPE = (24, 128, 128)
+PH_SPACING = (3.0, 1.9, 1.9)
+
+
+def test_study_is_deterministic_and_carries_kinds_and_sites() -> None:
+    from radpipe.phantoms import HELD_OUT, make_study
+
+    kw = {"nodules": [12.0], "kinds": ["part-solid"], "sites": ["free"]}
+    a = make_study(3, HELD_OUT, shape=PH_SHAPE, spacing=PH_SPACING, **kw)  # type: ignore[arg-type]
+    b = make_study(3, HELD_OUT, shape=PH_SHAPE, spacing=PH_SPACING, **kw)  # type: ignore[arg-type]
+    assert np.array_equal(a.volume, b.volume) and a.nodules == b.nodules
+    assert a.volume.dtype == np.int16 and a.volume.shape == PH_SHAPE
+    assert [(n.kind, n.site) for n in a.nodules] == [("part-solid", "free")]
+    assert a.nodules[0].to_dict()["kind"] == "part-solid"
+
+
+@pytest.mark.parametrize(
+    ("kind", "low", "high"), [("solid", -150, 150), ("ground-glass", -800, -350)]
+)
+def test_nodule_kinds_have_their_densities(kind: str, low: float, high: float) -> None:
+    from radpipe.phantoms import TRAIN, make_study
+
+    p = make_study(
+        5, TRAIN, nodules=[14.0], kinds=[kind], sites=["free"], shape=PH_SHAPE, spacing=PH_SPACING
+    )
+    core = p.nodule_mask & (p.volume > -1100)
+    assert core.sum() > 20
+    assert low < np.median(p.volume[p.nodule_mask]) < high
+
+
+def test_juxtapleural_nodules_straddle_the_lung_edge_and_free_ones_do_not() -> None:
+    from radpipe.phantoms import TRAIN, make_study
+
+    p = make_study(
+        8,
+        TRAIN,
+        nodules=[14.0, 10.0],
+        kinds=["solid", "solid"],
+        sites=["juxtapleural", "free"],
+        shape=PH_SHAPE,
+        spacing=PH_SPACING,
+    )
+    assert [n.site for n in p.nodules] == ["juxtapleural", "free"]
+    pleural = p.nodule_mask_on_grid(PH_SHAPE, [p.nodules[0]])
+    free = p.nodule_mask_on_grid(PH_SHAPE, [p.nodules[1]])
+    assert 0.3 < (pleural & p.lung_mask).sum() / pleural.sum() < 0.97
+    assert (free & p.lung_mask).sum() / free.sum() > 0.97
+
+
+def test_held_out_geometry_never_overlaps_the_training_ranges() -> None:
+    from radpipe.phantoms import HELD_OUT, TRAIN, _geometry
+
+    for seed in range(200):
+        shape, sp = _geometry(np.random.default_rng(seed), HELD_OUT, None, None)
+        assert sp[0] < 1.0 or sp[0] > 3.0  # TRAIN draws 1-3 mm slices
+        assert 0.5 <= sp[1] == sp[2] <= 1.0 and 30 <= shape[0] <= 300
+        assert shape[1] in (256, 320, 384, 512)
+        shape, sp = _geometry(np.random.default_rng(seed), TRAIN, None, None)
+        assert 1.0 <= sp[0] <= 3.0
+    assert HELD_OUT.kernels == ("sharp",) and TRAIN.kernels == ("smooth",)
+    assert TRAIN.p_contrast == TRAIN.p_airways == TRAIN.p_truncated == 0.0
+
+
+def test_a_bad_kind_is_refused_with_the_choices() -> None:
+    from radpipe.phantoms import make_study
+
+    with pytest.raises(ValueError, match=r"need one kind from \('solid', 'part-solid'"):
+        make_study(1, nodules=[10.0], kinds=["calcified"], shape=PH_SHAPE, spacing=PH_SPACING)
+
+
+def test_a_study_is_written_as_dicom() -> None:
+    from radpipe.phantoms import HELD_OUT, make_study
+
+    p = make_study(2, HELD_OUT, nodules=[], shape=PH_SHAPE, spacing=PH_SPACING)
+    datasets = phantom_to_datasets(p)
+    assert len(datasets) == PH_SHAPE[0]
+    hu = datasets[5].pixel_array.astype(np.int32) - 1024
+    assert np.array_equal(hu, p.volume[5])
