@@ -186,7 +186,9 @@ def clear_override(documents: DocumentStore, bundle: str) -> bool:
 
 def declared_bundles(models_dir: Path | None) -> dict[str, tuple[Path, tuple[Rule, ...]]]:
     """Every installed bundle's folder and its own rules, by name: the shipped ones, then
-    ``models_dir`` (which wins on a name clash). Read from ``configs/metadata.json`` only."""
+    ``models_dir`` (which wins on a name clash). Read from ``configs/metadata.json``
+    (``radpipe_routing``) or, for a MONAI Model Zoo bundle, its sidecar ``radpipe.json``
+    (``routing``)."""
     found: dict[str, tuple[Path, tuple[Rule, ...]]] = {}
     for root in (BUILTIN_BUNDLES, models_dir):
         if root is None or not root.is_dir():
@@ -197,6 +199,11 @@ def declared_bundles(models_dir: Path | None) -> dict[str, tuple[Path, tuple[Rul
                 continue
             meta = json.loads(meta_path.read_text())
             where = f"bundle {folder}"
-            rules = tuple(Rule.from_dict(rule, where) for rule in meta.get("radpipe_routing", []))
+            declared = meta.get("radpipe_routing")
+            sidecar = folder / "radpipe.json"  # a zoo bundle's rules, its metadata unchanged
+            if declared is None and sidecar.is_file():
+                where = str(sidecar)
+                declared = json.loads(sidecar.read_text()).get("routing")
+            rules = tuple(Rule.from_dict(rule, where) for rule in declared or [])
             found[str(meta.get("name", folder.name))] = (folder, rules)
     return found

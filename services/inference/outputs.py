@@ -31,6 +31,7 @@ from .seg import segmentation
 from .service import Analysis
 from .sr import report
 from .volume import Volume
+from .zoo import finding_label
 
 __all__ = [
     "AI_LABEL",
@@ -106,7 +107,7 @@ def build_results(
         key_frames.append((source, frame))
         mask = labels[k] == finding.label if labels is not None else None
         hu = volume.array[k] if frame is not None else None
-        pixels = key_image(source, mask, finding, volume, f"Nodule {n}", ctx.name, hu)
+        pixels = key_image(source, mask, finding, volume, finding_label(finding, n), ctx.name, hu)
         buffer = io.BytesIO()
         Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
         pngs.append((f"finding-{n}.png", buffer.getvalue()))

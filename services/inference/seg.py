@@ -12,14 +12,12 @@ from pydicom.sr.codedict import codes
 from .findings import Finding
 from .result_context import (
     AI_LABEL,
-    CATEGORY,
-    LUNG,
     MANUFACTURER,
-    NODULE,
     ResultContext,
     UnsupportedSources,
     split_reference,
 )
+from .zoo import finding_codes, finding_label
 
 __all__ = ["segmentation"]
 
@@ -54,20 +52,23 @@ def segmentation(
         version=ctx.version,
         source=MANUFACTURER,
     )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=f"Nodule {number}",
-            segmented_property_category=CATEGORY,
-            segmented_property_type=NODULE,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_uid=tracking[number - 1],
-            tracking_id=f"Nodule {number}",
-            anatomic_regions=[LUNG],
+    descriptions = []
+    for number, finding in enumerate(findings, start=1):
+        # the demo's nodules; a zoo bundle's labels by their names and the sidecar's codes
+        category, property_type, sites = finding_codes(finding)
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=finding_label(finding, number),
+                segmented_property_category=category,
+                segmented_property_type=property_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=tracking[number - 1],
+                tracking_id=finding_label(finding, number),
+                anatomic_regions=sites or None,
+            )
         )
-        for number in range(1, len(findings) + 1)
-    ]
     seg = hd.seg.Segmentation(
         source_images=list(ctx.sources),
         pixel_array=segment_map,

@@ -29,6 +29,7 @@ from .findings import (
 from .model import bundle_grid, pre_process, predict
 from .risk import Risk, assess_risk
 from .volume import MAX_FRAME_BYTES, MAX_PIXEL_BYTES, Volume, VolumeError, series_to_volume
+from .zoo import Evaluation, ZooBundle, run_zoo
 
 __all__ = [
     "Analysis",
@@ -61,20 +62,28 @@ class Analysis:
     model: dict[str, Any] = field(default_factory=dict)
     label_map: np.ndarray | None = field(default=None, repr=False)
     volume: Volume | None = field(default=None, repr=False)
+    #: ``segmentation`` (the demo's nodules, a zoo bundle's labels), ``detection`` or
+    #: ``classification`` (then ``evaluations`` holds the class scores and there are no findings).
+    kind: str = "segmentation"
+    evaluations: list[Evaluation] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "findings": [f.to_dict() for f in self.findings],
             "risk": self.risk.to_dict(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "input_sop_uids": list(self.input_sop_uids),
             "model": dict(self.model),
+            "kind": self.kind,
         }
+        if self.evaluations:
+            out["classification"] = [e.to_dict() for e in self.evaluations]
+        return out
 
 
 def analyze(
     datasets: Sequence[pydicom.Dataset],
-    bundle: Bundle,
+    bundle: Bundle | ZooBundle,
     *,
     threads: int | None = None,
     max_pixel_bytes: int = MAX_PIXEL_BYTES,
@@ -104,6 +113,21 @@ def analyze(
         datasets, max_pixel_bytes=max_pixel_bytes, max_frame_bytes=max_frame_bytes
     )
     lap("series_to_volume")
+    if isinstance(bundle, ZooBundle):  # the bundle's own pre-, post-processing and inferer
+        result = run_zoo(volume, bundle, threads=threads)
+        lap("predict")
+        timings["total"] = time.perf_counter() - start
+        return Analysis(
+            findings=result.findings,
+            risk=result.risk,
+            timings=timings,
+            input_sop_uids=list(volume.sop_instance_uids),
+            model=bundle.to_dict() | {"kind": result.kind},
+            label_map=result.label_map,
+            volume=volume,
+            kind=result.kind,
+            evaluations=result.evaluations,
+        )
     tensor = pre_process(volume, bundle)
     lap("pre_process")
     prob = predict(tensor, bundle, threads=threads)

@@ -19,15 +19,13 @@ from radpipe.common.report import QUALITATIVE_EVALUATIONS
 from .findings import Finding
 from .result_context import (
     AI_LABEL,
-    CATEGORY,
-    LUNG,
     MANUFACTURER,
-    NODULE,
     ResultContext,
     center_index,
 )
 from .service import Analysis
 from .volume import Volume
+from .zoo import finding_codes, finding_label, private_code
 
 __all__ = ["QUALITATIVE_EVALUATIONS", "report"]
 
@@ -65,22 +63,28 @@ def report(
                 source, referenced_frame_numbers=[frame] if frame else None
             ),
         )
+        category, finding_type, sites = finding_codes(finding)
+        sized = [
+            hd.sr.Measurement(
+                name=codes.SCT.Diameter,
+                value=round(finding.diameter_mm, 2),
+                unit=codes.UCUM.Millimeter,
+            )
+        ]
+        if getattr(finding, "kind", "") == "segmentation":  # a zoo label: a volume, no diameter
+            sized = []
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=tracking[number - 1], identifier=f"Nodule {number}"
+                    uid=tracking[number - 1], identifier=finding_label(finding, number)
                 ),
                 referenced_region=region,
-                finding_type=NODULE,
-                finding_category=CATEGORY,
-                finding_sites=[hd.sr.FindingSite(LUNG)],
+                finding_type=finding_type,
+                finding_category=category,
+                finding_sites=[hd.sr.FindingSite(site) for site in sites] or None,
                 algorithm_id=algorithm,
                 measurements=[
-                    hd.sr.Measurement(
-                        name=codes.SCT.Diameter,
-                        value=round(finding.diameter_mm, 2),
-                        unit=codes.UCUM.Millimeter,
-                    ),
+                    *sized,
                     hd.sr.Measurement(
                         name=codes.SCT.Volume,
                         value=round(finding.volume_mm3, 1),
@@ -99,6 +103,8 @@ def report(
         ),
     )
     measurements: list[Any] = list(groups)
+    if analysis.evaluations:  # a classification bundle: TID 1501, its class scores
+        measurements.append(_classification(ctx, analysis, algorithm))
     if not measurements:
         stand_in = hd.sr.TrackingIdentifier(uid=ctx.uid("sr-stand-in"), identifier="none")
         measurements = [hd.sr.MeasurementsAndQualitativeEvaluations(stand_in)]
@@ -110,7 +116,7 @@ def report(
     )
     root = report[0]
     _name_library_frames(root, library)
-    if not groups:
+    if not groups and not analysis.evaluations:
         for item in root.ContentSequence:
             if item.name == codes.DCM.ImagingMeasurements:
                 del item.ContentSequence
@@ -201,10 +207,38 @@ def _name_library_frames(root: pydicom.Dataset, library: Sequence[pydicom.Datase
             reference.ReferencedFrameNumber = frame
 
 
+def _classification(
+    ctx: ResultContext, analysis: Analysis, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of a classification bundle: each class's probability (TID 300, UCUM
+    "1") and the chosen class as its Finding (TID 1501 row 3)."""
+    scores = [
+        hd.sr.Measurement(
+            name=private_code(f"{e.name} probability"),
+            value=round(e.probability, 4),
+            unit=codes.UCUM.NoUnits,
+            algorithm_id=algorithm,
+        )
+        for e in analysis.evaluations
+    ]
+    chosen = next((e.name for e in analysis.evaluations if e.selected), "unclassified")
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("classification-tracking"), identifier="Classification"
+        ),
+        finding_type=private_code(chosen),
+        algorithm_id=algorithm,
+        measurements=scores,
+    )
+
+
 def _evaluations(analysis: Analysis) -> hd.sr.ContainerContentItem:
     risk = analysis.risk
     n = len(analysis.findings)
     found = f"{n} lung nodule(s) detected" if n else "No lung nodule detected"
+    if analysis.model.get("format") == "monai-zoo":
+        chosen = [e.name for e in analysis.evaluations if e.selected]
+        found = f"Class: {chosen[0]}" if chosen else f"{n} finding(s)"
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
