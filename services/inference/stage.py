@@ -28,24 +28,30 @@ from radpipe.common.metrics import STAGE_SECONDS
 from radpipe.common.monitoring import record_analysis
 from radpipe.common.studies import StudyState
 
-from .bundle import Bundle, load_bundle, select_device
+from .bundle import Bundle, select_device
 from .outputs import build_results
 from .registry import Entry, discover, route
 from .result_context import UnsupportedSources
 from .service import VolumeError, analyze
+from .zoo import BundleError, ZooBundle, load_model
 
 log = get_logger("radpipe.inference")
-_bundles: dict[Path, Bundle] = {}
+_bundles: dict[Path, Bundle | ZooBundle] = {}
 _bundles_lock = threading.Lock()
 
 
-def bundle_for(ctx: Context, entry: Entry) -> Bundle:
-    """The bundle of a registry entry, loaded once per worker process."""
+def bundle_for(ctx: Context, entry: Entry) -> Bundle | ZooBundle:
+    """The bundle of a registry entry (Radpipe's format or a MONAI Model Zoo one), loaded
+    once per worker process; one whose files differ from its recorded sha256 manifest is
+    refused (``PipelineError`` naming ``radpipe models verify``)."""
     with _bundles_lock:
         if entry.path not in _bundles:
-            _bundles[entry.path] = load_bundle(
-                entry.path, select_device(ctx.settings.inference_device)
-            )
+            try:
+                _bundles[entry.path] = load_model(
+                    entry.path, select_device(ctx.settings.inference_device)
+                )
+            except (BundleError, ValueError) as exc:
+                raise PipelineError(str(exc)) from None
         return _bundles[entry.path]
 
 
