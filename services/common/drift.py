@@ -36,7 +36,7 @@ SCALARS = ("pixel_spacing_mm", "slice_thickness_mm")
 FEATURES = (*SCALARS, "hu")
 PSI_FLOOR = 1e-4
 #: Voxels the HU histogram of one volume is taken over at most (a regular subsample).
-HU_SAMPLE_VOXELS = 2_000_000
+HU_SAMPLE_VOXELS = 500_000
 
 
 class BadReference(ValueError):
@@ -92,13 +92,19 @@ def ratio(part: float, whole: float) -> float | None:
 
 
 def hu_histogram(array: np.ndarray, edges: Sequence[float] = HU_EDGES) -> list[float]:
-    """The HU distribution of a volume over ``edges``, from a regular in-plane subsample of at
-    most :data:`HU_SAMPLE_VOXELS` voxels (~20 ms for 512x512x300 on one core)."""
+    """The HU distribution of a volume over ``edges``, from a regular subsample of at most
+    :data:`HU_SAMPLE_VOXELS` voxels (~0.1 s for 512x512x300 on one core, memory-bound)."""
     if array.size == 0:
         raise ValueError("an empty volume has no HU distribution")
-    step = max(1, math.ceil(math.sqrt(array.size / HU_SAMPLE_VOXELS)))
-    sample = array[..., ::step, ::step] if array.ndim >= 2 else array
-    return proportions(bin_counts(sample.ravel(), edges))
+    flat = np.ravel(array)  # a view of a contiguous volume
+    sample = flat[:: max(1, math.ceil(flat.size / HU_SAMPLE_VOXELS))]
+    bounds = np.asarray(edges, dtype=float)
+    widths = np.diff(bounds)
+    if np.allclose(widths, widths[0]):  # numpy's fast path for equal bins (the default ones)
+        clipped = np.clip(sample, bounds[0], bounds[-1])
+        counts, _ = np.histogram(clipped, bins=len(widths), range=(bounds[0], bounds[-1]))
+        return proportions(counts)
+    return proportions(bin_counts(sample, edges))
 
 
 def input_stats(

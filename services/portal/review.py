@@ -277,7 +277,7 @@ def sign(ctx: Context, caller: Principal, study_id: str) -> dict[str, Any]:
         raise Conflict(f"study {study_id} changed meanwhile (re-opened or signed); reload it")
     AuthService(ctx.documents).audit(caller, "study.sign", study_id, verified=len(verified))
     model = (study.get("analysis") or {}).get("model") or {}
-    rejected = len(signed["rejected"])  # model monitoring: false positives per signed study
+    rejected = len(findings) - len(verified)  # model monitoring: false positives per study
     record_signed(ctx.documents, study_id, study.get("version", 1), model, len(findings), rejected)
     if report is not None:
         ctx.tasks.send("export", study_id)
