@@ -1,7 +1,10 @@
 # Radpipe container image: one image for every service (ingest, portal, notify, workers).
 #
-#   docker build -t ghcr.io/radpipe/radpipe:0.1.0 .                            # CPU
+#   docker build --build-arg TORCH_INDEX_URL=<PyTorch's CPU wheel index> \
+#       -t ghcr.io/radpipe/radpipe:0.1.0 .                                        # CPU
 #   docker build --build-arg VARIANT=cuda -t ghcr.io/radpipe/radpipe:0.1.0-cuda .  # NVIDIA GPU
+#
+# The README ("Container images") says which index URL to pass and why.
 #
 # Build with BuildKit (the default builder since Docker 23): it builds only the stages the
 # chosen VARIANT needs, so a CPU build never pulls the CUDA base image.
@@ -19,7 +22,9 @@ ARG VARIANT=cpu
 # torch is pinned here and in pyproject.toml; the variant only picks the wheel build.
 ARG TORCH_VERSION=2.13.0
 # Index to take torch from: PyTorch's own CPU or CUDA wheel index for the matching variant
-# (pass it with --build-arg TORCH_INDEX_URL=...); empty means pip's configured index.
+# (--build-arg TORCH_INDEX_URL=...). No default (no package index host is written here): the
+# CPU variant requires it, since the default index serves the multi-gigabyte CUDA build for
+# x86_64 under the same version; for the CUDA variant empty means pip's configured index.
 ARG TORCH_INDEX_URL=
 # The prebuilt OHIF viewer (npm @ohif/app) the portal serves at /ohif; the Makefile's version.
 ARG OHIF_VERSION=3.11.1
@@ -46,14 +51,20 @@ RUN npm pack --silent "@ohif/app@${OHIF_VERSION}" \
 
 # ---------------------------------------------------------------------------------------
 # runtime-cpu: Debian slim with the CPU-only torch wheel (a few hundred MB, not GBs of CUDA).
+# Fails without TORCH_INDEX_URL, and fails if the torch it got was built with CUDA.
 FROM python:3.11-slim AS runtime-cpu
 ARG TORCH_VERSION
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 ARG TORCH_INDEX_URL
-RUN python -m venv /opt/venv \
+RUN if [ -z "${TORCH_INDEX_URL}" ]; then \
+        echo "TORCH_INDEX_URL is not set: pass PyTorch's CPU wheel index with --build-arg TORCH_INDEX_URL=... (README, Container images)" >&2; \
+        exit 1; \
+    fi \
+    && python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir \
-        ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
+        --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
+    && /opt/venv/bin/python -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA {torch.version.cuda} build: TORCH_INDEX_URL must be the CPU wheel index') if torch.version.cuda else print('torch', torch.__version__, 'CPU build')"
 
 # ---------------------------------------------------------------------------------------
 # runtime-cuda: NVIDIA's runtime image (driver-facing CUDA libraries) with Python 3.11.
@@ -105,9 +116,11 @@ RUN groupadd --system --gid 10001 radpipe \
 # again here; not in the torch step, whose index mirrors only some of their versions).
 COPY --from=builder /wheels/ /tmp/wheels/
 COPY requirements.lock /tmp/requirements.lock
+# The CPU image checks again once everything is installed: nothing may have replaced its torch
+# with a CUDA build.
 RUN pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels /tmp/requirements.lock \
-    && python -c "import torch, radpipe; print('torch', torch.__version__)"
+    && VARIANT="${VARIANT}" python -c "import os, sys, torch, radpipe; cpu = os.environ['VARIANT'] == 'cpu'; sys.exit(f'the cpu image got a CUDA {torch.version.cuda} build of torch') if cpu and torch.version.cuda else print('torch', torch.__version__, torch.version.cuda or 'CPU')"
 
 # Owned by root, read-only to the service user.
 COPY --from=ohif /ohif/package/dist/ /opt/ohif/

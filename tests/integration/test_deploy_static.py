@@ -12,6 +12,7 @@ A missing tool skips its tests with the command that installs it; with CI=true i
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ WORKERS = {
     "worker-export": "export",
 }
 DEPLOYMENTS = (*HTTP_SERVICES, *WORKERS)
-COMPOSE_SERVICES = {*DEPLOYMENTS, "mongo", "minio", "redis"}
+COMPOSE_SERVICES = {*DEPLOYMENTS, "mongo", "minio", "redis", "proxy"}
 BUCKETS = ("radpipe-raw", "radpipe-deid", "radpipe-results")
 SECRET_KEYS = {
     "RADPIPE_SECRET_KEY",
@@ -55,7 +56,26 @@ PHI_PODS = {"ingest", "worker-deid", "worker-export", "portal"}
 #: The first MinIO release with the fix for CVE-2025-62506 (GHSA-jjjj-jwhf-8rgr) and its commit.
 MINIO_FIXED = "RELEASE.2025-10-15T17-29-55Z"
 MINIO_COMMIT = "9e49d5e7a648f00e26f2246f4dc28e6b07f8c84a"
-RENDER_TARGETS = ("base", "overlays/dev", "overlays/gpu", "overlays/keda")
+RENDER_TARGETS = ("base", "overlays/dev", "overlays/gpu", "overlays/keda", "overlays/gpu-keda")
+GPU_TARGETS = ("overlays/gpu", "overlays/gpu-keda")
+KEDA_TARGETS = ("overlays/keda", "overlays/gpu-keda")
+#: One origin (the Compose proxy, the Kubernetes Ingress): which service answers each path.
+ROUTES = {
+    "/": "portal",
+    "/login": "portal",
+    "/studies/abc": "portal",
+    "/api/studies": "portal",
+    "/api/tat.csv": "portal",
+    "/static/worklist.js": "portal",
+    "/ohif/viewer": "portal",
+    "/admin": "portal",
+    "/dicom-web": "ingest",
+    "/dicom-web/studies": "ingest",
+    "/dicom-web/studies/1.2.3/series": "ingest",
+    "/alerts/ack/token-123": "notify",
+    "/api/alerts": "notify",
+    "/api/alerts/a1/ack": "notify",
+}
 #: The oldest Kubernetes release the manifests promise to work on; the newest one the
 #: installed kubernetes-validate knows is checked too.
 OLDEST_KUBERNETES = "1.30.0"
@@ -144,6 +164,41 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def _stage_runs() -> dict[str, str]:
+    """Each build stage's RUN instructions, joined, by the stage's name."""
+    runs: dict[str, str] = {}
+    stage = ""
+    for keyword, rest in _dockerfile_instructions():
+        if keyword == "FROM":
+            stage = rest.split()[-1]
+        elif keyword == "RUN" and stage:
+            runs[stage] = runs.get(stage, "") + " " + rest
+    return runs
+
+
+def test_the_cpu_build_refuses_a_cuda_torch(tmp_path: Path) -> None:
+    """The CPU stage's check, run against a stand-in torch of each kind."""
+    [check] = re.findall(r'/opt/venv/bin/python -c "([^"]+)"', _stage_runs()["runtime-cpu"])
+    for cuda, fails in ((None, False), ("12.8", True)):
+        fake = tmp_path / f"torch-{cuda}"
+        (fake / "torch").mkdir(parents=True)
+        (fake / "torch" / "__init__.py").write_text(
+            f"__version__ = '2.13.0'\nclass version:\n    cuda = {cuda!r}\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", check],
+            env={"PYTHONPATH": str(fake), "PATH": os.environ.get("PATH", "")},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (result.returncode != 0) is fails, result.stderr
+        if fails:
+            assert "is a CUDA 12.8 build" in result.stderr
+        else:
+            assert "CPU build" in result.stdout
+
+
 def test_hadolint_passes_without_findings(hadolint: str) -> None:
     result = subprocess.run(
         [hadolint, "--no-color", "Dockerfile"],
@@ -168,7 +223,17 @@ def test_dockerfile_follows_the_image_contract() -> None:
     assert "python:3.11-slim" in froms
     assert any(re.fullmatch(r"nvidia/cuda:[\w.]+-runtime-[\w.]+", image) for image in froms)
     assert froms[-1] == "runtime-${VARIANT}"
-    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in runs
+    stages = _stage_runs()
+    # CPU: torch from the index that must be given (no default, no host written here), and
+    # the build fails on a CUDA torch, in its stage and again once everything is installed.
+    assert "TORCH_INDEX_URL=" in args, "declared without a default"
+    cpu = stages["runtime-cpu"]
+    assert 'if [ -z "${TORCH_INDEX_URL}" ]; then' in cpu and "exit 1" in cpu
+    assert '--index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"' in cpu
+    assert "if torch.version.cuda" in cpu and "sys.exit(" in cpu
+    assert "cpu and torch.version.cuda" in stages["runtime"]
+    # CUDA: the index is optional there (pip's default index serves the CUDA build).
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in stages["runtime-cuda"]
     assert '"torch==${TORCH_VERSION}"' in runs
     assert "pip wheel" in runs
     assert "--uid 10001" in runs
@@ -430,8 +495,15 @@ def test_compose_commands_follow_the_cli_contract(compose_config: dict[str, Any]
     ]
     # deid reads RADPIPE_INFERENCE_QUEUE from .env to hand studies to the GPU worker.
     assert "RADPIPE_INFERENCE_QUEUE" in _env(services["worker-deid"])
-    assert (8042, 8000) in _published(services["ingest"])
-    assert (8080, 8000) in _published(services["portal"])
+    # One origin: no Radpipe HTTP port is published, only the proxy's; DIMSE (not HTTP) is,
+    # and the SCP is turned on where it is.
+    for name in HTTP_SERVICES:
+        assert all(container != 8000 for _, container in _published(services[name])), name
+    assert _published(services["ingest"]) == {(11112, 11112)}
+    assert _env(services["ingest"])["RADPIPE_DIMSE_PORT"] == "11112"
+    for name in set(DEPLOYMENTS) - {"ingest"}:
+        assert "RADPIPE_DIMSE_PORT" not in _env(services[name]), name
+    assert _published(services["proxy"]) == {(80, 80), (443, 443)}
 
 
 def test_compose_health_checks_gate_startup(compose_config: dict[str, Any]) -> None:
@@ -463,7 +535,7 @@ def test_compose_every_radpipe_service_gets_the_same_store_credentials(
         "RADPIPE_S3_ENDPOINT": "http://minio:9000",
         "RADPIPE_SECRET_KEY": example["RADPIPE_SECRET_KEY"],
         "RADPIPE_BROKER_URL": f"redis://:{redis_password}@redis:6379/0",
-        "RADPIPE_PUBLIC_URL": example["RADPIPE_PUBLIC_URL"],
+        "RADPIPE_PUBLIC_URL": f"https://{example['RADPIPE_PUBLIC_HOST']}",
     }
     for name, service in _radpipe_services(compose_config).items():
         env = _env(service)
@@ -588,6 +660,75 @@ def test_compose_refuses_to_start_without_store_passwords(
         assert "set it in .env" in result.stderr, missing
 
 
+CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
+
+
+def _caddy_routes() -> tuple[str, list[tuple[list[str], str]]]:
+    """(site address, [(path patterns, upstream)]) of the Caddyfile, its handle blocks in
+    order, the catch-all last with no pattern."""
+    text = "\n".join(line.split("#")[0] for line in CADDYFILE.read_text().splitlines())
+    matchers = {m[1]: m[2].split() for m in re.finditer(r"^\s*@(\w+) path (.+)$", text, re.M)}
+    routes = []
+    for block in re.finditer(r"^\thandle( @\w+)? \{(.*?)^\t\}", text, re.M | re.S):
+        [upstream] = re.findall(r"reverse_proxy (\S+)", block[2])
+        name = block[1].strip()[1:] if block[1] else None
+        routes.append((matchers[name] if name else [], upstream))
+    [site] = re.findall(r"^(\S+) \{$", text, re.M)
+    return site, routes
+
+
+def _caddy_route(routes: list[tuple[list[str], str]], path: str) -> str:
+    for patterns, upstream in routes:
+        for pattern in patterns:
+            if path == pattern or (pattern.endswith("/*") and path.startswith(pattern[:-1])):
+                return upstream
+    [fallback] = [upstream for patterns, upstream in routes if not patterns]
+    return fallback
+
+
+def test_compose_proxy_gives_one_origin_to_portal_dicomweb_and_alert_links(
+    compose_config: dict[str, Any],
+) -> None:
+    site, routes = _caddy_routes()
+    assert site == "{$RADPIPE_PUBLIC_HOST:localhost}"
+    assert routes[-1][0] == [], "the portal is the catch-all, last"
+    for path, service in ROUTES.items():
+        assert _caddy_route(routes, path) == f"{service}:8000", path
+    text = CADDYFILE.read_text()
+    assert "tls {$RADPIPE_PROXY_TLS:internal}" in text
+    assert "request>uri delete" in text, "no query string (original UIDs) in the proxy log"
+    assert "max_size 16GB" in text and "flush_interval -1" in text  # STOW-RS streamed
+    proxy = compose_config["services"]["proxy"]
+    example = _env_example()
+    assert _env(proxy)["RADPIPE_PUBLIC_HOST"] == example["RADPIPE_PUBLIC_HOST"]
+    for name in HTTP_SERVICES:  # the origin every link is built from is the proxy's
+        assert _env(compose_config["services"][name])["RADPIPE_PUBLIC_URL"] == (
+            f"https://{example['RADPIPE_PUBLIC_HOST']}"
+        )
+    mounts = {
+        (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+        for v in proxy["volumes"]
+    }
+    assert (str(CADDYFILE), "/etc/caddy/Caddyfile") in mounts
+    assert proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    assert proxy["cap_add"] == ["NET_BIND_SERVICE"]
+    assert "no-new-privileges:true" in proxy["security_opt"]
+    assert not any(key.startswith(("RADPIPE_S3_", "RADPIPE_SECRET")) for key in _env(proxy))
+    conditions = {dep: spec["condition"] for dep, spec in proxy["depends_on"].items()}
+    assert conditions == dict.fromkeys(HTTP_SERVICES, "service_healthy")
+
+
+def test_compose_cpu_image_is_built_from_the_cpu_torch_index(
+    compose_config: dict[str, Any],
+) -> None:
+    services = compose_config["services"]
+    for name, service in _radpipe_services(compose_config).items():
+        args = service["build"]["args"]
+        assert "TORCH_INDEX_URL" in args, name
+        assert args["VARIANT"] == ("cuda" if name == "worker-inference-gpu" else "cpu"), name
+    assert services["ingest"]["build"]["args"]["TORCH_INDEX_URL"] == ""  # from .env
+
+
 # ------------------------------------------------------------------------------ kustomize
 
 Manifest = dict[str, Any]
@@ -603,7 +744,18 @@ MERGE_KEYS = {
     "ports": "containerPort",
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "namespace", "patches", "replicas"}
+KUSTOMIZATION_FIELDS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "namespace",
+    "configMapGenerator",
+    "patches",
+    "replicas",
+}
+#: An object a generator made: its name gets the content hash when the build ends.
+GENERATED = "__generated__"
 
 
 def _load_all(path: Path) -> list[Manifest]:
@@ -648,27 +800,75 @@ def _same_object(a: Manifest, b: Manifest) -> bool:
     )
 
 
-def render(directory: Path, used: set[Path] | None = None) -> list[Manifest]:
-    """`kustomize build DIRECTORY` for the fields these kustomizations use.
+def _literal(text: str) -> tuple[str, str]:
+    """A configMapGenerator literal, KEY=VALUE (kustomize drops quotes around VALUE)."""
+    key, sep, value = text.partition("=")
+    assert sep and key, f"not KEY=VALUE: {text!r}"
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return key, value
 
-    Fields it does not implement fail the test instead of being ignored, so it never
-    renders something other than what kubectl would apply.
-    """
-    used = set() if used is None else used
+
+def _generate(objects: list[Manifest], generators: list[Manifest], where: Path) -> None:
+    """configMapGenerator: literals and options.labels; behavior create, merge or replace."""
+    for generator in generators:
+        unknown = set(generator) - {"name", "behavior", "literals", "options"}
+        assert not unknown, f"{where}: the test renderer lacks configMapGenerator {unknown}"
+        assert set(generator.get("options", {})) <= {"labels"}, where
+        data = dict(_literal(item) for item in generator.get("literals", []))
+        labels = generator.get("options", {}).get("labels", {})
+        behavior = generator.get("behavior", "create")
+        existing = [
+            o
+            for o in objects
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == generator["name"]
+        ]
+        if behavior == "create":
+            assert not existing, f"{where}: {generator['name']} exists: use behavior merge"
+            metadata: Manifest = {"name": generator["name"]}
+            if labels:
+                metadata["labels"] = dict(labels)
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": metadata,
+                    "data": data,
+                    GENERATED: True,
+                }
+            )
+            continue
+        assert behavior in ("merge", "replace"), f"{where}: behavior {behavior}"
+        [target] = existing
+        target["data"] = {**target["data"], **data} if behavior == "merge" else data
+        if labels:
+            target["metadata"].setdefault("labels", {}).update(labels)
+
+
+def _accumulate(directory: Path, used: set[Path], objects: list[Manifest]) -> list[Manifest]:
+    """One kustomization (or a Component, which works on the objects accumulated so far):
+    resources, then components, then generators, then patches, replicas and namespace (the
+    order kustomize runs them in)."""
     kustomization_file = directory / "kustomization.yaml"
     used.add(kustomization_file)
     kustomization = yaml.safe_load(kustomization_file.read_text())
     unknown = set(kustomization) - KUSTOMIZATION_FIELDS
     assert not unknown, f"{kustomization_file}: the test renderer lacks {sorted(unknown)}"
+    component = kustomization["kind"] == "Component"
+    assert kustomization["kind"] in ("Kustomization", "Component"), kustomization_file
+    if not component:
+        objects = []
 
-    objects: list[Manifest] = []
     for entry in kustomization.get("resources", []):
         path = (directory / entry).resolve()
         if path.is_dir():
-            objects += render(path, used)
+            objects += _accumulate(path, used, [])
         else:
             used.add(path)
             objects += _load_all(path)
+    for entry in kustomization.get("components", []):
+        objects = _accumulate((directory / entry).resolve(), used, objects)
+    _generate(objects, kustomization.get("configMapGenerator", []), kustomization_file)
 
     for patch_entry in kustomization.get("patches", []):
         assert set(patch_entry) == {"path"}, f"unsupported patch entry {patch_entry}"
@@ -699,6 +899,59 @@ def render(directory: Path, used: set[Path] | None = None) -> list[Manifest]:
     return objects
 
 
+def config_map_hash(config_map: Manifest) -> str:
+    """kustomize's name suffix: SHA-256 of Go's JSON of kind, name and data (the name read
+    as "" by kustomize 5), its first ten hex digits with 0 1 3 a e mapped to g h k m t."""
+    encoded = json.dumps(
+        {"kind": "ConfigMap", "name": "", "data": config_map.get("data", {})},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    for char, escape in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        encoded = encoded.replace(char, escape)  # Go's json.Marshal escapes HTML characters
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def _config_map_refs(pod: Manifest) -> Iterator[Manifest]:
+    """Every place a pod spec names a ConfigMap (each yielded dict has its ``name``)."""
+    for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                yield source["configMapRef"]
+        for variable in container.get("env", []):
+            if "configMapKeyRef" in variable.get("valueFrom", {}):
+                yield variable["valueFrom"]["configMapKeyRef"]
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            yield volume["configMap"]
+
+
+def _finish(objects: list[Manifest]) -> None:
+    """Generated ConfigMaps get their hash suffix, and every reference follows the name."""
+    renamed = {}
+    for obj in objects:
+        if obj.pop(GENERATED, False):
+            name = obj["metadata"]["name"]
+            renamed[name] = obj["metadata"]["name"] = f"{name}-{config_map_hash(obj)}"
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            for ref in _config_map_refs(obj["spec"]["template"]["spec"]):
+                ref["name"] = renamed.get(ref["name"], ref["name"])
+
+
+def render(directory: Path, used: set[Path] | None = None) -> list[Manifest]:
+    """`kustomize build DIRECTORY` for the fields these kustomizations use.
+
+    Fields it does not implement fail the test instead of being ignored, so it never
+    renders something other than what kubectl would apply.
+    """
+    objects = _accumulate(directory, set() if used is None else used, [])
+    _finish(objects)
+    return objects
+
+
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Manifest]]:
     return {target: render(K8S / target) for target in RENDER_TARGETS}
@@ -711,6 +964,17 @@ def _objects(objects: list[Manifest], kind: str) -> dict[str, Manifest]:
 def _containers(deployment: Manifest) -> list[Manifest]:
     containers: list[Manifest] = deployment["spec"]["template"]["spec"]["containers"]
     return containers
+
+
+def _config(objects: list[Manifest]) -> Manifest:
+    """The generated radpipe-config ConfigMap (its name carries its content hash)."""
+    [config] = [
+        obj
+        for obj in objects
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith("radpipe-config-")
+    ]
+    assert config["metadata"]["name"] == f"radpipe-config-{config_map_hash(config)}"
+    return config
 
 
 def _selects(selector: Manifest, labels: dict[str, str]) -> bool:
@@ -783,6 +1047,8 @@ def test_k8s_manifests_pass_kubernetes_validate(
         "Service",
         "NetworkPolicy",
         "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Ingress",
     }
 
 
@@ -820,7 +1086,8 @@ def test_k8s_deployments_are_locked_down_and_sized(
             mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
             assert "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp must be an emptyDir"
             assert "emptyDir" in volumes[mounts["/data"]], f"{name}: /data must be an emptyDir"
-            assert {"configMapRef": {"name": "radpipe-config"}} in container["envFrom"]
+            config = _config(rendered[target])["metadata"]["name"]
+            assert {"configMapRef": {"name": config}} in container["envFrom"]
             assert {"secretRef": {"name": "radpipe-secrets"}} in container["envFrom"]
             assert container["image"].startswith(f"{IMAGE}:0.1.0"), name
 
@@ -831,7 +1098,7 @@ def test_k8s_http_services_probe_healthz_and_readyz(
 ) -> None:
     deployments = _objects(rendered[target], "Deployment")
     services = _objects(rendered[target], "Service")
-    assert set(services) == set(HTTP_SERVICES)
+    assert set(services) == {*HTTP_SERVICES, "ingest-dimse"}  # + DIMSE from outside
     for name in HTTP_SERVICES:
         [container] = _containers(deployments[name])
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
@@ -856,17 +1123,17 @@ def test_k8s_the_inference_queue_deid_feeds_has_a_consumer(
     rendered: dict[str, list[Manifest]], target: str
 ) -> None:
     objects = rendered[target]
-    config = _objects(objects, "ConfigMap")["radpipe-config"]["data"]
+    config = _config(objects)["data"]
     [container] = _containers(_objects(objects, "Deployment")["worker-inference"])
     consumed = container["args"][container["args"].index("--queue") + 1]
-    expected = "inference-gpu" if target == "overlays/gpu" else "inference-cpu"
+    expected = "inference-gpu" if target in GPU_TARGETS else "inference-cpu"
     assert config["RADPIPE_INFERENCE_QUEUE"] == consumed == expected
 
 
 def test_k8s_settings_keep_secrets_out_of_the_configmap(
     rendered: dict[str, list[Manifest]],
 ) -> None:
-    config = _objects(rendered["base"], "ConfigMap")["radpipe-config"]["data"]
+    config = _config(rendered["base"])["data"]
     assert all(key.startswith("RADPIPE_") for key in config)
     assert not SECRET_KEYS & set(config)
     secrets = {s["metadata"]["name"]: s for s in _example_secrets()}
@@ -993,12 +1260,15 @@ def test_k8s_gpu_overlay_puts_inference_on_a_gpu(rendered: dict[str, list[Manife
     }
 
 
-def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest]]) -> None:
+@pytest.mark.parametrize("target", KEDA_TARGETS)
+def test_keda_overlay_scales_workers_on_queues(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
     """ScaledObject is a custom resource: checked by its structure, not a schema."""
-    objects = rendered["overlays/keda"]
+    objects = rendered[target]
     deployments = _objects(objects, "Deployment")
     scaled = _objects(objects, "ScaledObject")
-    assert set(scaled) == {"worker-deid", "worker-inference"}
+    assert set(scaled) == set(WORKERS)
     lists = {}
     for obj in scaled.values():
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
@@ -1022,7 +1292,18 @@ def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest
         assert metadata["listLength"].isdigit()
         lists[spec["scaleTargetRef"]["name"]] = metadata["listName"]
         assert trigger["authenticationRef"] == {"name": "radpipe-redis"}  # Redis's password
-    assert lists == {"worker-deid": "deid", "worker-inference": "inference-cpu"}
+    inference = "inference-gpu" if target in GPU_TARGETS else "inference-cpu"
+    assert lists == {
+        "worker-deid": "deid",
+        "worker-inference": inference,
+        "worker-notify": "notify",
+        "worker-export": "export",
+    }
+    # The queue each ScaledObject watches is the one its Deployment consumes.
+    for name, queue in lists.items():
+        [container] = _containers(deployments[name])
+        if "--queue" in container["args"]:
+            assert container["args"][container["args"].index("--queue") + 1] == queue
     assert not _objects(objects, "HorizontalPodAutoscaler"), "KEDA owns the HPAs here"
     keda_policy = _objects(objects, "NetworkPolicy")["redis-ingress-keda"]["spec"]
     assert keda_policy["ingress"][0]["ports"] == [{"port": 6379, "protocol": "TCP"}]
@@ -1030,6 +1311,148 @@ def test_keda_overlay_scales_workers_on_queues(rendered: dict[str, list[Manifest
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "radpipe-redis", "key": "password"}
     ]
+
+
+def test_keda_covers_every_queue_of_the_bus(rendered: dict[str, list[Manifest]]) -> None:
+    from radpipe.common.queues import QUEUES
+
+    watched = {
+        obj["spec"]["triggers"][0]["metadata"]["listName"]
+        for target in KEDA_TARGETS
+        for obj in _objects(rendered[target], "ScaledObject").values()
+    }
+    assert watched == set(QUEUES)
+    gpu = _objects(rendered["overlays/gpu-keda"], "ScaledObject")["worker-inference"]["spec"]
+    assert gpu["maxReplicaCount"] == 2  # the GPUs of the node pool
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", *GPU_TARGETS])
+def test_k8s_an_overlay_that_changes_the_config_rolls_every_pod_that_reads_it(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    """configMapGenerator: the ConfigMap's name carries the hash of its data, and every
+    Deployment's envFrom names it, so a changed setting changes every pod template that reads
+    it (kubectl apply then rolls those pods); no reference is left to a missing ConfigMap."""
+    base_config, config = _config(rendered["base"]), _config(rendered[target])
+    assert config["data"] != base_config["data"]
+    assert config["metadata"]["name"] != base_config["metadata"]["name"]
+    assert config["metadata"]["labels"]["app.kubernetes.io/part-of"] == "radpipe"
+    names = set(_objects(rendered[target], "ConfigMap"))
+    base_deployments = _objects(rendered["base"], "Deployment")
+    for name, deployment in _objects(rendered[target], "Deployment").items():
+        refs = [r["name"] for r in _config_map_refs(deployment["spec"]["template"]["spec"])]
+        assert refs and set(refs) <= names, name
+        assert config["metadata"]["name"] in refs, f"{name} does not read the config"
+        before = base_deployments[name]["spec"]["template"]
+        assert deployment["spec"]["template"] != before, f"{name} would not be restarted"
+
+
+def test_k8s_config_hash_is_kustomizes() -> None:
+    """The suffix kustomize 5 gives a generated ConfigMap (checked against kubectl too)."""
+    assert config_map_hash({"data": {"A": "b"}}) == "b9t2424hkf"
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_every_deployment_has_a_disruption_budget_and_spreads(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    objects = rendered[target]
+    budgets = _objects(objects, "PodDisruptionBudget")
+    assert set(budgets) == set(DEPLOYMENTS)
+    for name, budget in budgets.items():
+        spec = budget["spec"]
+        assert spec == {"maxUnavailable": 1, "selector": spec["selector"]}, name
+        assert _selected_deployments(objects, spec["selector"]) == {name}
+    for name, deployment in _objects(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]
+        spread = pod["spec"]["topologySpreadConstraints"]
+        keys = {c["topologyKey"] for c in spread}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        for constraint in spread:
+            assert constraint["maxSkew"] == 1
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", name
+            # Counts this Deployment's own pods, and only them.
+            assert _selected_deployments(objects, constraint["labelSelector"]) == {name}
+
+
+def _ingress_route(ingresses: dict[str, Manifest], host: str, path: str) -> tuple[str, str]:
+    """(service, port name) an Ingress controller sends HOST/PATH to: the longest Prefix path
+    of the rules for that host, over every Ingress (as ingress-nginx merges them)."""
+    best: tuple[int, tuple[str, str]] | None = None
+    for ingress in ingresses.values():
+        for rule in ingress["spec"]["rules"]:
+            if rule["host"] != host:
+                continue
+            for item in rule["http"]["paths"]:
+                assert item["pathType"] == "Prefix"
+                prefix = item["path"].rstrip("/")
+                if path == prefix or path.startswith(prefix + "/") or prefix == "":
+                    service = item["backend"]["service"]
+                    if best is None or len(prefix) > best[0]:
+                        best = (len(prefix), (service["name"], service["port"]["name"]))
+    assert best is not None, f"no route for {host}{path}"
+    return best[1]
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_ingress_serves_portal_dicomweb_and_alert_links_on_one_tls_origin(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    objects = rendered[target]
+    ingresses = _objects(objects, "Ingress")
+    assert set(ingresses) == {"radpipe", "radpipe-dicomweb"}
+    public = urlsplit(_config(objects)["data"]["RADPIPE_PUBLIC_URL"])
+    assert public.scheme == "https" and public.path in ("", "/")
+    host = public.hostname
+    assert host is not None
+    for ingress in ingresses.values():
+        spec = ingress["spec"]
+        assert spec["tls"] == [{"hosts": [host], "secretName": "radpipe-tls"}]
+        assert [rule["host"] for rule in spec["rules"]] == [host]
+    for path, service in ROUTES.items():
+        assert _ingress_route(ingresses, host, path) == (service, "http"), path
+    # Each backend is a Service of this deployment with that port, in front of that
+    # Deployment's pods; STOW-RS bodies are streamed and may be whole studies.
+    services = _objects(objects, "Service")
+    for name in HTTP_SERVICES:
+        assert "http" in {p["name"] for p in services[name]["spec"]["ports"]}
+        assert _selected_deployments(
+            objects, {"matchLabels": services[name]["spec"]["selector"]}
+        ) == {name}
+    dicomweb = ingresses["radpipe-dicomweb"]["metadata"]["annotations"]
+    assert dicomweb["nginx.ingress.kubernetes.io/proxy-body-size"] == "16g"
+    assert dicomweb["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+
+
+@pytest.mark.parametrize("target", RENDER_TARGETS)
+def test_k8s_dimse_is_on_where_its_port_is_published(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    objects = rendered[target]
+    deployments = _objects(objects, "Deployment")
+    [ingest] = _containers(deployments["ingest"])
+    ports = {p["name"]: p["containerPort"] for p in ingest["ports"]}
+    env = {item["name"]: item.get("value") for item in ingest["env"]}
+    assert env["RADPIPE_DIMSE_PORT"] == str(ports["dimse"]) == "11112"
+    assert "RADPIPE_DIMSE_PORT" not in _config(objects)["data"]  # only ingest listens
+    for name, deployment in deployments.items():
+        if name != "ingest":
+            for container in _containers(deployment):
+                assert "dimse" not in {p.get("name") for p in container.get("ports", [])}
+    services = _objects(objects, "Service")
+    external = services["ingest-dimse"]["spec"]
+    [port] = external["ports"]
+    assert port["targetPort"] == "dimse" and port["port"] == 104
+    assert _selected_deployments(objects, {"matchLabels": external["selector"]}) == {"ingest"}
+    if target == "overlays/dev":  # no load balancer in a small cluster
+        assert external["type"] == "NodePort" and port["nodePort"] == 31112
+        assert "loadBalancerSourceRanges" not in external
+    else:
+        assert external["type"] == "LoadBalancer"
+        assert external["loadBalancerSourceRanges"] == ["192.0.2.0/24"]  # reaches nothing
+        assert external["externalTrafficPolicy"] == "Local"  # the modality's own address
 
 
 def _normalized(objects: list[Manifest]) -> list[Manifest]:
