@@ -381,6 +381,137 @@ def audit_hash(value: str) -> None:
     click.echo(keyed(_settings(all_in_one=True).secret, value))
 
 
+@main.group()
+def models() -> None:
+    """MONAI bundles: list them, add one to RADPIPE_MODELS_DIR, verify their sha256."""
+
+
+def _bundle_folders() -> dict[str, Path]:
+    from radpipe.common.routing import declared_bundles
+
+    return {
+        name: folder
+        for name, (folder, _) in declared_bundles(_settings(all_in_one=True).models_dir).items()
+    }
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document instead of text")
+def models_list(as_json: bool) -> None:
+    """Every installed bundle: name, version, kind, the sha256 of its weights and configs,
+    its routing rules (its own and an admin's override) and whether its files are intact."""
+    import json
+
+    from radpipe.inference.zoo import bundle_info
+
+    stored = _overrides()
+    listing = []
+    for name, folder in sorted(_bundle_folders().items()):
+        info = bundle_info(folder)
+        override = stored.get(name)
+        info["routing_override"] = (
+            {"mode": override.get("mode"), "rules": override.get("rules")} if override else None
+        )
+        listing.append(info)
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for info in listing:
+        click.echo(
+            f"{info['name']} {info['version']}  kind={info['kind']}  format={info['format']}  "
+            f"integrity={info['integrity']}\n  path: {info['path']}"
+        )
+        for rel, digest in info["files"].items():
+            click.echo(f"  sha256 {digest}  {rel}")
+        rules = info["routing"]
+        click.echo("  routing: " + (" | ".join(json.dumps(r) for r in rules) or "none declared"))
+        if info["routing_override"]:
+            click.echo(f"  admin override: {json.dumps(info['routing_override'])}")
+
+
+def _overrides() -> dict[str, dict[str, object]]:
+    from radpipe.common.docstore import make_document_store
+    from radpipe.common.routing import overrides
+
+    return overrides(make_document_store(_settings(all_in_one=True)))
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="replace an installed bundle of the same name")
+def models_add(path: Path, replace: bool) -> None:
+    """Copy the bundle at PATH into RADPIPE_MODELS_DIR and record its sha256 manifest; the
+    inference worker refuses it once a recorded file changes."""
+    import json
+    import shutil
+
+    from radpipe.inference.zoo import BundleError, Sidecar, bundle_info, write_manifest
+
+    target_dir = _settings(all_in_one=True).models_dir
+    if target_dir is None:
+        raise click.ClickException(
+            "RADPIPE_MODELS_DIR is not set: set it to the folder the inference workers read "
+            "bundles from, then add the bundle again"
+        )
+    for rel in ("configs/metadata.json", "configs/inference.json"):
+        if not (path / rel).is_file():
+            raise click.ClickException(f"{path} is not a MONAI bundle: {rel} is missing")
+    if not any((path / w).is_file() for w in ("models/model.pt", "models/model.ts")):
+        raise click.ClickException(f"{path} has no weights: models/model.pt or models/model.ts")
+    try:
+        Sidecar.read(path)
+        name = str(json.loads((path / "configs" / "metadata.json").read_text()).get("name") or "")
+    except (BundleError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    name = name or path.name
+    if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise click.ClickException(f"bundle name {name!r}: letters, digits, '_', '-', '.' only")
+    target = target_dir / name
+    if target.exists() and not replace:
+        raise click.ClickException(
+            f"a bundle named {name} is installed at {target}; add --replace to replace it"
+        )
+    target_dir.mkdir(parents=True, exist_ok=True)
+    staging = target_dir / f".{name}.adding"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(path, staging, ignore=shutil.ignore_patterns("__pycache__", "eval"))
+    files = write_manifest(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    info = bundle_info(target)
+    click.echo(f"added {info['name']} {info['version']} ({info['kind']}) at {target}")
+    for rel, digest in files.items():
+        click.echo(f"  sha256 {digest}  {rel}")
+    if not info["routing"]:
+        click.echo(
+            '  no routing rules: add a radpipe.json with "routing" beside its configs/, or '
+            "route it from the portal's admin screen (docs/models.md)"
+        )
+    click.echo("restart the inference workers to load it")
+
+
+@models.command("verify")
+def models_verify() -> None:
+    """Recompute every installed bundle's sha256 against its recorded manifest; exits 1 when
+    a bundle changed (the worker refuses it: re-add the approved bundle)."""
+    from radpipe.inference.zoo import verify_manifest
+
+    failed = False
+    for name, folder in sorted(_bundle_folders().items()):
+        problems = verify_manifest(folder)
+        if problems is None:
+            click.echo(f"{name}: no manifest recorded (not added with `radpipe models add`)")
+        elif problems:
+            failed = True
+            click.echo(f"{name}: CHANGED: {'; '.join(problems)}")
+        else:
+            click.echo(f"{name}: ok")
+    if failed:
+        click.echo("re-add the approved bundle with `radpipe models add PATH --replace`")
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data-dir", type=click.Path(path_type=Path), help="default: $RADPIPE_DATA_DIR")

@@ -226,3 +226,54 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
     pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_models_add_list_verify_and_the_refusal(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from radpipe.cli import main
+
+    source = detection_bundle(tmp_path / "src")
+    env = {"RADPIPE_MODELS_DIR": str(tmp_path / "models"), "RADPIPE_DATA_DIR": str(tmp_path)}
+    runner = CliRunner(env=env)
+    added = runner.invoke(main, ["models", "add", str(source)])
+    assert added.exit_code == 0, added.output
+    target = tmp_path / "models" / "tiny_det"
+    assert (target / MANIFEST).is_file() and (target / "scripts" / "tiny_fpn.py").is_file()
+    assert "sha256" in added.output and "scripts/detection_inferer.py" in added.output
+    again = runner.invoke(main, ["models", "add", str(source)])
+    assert again.exit_code != 0 and "--replace" in again.output
+
+    listed = runner.invoke(main, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    by_name = {b["name"]: b for b in json.loads(listed.output)}
+    det = by_name["tiny_det"]
+    assert det["kind"] == "detection" and det["format"] == "monai-zoo"
+    assert det["integrity"] == "ok" and det["routing"] == ROUTING
+    assert len(det["files"]["models/model.pt"]) == 64
+    assert by_name["lung_nodule_demo"]["format"] == "radpipe"
+    text = runner.invoke(main, ["models", "list"]).output
+    assert "tiny_det 0.1.0  kind=detection" in text and "routing: " in text
+
+    assert runner.invoke(main, ["models", "verify"]).exit_code == 0
+    config = target / "configs" / "inference.json"
+    config.write_text(config.read_text().replace("0.22", "0.5"))
+    verified = runner.invoke(main, ["models", "verify"])
+    assert verified.exit_code == 1
+    assert "tiny_det: CHANGED: configs/inference.json changed" in verified.output
+    with pytest.raises(BundleError, match="radpipe models verify"):
+        load_model(target, CPU)
+    assert runner.invoke(main, ["models", "add", str(source), "--replace"]).exit_code == 0
+    assert runner.invoke(main, ["models", "verify"]).exit_code == 0
+
+
+def test_models_add_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from radpipe.cli import main
+
+    (tmp_path / "empty" / "configs").mkdir(parents=True)
+    env = {"RADPIPE_MODELS_DIR": str(tmp_path / "models"), "RADPIPE_DATA_DIR": str(tmp_path)}
+    result = CliRunner(env=env).invoke(main, ["models", "add", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "configs/metadata.json is missing" in result.output
+    assert not (tmp_path / "models").exists()  # nothing stored
