@@ -178,6 +178,8 @@ class Pipeline:
     settings: Settings
     ingest_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Workers found dead and started again (as ``radpipe up``'s supervisor does).
+    restarted: list[str] = field(default_factory=list)
 
     def spawn(self, name: str, *argv: str) -> None:
         root = Path(__file__).resolve().parents[2]
@@ -210,9 +212,19 @@ class Pipeline:
             f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs.glob("*")
         )
 
+    def tend(self) -> None:
+        """Start again any worker that exited: a broker that goes away can end a worker
+        (kombu, restoring the messages it held, meets the closed connection)."""
+        for stage in STAGES:
+            process = self.processes.get(stage)
+            if process is not None and process.poll() is not None:
+                self.restarted.append(stage)
+                self.worker(stage)
+
     def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.tend()
             value = predicate()
             if value:
                 return value
