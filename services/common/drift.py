@@ -8,7 +8,10 @@ reference ``e`` and an observed ``a`` over the same bins:
   floored at :data:`PSI_FLOOR` (Siddiqi, *Credit Risk Scorecards*, 2006: < 0.1 stable,
   0.1-0.25 a moderate shift, > 0.25 a significant one);
 * the Kolmogorov-Smirnov statistic on the binned distributions, ``max_i |E_i - A_i|`` over the
-  cumulative proportions (the two-sample KS statistic at the bins' resolution).
+  cumulative proportions (the two-sample KS statistic at the bins' resolution);
+* the share outside the training data: the observed mass in bins where the reference has less
+  than :data:`SUPPORT_FLOOR` (a site that scans more narrowly than a broad training set moves
+  PSI a lot without leaving the training data; this tells the two apart).
 
 Nothing here touches a store; ``radpipe.common.monitoring`` records and reads the figures.
 """
@@ -35,6 +38,8 @@ DEFAULT_EDGES: dict[str, list[float]] = {
 SCALARS = ("pixel_spacing_mm", "slice_thickness_mm")
 FEATURES = (*SCALARS, "hu")
 PSI_FLOOR = 1e-4
+#: A bin holding less than this share of the training data is outside it.
+SUPPORT_FLOOR = 0.01
 #: Voxels the HU histogram of one volume is taken over at most (a regular subsample).
 HU_SAMPLE_VOXELS = 500_000
 
@@ -78,6 +83,15 @@ def ks(expected: Sequence[float], actual: Sequence[float]) -> float:
     e = np.cumsum(np.asarray(expected, dtype=float))
     a = np.cumsum(np.asarray(actual, dtype=float))
     return float(np.max(np.abs(e / e[-1] - a / a[-1])))
+
+
+def outside_share(
+    expected: Sequence[float], actual: Sequence[float], floor: float = SUPPORT_FLOOR
+) -> float:
+    """The share of ``actual`` in bins where ``expected`` holds less than ``floor``."""
+    if len(expected) != len(actual):
+        raise ValueError(f"the share outside needs the same bins: {len(expected)} vs {len(actual)}")
+    return float(sum(a for e, a in zip(expected, actual, strict=True) if e < floor))
 
 
 def ppv(accepted: int, edited: int, rejected: int) -> float | None:
@@ -174,11 +188,12 @@ def check_reference(reference: Mapping[str, Any]) -> dict[str, dict[str, list[fl
 def compare(
     reference: Mapping[str, Mapping[str, list[float]]], observed: Mapping[str, list[float]]
 ) -> dict[str, dict[str, float]]:
-    """PSI and KS of each feature both sides describe."""
+    """PSI, KS and the share outside the training data of each feature both sides describe."""
     return {
         name: {
             "psi": round(psi(reference[name]["proportions"], observed[name]), 4),
             "ks": round(ks(reference[name]["proportions"], observed[name]), 4),
+            "outside": round(outside_share(reference[name]["proportions"], observed[name]), 4),
         }
         for name in FEATURES
         if name in reference and name in observed

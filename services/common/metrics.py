@@ -66,6 +66,12 @@ MODEL_DRIFT_KS = Gauge(
     [*_MODEL, "feature"],
 )
 
+MODEL_DRIFT_OUTSIDE = Gauge(
+    "radpipe_model_drift_outside",
+    "Share of the rolling window of an input feature where the training data has under 1 %",
+    [*_MODEL, "feature"],
+)
+
 
 def refresh_model_gauges(ctx: Context) -> None:
     """Set the model gauges from ``model_stats`` (a handful of documents per scrape)."""
@@ -92,6 +98,7 @@ def refresh_model_gauges(ctx: Context) -> None:
         for feature, stat in figures["inputs"]["drift"].items():
             MODEL_DRIFT.labels(*labels, feature).set(stat["psi"])
             MODEL_DRIFT_KS.labels(*labels, feature).set(stat["ks"])
+            MODEL_DRIFT_OUTSIDE.labels(*labels, feature).set(stat["outside"])
 
 
 def refresh_gauges(ctx: Context) -> None:

@@ -255,18 +255,23 @@ def conditions(
 ) -> dict[str, dict[str, Any]]:
     """Whether each paging condition holds (``model.drift``, ``model.ppv``), with the reason.
 
-    A condition that holds clears only with a margin (PSI under 80 % of the threshold, PPV
-    5 points over it), so a figure hovering at the threshold pages once, not on every swing.
+    Drift: a feature's PSI at or over ``monitor_drift_psi`` with at least
+    ``monitor_drift_outside`` of the window outside the training data. A condition that holds
+    clears only with a margin (both figures under 80 % of their thresholds, the PPV 5 points
+    over its own), so a figure hovering at a threshold pages once, not on every swing.
     """
     inputs, recent = figures["inputs"], figures["recent"]
-    worst = inputs["worst"]
     was_drift = bool((state.get("drift") or {}).get("active"))
-    limit = settings.monitor_drift_psi * (0.8 if was_drift else 1.0)
-    drifted = (
-        worst is not None
-        and inputs["window"] >= settings.monitor_min_studies
-        and worst["psi"] >= limit
-    )
+    margin = 0.8 if was_drift else 1.0
+    psi_limit = settings.monitor_drift_psi * margin
+    outside_limit = settings.monitor_drift_outside * margin
+    drifting = [
+        {"feature": feature, **stat}
+        for feature, stat in inputs["drift"].items()
+        if stat["psi"] >= psi_limit and stat["outside"] >= outside_limit
+    ]
+    worst = max(drifting, key=lambda d: d["psi"], default=inputs["worst"])
+    drifted = bool(drifting) and inputs["window"] >= settings.monitor_min_studies
     was_low = bool((state.get("ppv") or {}).get("active"))
     floor = settings.monitor_ppv_threshold + (0.05 if was_low else 0.0)
     low = (
@@ -279,9 +284,11 @@ def conditions(
         "drift": {
             "active": drifted,
             "reason": (
-                f"model {name}: input drift, PSI {worst['psi']:.2f} (KS {worst['ks']:.2f}) on "
-                f"{worst['feature']} over the last {inputs['window']} studies against the "
-                f"bundle's training data (page at PSI >= {settings.monitor_drift_psi})"
+                f"model {name}: input drift, PSI {worst['psi']:.2f} (KS {worst['ks']:.2f}, "
+                f"{worst['outside']:.0%} outside the training data) on {worst['feature']} over "
+                f"the last {inputs['window']} studies against the bundle's training data (page "
+                f"at PSI >= {settings.monitor_drift_psi} with >= "
+                f"{settings.monitor_drift_outside:.0%} outside)"
                 if worst is not None
                 else "no reference distribution"
             ),

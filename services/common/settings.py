@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     monitor_window: int = Field(200, ge=1)
     monitor_min_studies: int = Field(30, ge=1)
     monitor_drift_psi: float = Field(0.25, gt=0)
+    #: ... and at least this share of the window falls where the training data has under 1 %
+    #: (a site narrower than a broad training set is no drift); 0 pages on the PSI alone.
+    monitor_drift_outside: float = Field(0.1, ge=0.0, le=1.0)
     #: Reader PPV over the last ``monitor_ppv_window`` decisions under which the admins are
     #: paged, once at least ``monitor_min_decisions`` were made.
     monitor_ppv_threshold: float = Field(0.5, ge=0.0, le=1.0)

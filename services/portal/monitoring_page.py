@@ -43,6 +43,7 @@ def monitoring(ctx: Ctx, _: Watcher) -> dict[str, Any]:
             "window": settings.monitor_window,
             "min_studies": settings.monitor_min_studies,
             "drift_psi": settings.monitor_drift_psi,
+            "drift_outside": settings.monitor_drift_outside,
             "ppv": settings.monitor_ppv_threshold,
             "ppv_window": settings.monitor_ppv_window,
             "min_decisions": settings.monitor_min_decisions,

@@ -46,6 +46,9 @@ def test_psi_and_ks_have_their_textbook_values() -> None:
     assert drift.psi([1.0, 0.0], [0.5, 0.5]) == pytest.approx(floored) == pytest.approx(4.604, 1e-3)
     with pytest.raises(ValueError, match="same bins"):
         drift.psi([0.5, 0.5], [1.0])
+    # Outside the training data: observed mass where the reference holds under 1 %.
+    assert drift.outside_share([0.995, 0.005, 0.0], [0.5, 0.3, 0.2]) == pytest.approx(0.5)
+    assert drift.outside_share([0.5, 0.5], [0.9, 0.1]) == 0.0
 
 
 def test_ks_on_bins_matches_the_two_sample_statistic_on_binned_values() -> None:
@@ -188,10 +191,14 @@ def test_inputs_count_once_per_study_version_and_drift_is_measured(ctx: Context)
     assert not monitoring.record_inference(ctx.documents, "s0", 1, MODEL, _stats(1.25), REFERENCE)
     figures = _figures(ctx)
     assert figures["studies"] == 4 and figures["inputs"]["window"] == 4
-    assert figures["inputs"]["drift"]["pixel_spacing_mm"] == {"psi": 0.0, "ks": 0.0}
-    assert figures["inputs"]["drift"]["slice_thickness_mm"]["ks"] == pytest.approx(0.5)
+    assert figures["inputs"]["drift"]["pixel_spacing_mm"] == {"psi": 0.0, "ks": 0.0, "outside": 0.0}
+    thickness = figures["inputs"]["drift"]["slice_thickness_mm"]
+    assert thickness["ks"] == pytest.approx(0.5) and thickness["psi"] > 4
     assert "hu" not in figures["inputs"]["drift"]  # the reference has no HU histogram
-    assert figures["conditions"]["drift"]["active"]  # half the mass moved: PSI ~ 4.3
+    # Every study in one bin of the training data: a narrower site, not a drift out of it.
+    assert thickness["outside"] == 0.0 and not figures["conditions"]["drift"]["active"]
+    ctx.settings.monitor_drift_outside = 0.0  # a site that wants PSI alone
+    assert _figures(ctx)["conditions"]["drift"]["active"]
 
 
 # -- paging --------------------------------------------------------------------------------
@@ -217,6 +224,7 @@ def test_drift_opens_exactly_one_admin_alert_and_pages_it(ctx: Context) -> None:
         assert alert["_id"] == f"pipeline-model.drift-{KEY}-e1"
         [post] = receiver.posts
         assert "input drift" in post["summary"] and "slice_thickness_mm" in post["summary"]
+        assert "100% outside the training data" in post["summary"]
         # The inputs come back to the training range: the condition clears, no new alert ...
         for i in range(5):  # 2 at 1.25 mm, 3 at 1.75 mm: PSI 0.04 against 50/50
             thickness = 1.25 if i < 2 else 1.75

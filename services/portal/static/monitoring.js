@@ -43,9 +43,11 @@
     for (const name of Object.keys(LABELS)) {
       const d = m.inputs.drift[name];
       body.append(el("tr", { "data-feature": name }, el("td", {}, LABELS[name]),
-        el("td", { class: "num" }, d ? num(d.psi, 3) : "–"), el("td", { class: "num" }, d ? num(d.ks, 3) : "–")));
+        el("td", { class: "num" }, d ? num(d.psi, 3) : "–"), el("td", { class: "num" }, d ? num(d.ks, 3) : "–"),
+        el("td", { class: "num" }, d ? pct(d.outside) : "–")));
     }
-    const head = el("thead", {}, el("tr", {}, el("th", {}, "Input"), el("th", { class: "num" }, "PSI"), el("th", { class: "num" }, "KS")));
+    const head = el("thead", {}, el("tr", {}, el("th", {}, "Input"), el("th", { class: "num" }, "PSI"),
+      el("th", { class: "num" }, "KS"), el("th", { class: "num" }, "Outside training data")));
     return el("table", { class: "drift" }, head, body);
   }
 
@@ -68,7 +70,7 @@
       target.append(el("p", { class: "muted" }, "No data yet."));
       return;
     }
-    const width = Math.max(320, target.clientWidth || 360);
+    const width = Math.max(280, target.clientWidth || 360);
     new uPlot({ width, height: 200, scales: { x: { time: false } }, series,
       axes: [{}, { values: (u, t) => t.map((v) => `${(v * 100).toFixed(0)}%`) }] }, data, target);
   }
@@ -81,11 +83,9 @@
     if (!m.inputs.has_reference) {
       card.insertBefore(el("p", { class: "muted" }, "This bundle carries no reference distribution: drift is not measured."), charts);
     }
-    for (const name of Object.keys(LABELS)) {
-      const box = el("div", { class: "chart", id: `chart-${m.model}-${name}` });
-      charts.append(el("div", {}, el("h4", {}, LABELS[name]), box));
-      chart(box, m, name);
-    }
+    const boxes = Object.keys(LABELS).map((name) => [name, el("div", { class: "chart", "data-chart": name })]);
+    for (const [name, box] of boxes) charts.append(el("div", {}, el("h4", {}, LABELS[name]), box));
+    for (const [name, box] of boxes) chart(box, m, name); // sized once the grid has its columns
   }
 
   async function load() {
@@ -96,7 +96,7 @@
     if (!r.ok) { box.textContent = data.detail || `error ${r.status}`; return; }
     const t = data.thresholds;
     document.getElementById("thresholds").textContent =
-      `drift at PSI ≥ ${t.drift_psi} over the last ${t.window} studies (from ${t.min_studies}); ` +
+      `drift at PSI ≥ ${t.drift_psi} with ≥ ${pct(t.drift_outside)} outside the training data, over the last ${t.window} studies (from ${t.min_studies}); ` +
       `PPV under ${pct(t.ppv)} over the last ${t.ppv_window} decisions (from ${t.min_decisions})`;
     if (!data.models.length) box.append(el("p", { class: "muted", id: "no-models" }, "No model has analysed a study yet."));
     for (const m of data.models) card(m);
