@@ -58,6 +58,8 @@ format: install
 
 bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/capacity.py
 	$(BIN)/python bench/deid.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/inference.py

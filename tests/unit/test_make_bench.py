@@ -20,3 +20,17 @@ def test_make_bench_runs_the_document_store_benchmark() -> None:
     ).stdout
     assert "bench/store.py" in dry
     assert "bench/store.py" in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+@pytest.mark.parametrize("script", ["bench/load.py", "bench/capacity.py"])
+def test_make_bench_runs_the_load_and_capacity_benchmarks(script: str) -> None:
+    """Issue 16: the four-client load against Orthanc and the per-stage capacity figures."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        [make, "-n", "bench"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"python {script}" in dry
+    assert (ROOT / script).is_file()
+    assert script in (ROOT / "docs" / "benchmarks.md").read_text()
