@@ -1,7 +1,8 @@
 """Model monitoring end to end: a phantom analysed by the real demo bundle records its input
 statistics; decisions and the sign-off posted through the API move the model's figures in
 ``GET /api/monitoring`` and the Prometheus gauges; admins and managers see the page, clinical
-roles do not."""
+roles do not. The store's side runs on every document-store adapter (MongoDB when
+RADPIPE_TEST_MONGO_URL is set)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from radpipe.common import drift, monitoring
 from radpipe.common.context import Context
+from radpipe.common.settings import Settings
+from radpipe.common.studies import now
 from radpipe.demo import make_phantom, phantom_to_datasets
 
+from ..servers import DOCUMENT_ENGINES, document_store
 from .test_inference_results import bearer, run_pipeline
 
 
@@ -105,3 +109,45 @@ def test_decisions_through_the_api_move_the_figures_and_the_metrics(
     assert asset.status_code == 200 and "uPlot" in asset.text
     assert client.get("/monitoring/assets/nope.js", headers=bearer(admin)).status_code == 404
     assert client.get("/monitoring", headers=bearer(rad)).status_code == 403
+
+
+@pytest.mark.parametrize("engine", DOCUMENT_ENGINES)
+def test_the_monitoring_queries_and_updates_on_every_document_store(
+    engine: str, settings: Settings, tmp_path
+) -> None:
+    documents = document_store(engine, tmp_path, "model monitoring")
+    try:
+        settings.monitor_min_studies = 3
+        model = {"name": "m", "version": "1", "sha256": "ef" * 32}
+        key = monitoring.model_key(model)
+        reference = {
+            "features": {
+                "slice_thickness_mm": {
+                    "edges": drift.SLICE_THICKNESS_EDGES,
+                    "proportions": [0, 1.0] + [0] * 8,
+                }
+            }
+        }
+        for i in range(3):
+            stats = {"pixel_spacing_mm": 0.7, "slice_thickness_mm": 5.0, "hu": []}
+            assert monitoring.record_inference(documents, f"s{i}", 1, model, stats, reference)
+        assert not monitoring.record_inference(documents, "s0", 1, model, stats, reference)
+        for n, kind in enumerate(["reject", "edit", "accept", "reject"], start=1):
+            decision = {"finding": min(n, 3), "decision": kind, "at": now(), "model": model}
+            monitoring.record_decision(documents, "s0", 1, decision)  # finding 3: accept, reject
+        monitoring.record_signed(documents, "s0", 1, model, findings=3, rejected=2)
+        monitoring.record_signed(documents, "s0", 1, model, findings=3, rejected=2)
+        [figures] = monitoring.summaries(documents, settings)
+        assert figures["studies"] == 3 and figures["inputs"]["window"] == 3
+        assert figures["decisions"] == {"accept": 0, "edit": 1, "reject": 2}
+        assert figures["ppv"] == pytest.approx(1 / 3) and figures["recent"]["decided"] == 3
+        assert figures["false_positives_per_study"] == 2.0
+        assert figures["inputs"]["drift"]["slice_thickness_mm"]["outside"] == 1.0
+        assert figures["conditions"]["drift"]["active"]
+        assert monitoring.set_condition(documents, key, "drift", True) == 1
+        assert monitoring.set_condition(documents, key, "drift", True) is None  # held already
+        assert monitoring.set_condition(documents, key, "drift", False) is None
+        assert monitoring.set_condition(documents, key, "drift", True) == 2
+        assert monitoring.episode(monitoring.stats_of(documents, key) or {}, "drift") == 2
+    finally:
+        documents.close()
