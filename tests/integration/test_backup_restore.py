@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -282,6 +284,24 @@ def test_backup_refuses_mongodb_and_names_mongodump(tmp_path: Path) -> None:
     assert not (tmp_path / "backup").exists()
 
 
+#: A writer in its own process: one row and a counter per transaction, as fast as it can.
+WRITER = """
+import sys
+from pathlib import Path
+from radpipe.common.docstore import open_embedded
+store = open_embedded(Path(sys.argv[1]), "radpipe")
+writes = store.collection("writes")
+n = 0
+while True:
+    with store.exclusive():
+        writes.insert_one({"_id": f"w{n}", "n": n})
+        writes.update_one({"_id": "counter"}, {"$set": {"n": n + 1}}, upsert=True)
+    n += 1
+    if n == 20:
+        print("writing", flush=True)
+"""
+
+
 def test_backup_of_a_running_store_is_one_consistent_snapshot(
     tmp_path: Path, source: tuple[Context, dict[str, str]], store: S3Server | None
 ) -> None:
@@ -291,13 +311,29 @@ def test_backup_of_a_running_store_is_one_consistent_snapshot(
     ctx.documents.collection("studies").update_one(
         {"_id": facts["study_id"]}, {"$set": {"note": "committed before the backup"}}
     )
-    folder = tmp_path / "backup"
-    backup(ctx.settings, folder)
+    # Another process keeps writing while the backup runs (each write its own transaction).
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(ctx.settings.data_dir / "documents")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        folder = tmp_path / "backup"
+        backup(ctx.settings, folder)
+    finally:
+        writer.terminate()
+        writer.wait(timeout=10)
     copy = make_document_store(
         Settings(data_dir=folder, secret_key=TEST_SECRET)  # type: ignore[arg-type]
     )
     try:
         study = copy.collection("studies").find_one({"_id": facts["study_id"]})
         assert study["note"] == "committed before the backup"
+        # Whatever the writer had committed when the snapshot was taken, and all of it:
+        # the counter and the rows agree (no torn write).
+        counter = copy.collection("writes").find_one({"_id": "counter"})
+        rows = copy.collection("writes").count_documents({"_id": {"$ne": "counter"}})
+        assert counter is not None and counter["n"] == rows > 0
     finally:
         copy.close()

@@ -1235,8 +1235,11 @@ def test_k8s_dev_overlay_runs_one_of_everything(rendered: dict[str, list[Manifes
     assert not _objects(objects, "HorizontalPodAutoscaler")
 
 
-def test_k8s_gpu_overlay_puts_inference_on_a_gpu(rendered: dict[str, list[Manifest]]) -> None:
-    objects = rendered["overlays/gpu"]
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_k8s_gpu_overlay_puts_inference_on_a_gpu(
+    rendered: dict[str, list[Manifest]], target: str
+) -> None:
+    objects = rendered[target]
     deployments = _objects(objects, "Deployment")
     inference = deployments["worker-inference"]
     pod = inference["spec"]["template"]["spec"]
@@ -1254,6 +1257,11 @@ def test_k8s_gpu_overlay_puts_inference_on_a_gpu(rendered: dict[str, list[Manife
         if name != "worker-inference":
             for other in _containers(deployment):
                 assert "nvidia.com/gpu" not in other["resources"]["limits"], name
+            # Only GPU work lands on the GPU node pool (its nodes carry the nvidia.com/gpu taint).
+            spec = deployment["spec"]["template"]["spec"]
+            assert "nodeSelector" not in spec and "tolerations" not in spec, name
+    if target in KEDA_TARGETS:
+        return  # KEDA scales it (test_keda_overlay_scales_workers_on_queues)
     hpa = _objects(objects, "HorizontalPodAutoscaler")["worker-inference"]["spec"]
     assert hpa["metrics"][0]["external"]["metric"]["selector"]["matchLabels"] == {
         "queue": "inference-gpu"
@@ -1283,6 +1291,8 @@ def test_keda_overlay_scales_workers_on_queues(
             "triggers",
         }
         assert spec["scaleTargetRef"]["name"] in deployments
+        # The autoscaler owns the replica count; a fixed one would be reset on every apply.
+        assert "replicas" not in deployments[spec["scaleTargetRef"]["name"]]["spec"]
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
         [trigger] = spec["triggers"]
         assert trigger["type"] == "redis"
