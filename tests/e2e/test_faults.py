@@ -458,3 +458,114 @@ def test_ingest_killed_mid_upload_stores_nothing_half_and_the_retry_stores_all_o
         assert len(list(ctx.studies.instances.find({}))) == len(sent)
         assert len(list(ctx.studies.studies.find({}))) == 1
         ctx.documents.close()
+
+
+@contextmanager
+def small_disk(folder: Path, size_mib: int) -> Iterator[Path]:
+    """A tmpfs the test can really fill (root only: mounting needs CAP_SYS_ADMIN)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root: run the e2e tier as root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_radpipe_up_below_the_disk_low_water_mark_refuses_then_completes_the_study_once(
+    tmp_path: Path,
+) -> None:
+    """`radpipe up` with its data dir on a small filesystem: filled below the low-water mark,
+    STOW-RS answers 503 with Retry-After and nothing is stored; once space returns (no
+    restart) the same request is taken, and the study completes once with one alert."""
+    mib = 1024 * 1024
+    port = free_port()
+    named = ("--name", "disk")
+    with (
+        small_disk(tmp_path / "disk", 160) as disk,
+        webhook_receiver() as webhook,
+    ):
+        data = disk / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+        env.update(
+            RADPIPE_DATA_DIR=str(data),
+            RADPIPE_STUDY_STABLE_SECONDS="2",
+            RADPIPE_ALERT_WEBHOOK_URL=webhook.url,
+            RADPIPE_DISK_LOW_WATER_BYTES=str(64 * mib),
+            RADPIPE_BUSY_RETRY_SECONDS="7",
+            RADPIPE_INFERENCE_THREADS="2",
+        )
+        log_path = tmp_path / "up.log"
+        with log_path.open("wb") as log:
+            up = subprocess.Popen(
+                [sys.executable, "-m", "radpipe", "up", "--port", str(port), "--http-workers", "1"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(port, 90)
+            token = subprocess.run(
+                [sys.executable, "-m", "radpipe", "token", "create", "--role", "modality", *named],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            ).stdout.splitlines()[-1]
+            phantom = make_phantom(
+                44, nodules=[14.0], shape=(48, 192, 192), spacing=(2.5, 1.6, 1.6)
+            )
+            datasets = phantom_to_datasets(phantom, patient_name="Disk^Fault", patient_id="DISK1")
+            parts = []
+            for ds in datasets:
+                buffer = io.BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                parts.append(buffer.getvalue())
+            body, content_type = encode_multipart(parts)
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": content_type,
+                "Accept": "application/dicom+json",
+            }
+            stow = f"http://127.0.0.1:{port}/dicom-web/studies"
+            filler = disk / "filler"
+            stat = os.statvfs(disk)
+            with filler.open("wb") as file:  # leave 40 MiB free, under the mark of 64 MiB
+                file.write(b"\0" * (stat.f_bavail * stat.f_frsize - 40 * mib))
+            refused = httpx.post(stow, content=body, headers=headers, timeout=60)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "7"
+            assert "nothing of this request was stored" in refused.json()["detail"]
+            objects = data / "objects"
+            assert not objects.exists() or not list(objects.rglob("*.dcm"))
+
+            filler.unlink()  # space returns; radpipe up is not restarted
+            taken = httpx.post(stow, content=body, headers=headers, timeout=120)
+            assert taken.status_code == 200, taken.text
+            settings = Settings(data_dir=data, all_in_one=True)
+            ctx = build_context(settings, tasks=RecordingDispatcher())
+            uid = str(datasets[0].StudyInstanceUID)
+            study_id = study_id_for(ctx.study_key(uid), uid)
+            deadline = time.monotonic() + 600
+            while ctx.studies.get(study_id)["state"] != "alerted":
+                assert time.monotonic() < deadline, log_path.read_text()[-5000:]
+                time.sleep(1)
+            time.sleep(5)
+            study = ctx.studies.get(study_id)
+            ctx.documents.close()
+        finally:
+            stop(up, grace=20)
+    events = types(study)
+    for step in ("received", "deidentified", "analyzed", "alerted"):
+        assert events.count(step) == 1, (step, events)
+    assert [p["study_id"] for p in webhook.posts] == [study_id]
+    assert '"event": "backpressure.low_on_disk"' in log_path.read_text()
