@@ -22,10 +22,12 @@ from pymongo import ReturnDocument
 from radpipe.common import monitoring
 from radpipe.common.alerts import AlertState, alerts_of
 from radpipe.common.context import Context
+from radpipe.common.logging import get_logger
 from radpipe.common.studies import StudyState
 
 from . import paging
 
+log = get_logger("radpipe.notify.pipeline")
 #: A study waiting longer than this in a state is stuck (seconds).
 #: (``analyzed`` is where a study under the threshold rests until it is signed.)
 STUCK_AFTER: dict[str, float] = {
@@ -62,7 +64,12 @@ def check_pipeline(ctx: Context, at: datetime) -> int:
     last = _models_checked.get(id(ctx.documents))
     if last is None or not timedelta(0) <= at - last < MODEL_CHECK_EVERY:
         _models_checked[id(ctx.documents)] = at
-        opened += check_models(ctx, at)
+        try:
+            opened += check_models(ctx, at)
+        except Exception:
+            # Monitoring must never hold up the pages of this sweep (logged with its traceback;
+            # tried again in MODEL_CHECK_EVERY).
+            log.error("pipeline.model-check-failed", exc_info=True)
     return opened
 
 

@@ -263,3 +263,17 @@ def test_a_ppv_drop_pages_once_and_clears_with_a_margin(ctx: Context) -> None:
         _decide(ctx, f"p{n}", 1, "accept")
     assert pipeline.check_models(ctx, start) == 0
     assert not monitoring.stats_of(ctx.documents, KEY)["conditions"]["ppv"]["active"]
+
+
+def test_a_failing_model_check_does_not_hold_up_the_sweep(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kw: Any) -> list[dict[str, Any]]:
+        raise RuntimeError("model_stats unreadable")
+
+    monkeypatch.setattr(pipeline.monitoring, "summaries", broken)
+    pipeline._models_checked.clear()
+    assert pipeline.check_pipeline(ctx, now()) == 0  # logged, not raised
+    with pytest.raises(RuntimeError):
+        pipeline.check_models(ctx, now())
+    pipeline._models_checked.clear()
