@@ -25,7 +25,7 @@ def start_up(
         stderr=log.open("wb") if log else subprocess.DEVNULL,
         cwd=ROOT,
     )
-    wait_for_port(port, 60)
+    wait_for_port(port, 180)  # a busy machine takes minutes to import the app
     created = subprocess.run(
         [
             sys.executable,

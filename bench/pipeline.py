@@ -1,11 +1,20 @@
-"""Upload-to-alert latency of a 100-slice 512x512 CT on `radpipe up`, against the bare model.
+"""Upload-to-alert latency of a 100-slice 512x512 CT on `radpipe up`, against the bare model,
+with the overhead broken down by stage from the study's own timeline.
 
 The anchor is the same MONAI bundle called directly in-process on the same slices
 (``radpipe.inference.service.analyze``): the ratio says what the pipeline (stability wait,
 de-identification, queues, stores, notification) adds on top of the model itself.
 Rounds alternate and each pushes a fresh study. Prints medians and the ratio.
 
-    .venv/bin/python bench/pipeline.py [--rounds 3] [--slices 100] [--stable-seconds 1]
+The breakdown reads the product's records, not the bench's guesses: the study's timeline
+events (``stable``, ``deidentified``, ``analyzed``, ``alerted``: services/common/studies.py),
+the deid stage's own seconds in its event, and the inference stage's timings (load = reading
+the series from the object store, decode = series_to_volume, predict = pre-process +
+network, post = post-process + risk, write = result objects). A queue hop is what lies
+between the previous event and the stage's own work. "upload end" is when the last STOW-RS
+request returned (this bench's clock; the stack runs on the same machine).
+
+    .venv/bin/python bench/pipeline.py [--rounds 5] [--slices 100] [--stable-seconds 1]
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,9 +68,68 @@ def reader_token(data: Path, env: dict[str, str]) -> str:
     return created.stdout.splitlines()[-1]
 
 
+#: Stages of the breakdown, in pipeline order, and what each is measured from.
+STAGES = (
+    ("stable detection", "stable event - upload end - stability wait"),
+    ("deid queue hop", "deid start - stable event"),
+    ("deid", "the deid stage's own seconds (read, de-identify, store, index)"),
+    ("inference queue hop", "inference start - deidentified event"),
+    ("inference load", "read the series from the object store"),
+    ("inference decode", "series_to_volume"),
+    ("inference predict", "pre-process + network"),
+    ("inference post", "post-process + risk"),
+    ("inference write", "SEG, SR, key images stored and indexed"),
+    ("inference record", "analyzed event - inference end"),
+    ("notify (hop + alert)", "alerted event - analyzed event"),
+)
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def breakdown(study: dict[str, Any], upload_end: datetime, stable_wait: float) -> dict[str, float]:
+    """Seconds per stage (``STAGES``) from the study's timeline events and recorded timings."""
+    events: dict[str, datetime] = {}
+    details: dict[str, dict[str, Any]] = {}
+    for event in study["events"]:
+        if event.get("version", 1) == study["version"] and event["type"] not in events:
+            events[event["type"]] = _at(event["at"])
+            details[event["type"]] = event.get("detail") or {}
+
+    def gap(a: datetime, b: datetime) -> float:
+        return (b - a).total_seconds()
+
+    timings = study.get("timings") or {}
+    deid_seconds = float(details["deidentified"].get("seconds", 0.0))
+    deid_span = gap(events["stable"], events["deidentified"])
+    inference = {
+        "inference load": timings.get("load", 0.0),
+        "inference decode": timings.get("series_to_volume", 0.0),
+        "inference predict": timings.get("pre_process", 0.0) + timings.get("predict", 0.0),
+        "inference post": timings.get("post_process", 0.0) + timings.get("assess_risk", 0.0),
+        "inference write": timings.get("write", 0.0),
+    }
+    inference_span = gap(events["deidentified"], events["analyzed"])
+    # The stage records its own queue wait (``timings.queue``: from the deidentified event).
+    started = float(timings.get("queue", inference_span - sum(inference.values())))
+    return {
+        "stable detection": gap(upload_end, events["stable"]) - stable_wait,
+        "deid queue hop": deid_span - deid_seconds,
+        "deid": deid_seconds,
+        "inference queue hop": started,
+        **inference,
+        "inference record": inference_span - started - sum(inference.values()),
+        "notify (hop + alert)": gap(events["analyzed"], events["alerted"]),
+        "_total": gap(upload_end, events["alerted"]),
+        "_model": timings.get("total", 0.0),
+        "_reopened": float(study["version"] > 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--stable-seconds", type=float, default=1.0)
     args = parser.parse_args()
@@ -75,7 +145,7 @@ def main() -> None:
     reader = {"Authorization": f"Bearer {reader_token(work / 'data', env)}"}
     wait_until_idle(server.pid)
     try:
-        pipeline, direct = [], []
+        pipeline, direct, stages = [], [], []
         for round_ in range(args.rounds):
             phantom = make_phantom(
                 500 + round_,
@@ -86,32 +156,62 @@ def main() -> None:
             folder = work / f"study{round_}"
             write_series(phantom_to_datasets(phantom, patient_id=f"BENCH{round_}"), folder)
             direct.append(direct_seconds(folder, os.cpu_count() or 1))
-            seen = len(httpx.get(f"{url}/api/alerts", headers=reader).json())
+            seen = {a["id"] for a in httpx.get(f"{url}/api/alerts", headers=reader).json()}
             push(list(iter_files([folder])), f"{url}/dicom-web", token, show_progress=False)
+            upload_end = datetime.now(UTC)
             uploaded = time.perf_counter()
             while True:
                 alerts = httpx.get(f"{url}/api/alerts", headers=reader).json()
-                if len(alerts) > seen:
+                new = [a for a in alerts if a["id"] not in seen]
+                if new:
                     break
                 if time.perf_counter() - uploaded > 600:
                     raise SystemExit(f"no alert after 600 s; see {work / 'up.log'}")
-                time.sleep(0.2)
-            pipeline.append(time.perf_counter() - uploaded)
+                time.sleep(0.25)
+            study = httpx.get(f"{url}/api/studies/{new[0]['study_id']}", headers=reader).json()
+            stages.append(breakdown(study, upload_end, args.stable_seconds))
+            pipeline.append(stages[-1]["_total"])
             print(
-                f"round {round_ + 1}: upload->alert {pipeline[-1]:.1f} s, "
-                f"model alone {direct[-1]:.1f} s"
+                f"round {round_ + 1}: upload->alert {pipeline[-1]:.2f} s "
+                f"(seen by the bench after {time.perf_counter() - uploaded:.2f} s), "
+                f"model alone {direct[-1]:.2f} s, model in the worker {stages[-1]['_model']:.2f} s"
+                + (", re-opened by a late request" if stages[-1]["_reopened"] else "")
             )
-        p, d = statistics.median(pipeline), statistics.median(direct)
-        print(
-            f"\n{args.slices}-slice 512x512 CT, {os.cpu_count()} CPU cores, "
-            f"stable wait {args.stable_seconds:.0f} s, {args.rounds} rounds"
-        )
-        print(f"median upload->alert (radpipe up): {p:.1f} s")
-        print(f"median model alone (anchor):       {d:.1f} s")
-        print(f"ratio pipeline / model alone:      {p / d:.2f}")
+            print("  " + ", ".join(f"{n} {stages[-1][n]:.2f}" for n, _ in STAGES))
+        report(args, pipeline, direct, stages)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def report(
+    args: argparse.Namespace,
+    pipeline: list[float],
+    direct: list[float],
+    stages: list[dict[str, float]],
+) -> None:
+    p, d = statistics.median(pipeline), statistics.median(direct)
+    overhead = p - d - args.stable_seconds
+    print(
+        f"\n{args.slices}-slice 512x512 CT, {os.cpu_count()} CPU cores, "
+        f"stable wait {args.stable_seconds:g} s, {args.rounds} rounds (medians)"
+    )
+    print(f"median upload->alert (radpipe up, alerted event): {p:.2f} s")
+    print(f"median model alone (anchor):                      {d:.2f} s")
+    print(f"overhead = upload->alert - model - stable wait:   {overhead:.2f} s")
+    print(f"ratio pipeline / (model + stable wait):           {p / (d + args.stable_seconds):.2f}")
+    reopened = sum(int(s["_reopened"]) for s in stages)
+    if reopened:
+        print(
+            f"{reopened} of {len(stages)} studies went stable between two STOW requests of "
+            "the upload (a request outlasted the stable wait) and were re-opened"
+        )
+    print("\nstage                      median s  share of overhead  measured as")
+    inference_model = {"inference decode", "inference predict", "inference post"}
+    for name, how in STAGES:
+        value = statistics.median(s[name] for s in stages)
+        share = "" if name in inference_model else f"{value / overhead:>6.0%}" if overhead else ""
+        print(f"{name:<26} {value:>8.3f}  {share:>17}  {how}")
 
 
 if __name__ == "__main__":

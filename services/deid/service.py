@@ -9,7 +9,9 @@ the rest of the study goes on. A study with no clean instance fails with the rea
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -33,6 +35,8 @@ from .profile import Profile, ProfileSet, load_profiles
 __all__ = ["PatientKeys", "deidentify", "deidentify_study", "read_dataset"]
 
 log = get_logger("radpipe.deid")
+#: De-identified objects being stored at once (each put mostly waits on I/O).
+STORE_THREADS = 8
 
 
 def deidentify(
@@ -87,10 +91,14 @@ class DeidStudyResult:
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
     excluded: Counter[str] = field(default_factory=Counter)
+    #: Object-store writes in flight, each with what to record once it is stored.
+    stores: list[tuple[Future[None], dict[str, Any], str, str]] = field(default_factory=list)
 
 
 def deidentify_study(ctx: Context, study_id: str) -> None:
-    """The ``deid`` stage: raw instances -> de-identified store, index, vault entry, event."""
+    """The ``deid`` stage: raw instances -> de-identified store, index, vault entry, event
+    (its detail holds the stage's own ``seconds``: bench/pipeline.py tells work from queue)."""
+    started = time.perf_counter()
     study = ctx.studies.get(study_id)
     if study["state"] == StudyState.DEIDENTIFIED:  # redelivered after the hand-off was lost
         ctx.tasks.send("inference", study_id)
@@ -101,21 +109,27 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
     profiles = _profiles(ctx.settings.deid_profile)
     result = DeidStudyResult()
     keys: tuple[bytes, bytes | None] | None = None
-    for instance in ctx.studies.instances_of(study_id):
-        profile = profiles.for_source(instance.get("source"))
-        try:
-            raw = ctx.objects.get(ctx.buckets["raw"], instance["raw_key"])
-            ds = read_dataset(raw, ctx.settings.max_instance_bytes)
-            keys = keys or study_keys(ctx, study_id, ds)
-            _one(ctx, study_id, instance, ds, _deidentifier(keys[0], keys[1], profile), result)
-        except (InvalidDicom, Quarantined) as exc:
-            status = "quarantined" if isinstance(exc, Quarantined) else "failed"
-            result.excluded[f"{status}: {exc.message}"] += 1
-            ctx.studies.instances.update_one(
-                {"_id": instance["_id"]},
-                {"$set": {"deid": {"status": status, "reason": exc.message}}},
-            )
-            log.warning("deid.excluded", study_id=study_id, status=status, reason=exc.message)
+    # The de-identified objects are stored while the next ones are de-identified: each put
+    # waits for its own fsync (or S3 round trip), ~20 ms that one after the other added up to
+    # seconds a study. Each is indexed and marked done once stored (``_record_stored``).
+    with ThreadPoolExecutor(STORE_THREADS) as pool:
+        for instance in ctx.studies.instances_of(study_id):
+            profile = profiles.for_source(instance.get("source"))
+            try:
+                raw = ctx.objects.get(ctx.buckets["raw"], instance["raw_key"])
+                ds = read_dataset(raw, ctx.settings.max_instance_bytes)
+                keys = keys or study_keys(ctx, study_id, ds)
+                deidentifier = _deidentifier(keys[0], keys[1], profile)
+                _one(ctx, study_id, instance, ds, deidentifier, result, pool)
+            except (InvalidDicom, Quarantined) as exc:
+                status = "quarantined" if isinstance(exc, Quarantined) else "failed"
+                result.excluded[f"{status}: {exc.message}"] += 1
+                ctx.studies.instances.update_one(
+                    {"_id": instance["_id"]},
+                    {"$set": {"deid": {"status": status, "reason": exc.message}}},
+                )
+                log.warning("deid.excluded", study_id=study_id, status=status, reason=exc.message)
+    _record_stored(ctx, result)
     excluded = sum(result.excluded.values())
     if result.study_uid is None:
         reasons = "; ".join(f"{n} x {why}" for why, n in sorted(result.excluded.items()))
@@ -128,6 +142,7 @@ def deidentify_study(ctx: Context, study_id: str) -> None:
             "instances": sum(len(s["keys"]) for s in result.series.values()),
             "excluded": excluded,
             "reasons": dict(result.excluded),
+            "seconds": round(time.perf_counter() - started, 3),
         },
         fields={"deid": {"study_uid": result.study_uid, "series": list(result.series.values())}},
     )
@@ -142,6 +157,7 @@ def _one(
     ds: Dataset,
     deidentifier: Deidentifier,
     result: DeidStudyResult,
+    pool: ThreadPoolExecutor,
 ) -> None:
     identity = original_identity(ds)
     original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
@@ -171,8 +187,13 @@ def _one(
         result.study_uid = str(clean.StudyInstanceUID)
     series_uid, sop_uid = str(clean.SeriesInstanceUID), str(clean.SOPInstanceUID)
     key = f"{result.study_uid}/{series_uid}/{sop_uid}.dcm"
-    ctx.objects.put(ctx.buckets["deid"], key, write_part10(clean), "application/dicom")
-    add_to_index(ctx.documents, index_document(clean, study_id, key, ctx.buckets["deid"]))
+    bucket = ctx.buckets["deid"]
+    stored = pool.submit(ctx.objects.put, bucket, key, write_part10(clean), "application/dicom")
+    result.stores.append(
+        (stored, index_document(clean, study_id, key, bucket), instance["_id"], key)
+    )
+    if len(result.stores) > 2 * STORE_THREADS:  # at most that many objects wait in memory
+        result.stores[-2 * STORE_THREADS - 1][0].result()
     series = result.series.setdefault(
         series_uid,
         {
@@ -193,6 +214,14 @@ def _one(
     for original in originals:
         if original:
             uid_map.setdefault(deidentifier.uid(original), original)
-    ctx.studies.instances.update_one(
-        {"_id": instance["_id"]}, {"$set": {"deid": {"status": "done", "key": key}}}
-    )
+
+
+def _record_stored(ctx: Context, result: DeidStudyResult) -> None:
+    """Index each stored object and mark its instance done (a failed put raises here, and the
+    stage is retried as when it was stored in line)."""
+    for stored, document, instance_id, key in result.stores:
+        stored.result()
+        add_to_index(ctx.documents, document)
+        ctx.studies.instances.update_one(
+            {"_id": instance_id}, {"$set": {"deid": {"status": "done", "key": key}}}
+        )
