@@ -14,7 +14,9 @@ and a real SeaweedFS S3 server, each of which the test kills.
    instance is visible in the store, and the client's retry against a restarted ingest stores
    every instance exactly once, byte for byte.
 
-Intake below the disk low-water mark is tested in tests/integration/test_backpressure.py.
+4. ``radpipe up`` with its data dir on a tmpfs filled below the disk low-water mark refuses
+   STOW-RS (503, Retry-After, nothing stored), takes the same request once space returns, and
+   the study completes once.
 """
 
 from __future__ import annotations
