@@ -274,7 +274,8 @@ def test_an_admin_signs_in_to_the_admin_screen_not_the_worklist(
     admin_page = client.get("/admin")
     assert admin_page.status_code == 200 and '<a href="/">Worklist</a>' not in admin_page.text
     assert client.get("/static/admin.js").status_code == 200
-    assert client.get("/").status_code == 403
+    root = client.get("/", follow_redirects=False)  # no worklist: back to the admin screen
+    assert (root.status_code, root.headers["location"]) == (303, "/admin")
     assert client.get("/api/studies").status_code == 403
 
 
