@@ -1095,6 +1095,29 @@ def test_k8s_manifests_pass_kubernetes_validate(
     }
 
 
+def test_k8s_examples_in_the_docs_pass_kubernetes_validate(kubernetes_validate: Any) -> None:
+    """The backup CronJob of docs/backup.md, as a reader would paste it."""
+    text = (ROOT / "docs" / "backup.md").read_text()
+    documents = [
+        doc
+        for block in re.findall(r"```yaml\n(.*?)```", text, re.S)
+        for doc in yaml.safe_load_all(block)
+    ]
+    assert [doc["kind"] for doc in documents] == ["CronJob"]
+    versions = sorted({OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version()})
+    for doc in documents:
+        for version in versions:
+            kubernetes_validate.validate(doc, version, strict=True)
+        pod = doc["spec"]["jobTemplate"]["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "radpipe"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        # MongoDB first (an init container), then the buckets: every record has its object.
+        [dump] = pod["spec"]["initContainers"]
+        [mirror] = pod["spec"]["containers"]
+        assert "mongodump" in " ".join(dump["command"])
+        assert "mc mirror" in " ".join(mirror["command"])
+
+
 def test_k8s_strict_validation_catches_a_misspelt_field(
     kubernetes_validate: Any, rendered: dict[str, list[Manifest]]
 ) -> None:
