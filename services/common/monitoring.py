@@ -232,7 +232,12 @@ def summary(documents: DocumentStore, settings: Settings, stats: Document) -> di
         "decided": decided,
         "acceptance_rate": drift.ratio(counts["accept"], decided),
         "ppv": drift.ppv(counts["accept"], counts["edit"], counts["reject"]),
-        "recent": {"decisions": recent_counts, "decided": len(recent), "ppv": recent_ppv},
+        "recent": {
+            "decisions": recent_counts,
+            "decided": len(recent),
+            "ppv": recent_ppv,
+            "daily": _daily(recent),
+        },
         "signed_studies": signed,
         "false_positives_per_study": drift.ratio(int(stats.get("signed_rejected", 0)), signed),
         "inputs": {
@@ -248,6 +253,24 @@ def summary(documents: DocumentStore, settings: Settings, stats: Document) -> di
     }
     figures["conditions"] = conditions(settings, figures, stats.get("conditions") or {})
     return figures
+
+
+def _daily(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Reader PPV per UTC day of the recent decisions, oldest first (the page's trend)."""
+    days: dict[str, dict[str, int]] = {}
+    for record in records:
+        at = record.get("at")
+        if isinstance(at, datetime) and record.get("decision") in DECISIONS:
+            counts = days.setdefault(at.date().isoformat(), dict.fromkeys(DECISIONS, 0))
+            counts[record["decision"]] += 1
+    return [
+        {
+            "day": day,
+            "decided": sum(c.values()),
+            "ppv": drift.ppv(c["accept"], c["edit"], c["reject"]),
+        }
+        for day, c in sorted(days.items())
+    ]
 
 
 def conditions(

@@ -147,6 +147,8 @@ def test_decisions_count_once_and_a_changed_decision_moves_its_count(ctx: Contex
     assert figures["acceptance_rate"] == pytest.approx(2 / 4)
     assert figures["ppv"] == pytest.approx(3 / 4)
     assert figures["recent"]["ppv"] == pytest.approx(3 / 4)
+    [today] = figures["recent"]["daily"]
+    assert today["decided"] == 4 and today["ppv"] == pytest.approx(3 / 4)
     assert figures["false_positives_per_study"] is None  # nothing signed yet
     monitoring.record_signed(ctx.documents, "s1", 1, MODEL, findings=2, rejected=0)
     monitoring.record_signed(ctx.documents, "s2", 1, MODEL, findings=2, rejected=1)

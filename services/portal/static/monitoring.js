@@ -75,6 +75,22 @@
       axes: [{}, { values: (u, t) => t.map((v) => `${(v * 100).toFixed(0)}%`) }] }, data, target);
   }
 
+  function trend(target, m) {
+    const days = m.recent.daily;
+    if (!days.length) {
+      target.append(el("p", { class: "muted" }, "No decision yet."));
+      return;
+    }
+    const x = days.map((d) => Date.parse(`${d.day}T12:00:00Z`) / 1000);
+    const width = Math.max(280, target.clientWidth || 360);
+    const span = [x[0] - 86400, x[x.length - 1] + 86400]; // a day either side (one day: a point)
+    new uPlot({ width, height: 200, scales: { x: { time: true, auto: false, range: span }, y: { range: [0, 1] } },
+      series: [{}, { label: "PPV", stroke: "#2450a6", width: 2 },
+        { label: "decided", stroke: "#667085", scale: "n", paths: uPlot.paths.bars({ size: [0.5, 30] }) }],
+      axes: [{}, { values: (u, t) => t.map((v) => `${(v * 100).toFixed(0)}%`) }, { scale: "n", side: 1 }] },
+    [x, days.map((d) => d.ppv), days.map((d) => d.decided)], target);
+  }
+
   function card(m) {
     const title = el("h3", {}, `${m.name} ${m.version} `, el("span", { class: "muted" }, `sha256 ${String(m.sha256).slice(0, 12)}`));
     const charts = el("div", { class: "charts" });
@@ -85,7 +101,10 @@
     }
     const boxes = Object.keys(LABELS).map((name) => [name, el("div", { class: "chart", "data-chart": name })]);
     for (const [name, box] of boxes) charts.append(el("div", {}, el("h4", {}, LABELS[name]), box));
+    const daily = el("div", { class: "chart", "data-chart": "ppv" });
+    charts.append(el("div", {}, el("h4", {}, "Reader PPV per day (recent decisions)"), daily));
     for (const [name, box] of boxes) chart(box, m, name); // sized once the grid has its columns
+    trend(daily, m);
   }
 
   async function load() {
