@@ -406,7 +406,7 @@ def load_model(path: str | Path, device: torch.device) -> Bundle | ZooBundle:
 
 def _channel_def(meta: Mapping[str, Any]) -> dict[int, str]:
     outputs = (meta.get("network_data_format") or {}).get("outputs") or {}
-    pred = outputs.get("pred") or next(iter(outputs.values()), {})
+    pred: dict[str, Any] = outputs.get("pred") or next(iter(outputs.values()), {})
     channels = (pred or {}).get("channel_def") or {}
     return {int(k): str(v) for k, v in channels.items() if str(k).isdigit()}
 
@@ -734,9 +734,13 @@ def _detections(
     boxes = _as_numpy(out.get("box", np.zeros((0, 6)))).reshape(-1, 6)
     scores = _as_numpy(out.get("label_scores", out.get("scores", np.ones(len(boxes))))).reshape(-1)
     classes = _as_numpy(out.get("label", np.zeros(len(boxes)))).reshape(-1).astype(int)
-    cccwhd = convert_box_mode(
-        torch.as_tensor(boxes, dtype=torch.float64), src_mode=bundle.box_mode, dst_mode="cccwhd"
-    ).numpy()
+    cccwhd = _as_numpy(
+        convert_box_mode(
+            torch.as_tensor(boxes, dtype=torch.float64),
+            src_mode=bundle.box_mode,
+            dst_mode="cccwhd",
+        )
+    ).astype(np.float64)
     centers, sizes = cccwhd[:, :3], cccwhd[:, 3:]
     if bundle.box_world is None:  # voxel coordinates of the pre-processed image: to RAS mm
         affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=float)
