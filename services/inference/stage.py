@@ -114,6 +114,8 @@ def analyze_study(ctx: Context, study_id: str) -> None:
         "sha256": bundle.sha256,
         "device": str(bundle.device),
         "rule": rule.describe(),
+        "format": analysis.model.get("format", "radpipe"),  # or "monai-zoo"
+        "kind": analysis.kind,  # segmentation | detection | classification
     }
     result["series_uid"] = series["series_uid"]
     result["risk_threshold"] = ctx.settings.risk_threshold
