@@ -277,3 +277,13 @@ def test_models_add_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
     result = CliRunner(env=env).invoke(main, ["models", "add", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "configs/metadata.json is missing" in result.output
     assert not (tmp_path / "models").exists()  # nothing stored
+
+
+def test_the_demo_bundle_stays_in_radpipe_format() -> None:
+    from radpipe.inference.bundle import Bundle, default_bundle_path
+    from radpipe.inference.zoo import bundle_info, is_native
+
+    assert is_native(default_bundle_path())
+    assert isinstance(load_model(default_bundle_path(), CPU), Bundle)
+    info = bundle_info(default_bundle_path())
+    assert info["format"] == "radpipe" and info["routing"]  # its own radpipe_routing
