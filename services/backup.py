@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .common.audit import AuditLog
+from .common.docstore import open_embedded
 from .common.migrations import SCHEMA_ID, SCHEMA_VERSION, radpipe_version
 from .common.objectstore import bucket_names, make_object_store
 from .common.ports import ObjectStore
@@ -122,9 +124,18 @@ def _private_file(path: Path) -> None:
     path.chmod(0o600)
 
 
-def backup(settings: Settings, destination: Path) -> Summary:
+def _audit(settings: Settings, actor: str, action: str, target: str, **detail: object) -> None:
+    """An entry in the data dir's own audit log (a backup holds PHI and the vault)."""
+    documents = open_embedded(settings.data_dir / "documents", settings.mongo_database)
+    try:
+        AuditLog(documents).append(actor, "admin", action, target, detail)
+    finally:
+        documents.close()
+
+
+def backup(settings: Settings, destination: Path, actor: str = "cli") -> Summary:
     """Copy the data dir's documents, objects and key into ``destination`` (a new or empty
-    folder), with a manifest."""
+    folder), with a manifest; audited in the data dir as ``backup.create`` by ``actor``."""
     _embedded_only(settings, "backup")
     database = _database_file(settings)
     if not database.is_file():
@@ -183,6 +194,16 @@ def backup(settings: Settings, destination: Path) -> Summary:
     }
     _private_file(destination / MANIFEST)
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _audit(
+        settings,
+        actor,
+        "backup.create",
+        str(destination.resolve()),
+        files=len(files),
+        objects=objects,
+        schema_version=schema,
+        key=manifest["key"],
+    )
     return Summary(destination, len(files), objects, schema)
 
 
@@ -247,10 +268,10 @@ def read_manifest(source: Path) -> dict[str, Any]:
     return manifest
 
 
-def restore(settings: Settings, source: Path) -> Summary:
+def restore(settings: Settings, source: Path, actor: str = "cli") -> Summary:
     """Restore the backup in ``source`` into the (fresh) data dir and object store of
     ``settings``. Everything is verified before anything is written; the store's migrations
-    then run at the next start."""
+    then run at the next start. Audited in the restored data dir as ``backup.restore``."""
     _embedded_only(settings, "restore")
     manifest = read_manifest(source)
     database = _database_file(settings)
@@ -310,4 +331,14 @@ def restore(settings: Settings, source: Path) -> Summary:
     _private_file(partial)
     _snapshot(source / "documents" / f"{manifest['database']}.sqlite3", partial)
     os.replace(partial, database)
+    _audit(
+        settings,
+        actor,
+        "backup.restore",
+        str(source.resolve()),
+        created_at=manifest.get("created_at"),
+        radpipe=manifest.get("radpipe"),
+        schema_version=manifest["schema_version"],
+        objects=objects,
+    )
     return Summary(settings.data_dir, len(manifest["files"]), objects, manifest["schema_version"])

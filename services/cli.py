@@ -525,7 +525,7 @@ def backup(directory: Path, data_dir: Path | None) -> None:
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     try:
-        summary = run_backup(_settings(**overrides), directory)
+        summary = run_backup(_settings(**overrides), directory, _cli_principal().name)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
@@ -547,7 +547,7 @@ def restore(directory: Path, data_dir: Path | None) -> None:
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     try:
-        summary = run_restore(_settings(**overrides), directory)
+        summary = run_restore(_settings(**overrides), directory, _cli_principal().name)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(

@@ -186,8 +186,18 @@ def test_a_restored_data_dir_serves_the_same_studies(
         assert restored.studies.get(facts["study_id"])["state"] == "deidentified"
         schema = restored.documents.collection(MIGRATIONS).find_one({"_id": SCHEMA_ID})
         assert schema["version"] == SCHEMA_VERSION
+        # Audited on both sides (a backup holds PHI and the vault), by the OS user: the
+        # backup in the source after its snapshot (so not in the copy), the restore here.
+        audit = restored.documents.collection("audit")
+        assert audit.count_documents({"action": "backup.create"}) == 0
+        [back] = audit.find({"action": "backup.restore"})
+        assert back["target"] == str(folder.resolve()) and back["actor"].startswith("cli:")
+        assert back["detail"]["schema_version"] == SCHEMA_VERSION
     finally:
         restored.documents.close()
+    [made] = ctx.documents.collection("audit").find({"action": "backup.create"})
+    assert made["target"] == str(folder.resolve()) and made["actor"].startswith("cli:")
+    assert made["detail"]["key"] == manifest["key"]
 
 
 def _nothing_written(settings: Settings) -> None:
