@@ -243,6 +243,7 @@ class Supervisor:
             if name not in self.children:
                 self.start(name)
         self.write_state()
+        threading.Thread(target=self.sweep_objects, name="sweep", daemon=True).start()
         while not self.stopping.wait(0.2):
             try:
                 self.tend()
@@ -311,6 +312,22 @@ class Supervisor:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def sweep_objects(self) -> None:
+        """Remove the temp files that writers killed mid-write left in the folder object store
+        (older than an hour: a writer may still be at a newer one)."""
+        folder = self.state_dir / "objects" if self.state_dir is not None else None
+        if folder is None or not folder.is_dir():
+            return
+        from radpipe.common.objectstore import FolderObjectStore
+
+        try:
+            removed = FolderObjectStore(folder).sweep_temp()
+        except OSError as exc:
+            log.warning("objects.sweep-failed", error=type(exc).__name__)
+            return
+        if removed:
+            log.info("objects.swept", temp_files=removed)
 
     def write_state(self) -> None:
         """Atomically replace the state file ``/readyz`` reads (temp file + rename)."""

@@ -170,6 +170,13 @@ def test_a_child_that_exits_at_once_backs_off_and_is_reported(tmp_path: Path) ->
     # Waits 0.2, 0.4, 0.8, 0.8, 0.8 s between the six starts: at least 3 s in all.
     assert time.monotonic() - started >= 0.2 + 0.4 + 0.8 * 3
     supervisor.stop()
+    # At start it sweeps the temp files that killed writers left in the folder object store.
+    left = tmp_path / "objects" / "radpipe-raw" / "s" / ".tmp-killed"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half")
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+    supervisor.sweep_objects()
+    assert not left.exists()
     # A state file left by a supervisor that is gone is ignored.
     state = json.loads((tmp_path / SUPERVISOR_STATE).read_text())
     state["pid"] = 2**22 + 1
