@@ -457,3 +457,41 @@ def classification_bundle(root: Path, *, routing: bool = True, name: str = "tiny
     }
     metadata = _metadata(name, "Nodule present or not (classification)", pred, [32, 32, 32])
     return _write(root, metadata, inference, model.state_dict(), routing)
+
+
+BRIGHTEST_BOX = '''\
+import torch
+
+
+class BrightestBox:
+    """An inferer in the zoo's detection output format (a list of {box, label, label_scores},
+    boxes xyzxyz in voxels of the pre-processed image): the box around the voxels at the top
+    of the intensity window, so the tests know where it lies in the patient."""
+
+    def __call__(self, inputs, network, *args, **kwargs):
+        out = []
+        for image in inputs:
+            index = torch.nonzero(image[0] >= 0.999).float()
+            box = torch.cat([index.min(0).values, index.max(0).values + 1.0])[None]
+            out.append(
+                {"box": box, "label": torch.zeros(1, dtype=torch.long),
+                 "label_scores": torch.tensor([0.9])}
+            )
+        return out
+'''
+
+
+def stub_detection_bundle(root: Path) -> Path:
+    """The detection layout with an inferer whose one box is known: around the voxels at or
+    above 300 HU (the top of the window)."""
+    detection_bundle(root, routing=False, name="stub_det")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    for key in ("detector", "detector_ops", "anchor_generator", "feature_extractor"):
+        config.pop(key)
+    config["network_def"] = {"_target_": "torch.nn.Identity"}
+    config["inferer"] = {"_target_": "scripts.brightest.BrightestBox"}
+    config["evaluator"].pop("_requires_")
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=4))
+    torch.save({}, root / "models" / "model.pt")
+    (root / "scripts" / "brightest.py").write_text(BRIGHTEST_BOX)
+    return root

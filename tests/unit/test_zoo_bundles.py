@@ -287,3 +287,50 @@ def test_the_demo_bundle_stays_in_radpipe_format() -> None:
     assert isinstance(load_model(default_bundle_path(), CPU), Bundle)
     info = bundle_info(default_bundle_path())
     assert info["format"] == "radpipe" and info["routing"]  # its own radpipe_routing
+
+
+def test_a_detection_box_lands_where_it_lies_in_the_patient(tmp_path: Path) -> None:
+    """The bundle's own AffineBoxToWorldCoordinated and ConvertBoxModed, then Radpipe's LPS
+    mapping: the box around the only voxels >= 300 HU (a block off-centre in x, y and z, bone
+    clipped) must come back around them; a flipped axis would mirror it."""
+    from ..zoo_bundles import stub_detection_bundle
+
+    phantom = make_phantom(3, nodules=[12.0], shape=(24, 64, 64), spacing=(2.5, 3.0, 3.0))
+    np.minimum(phantom.volume, 200, out=phantom.volume)
+    phantom.volume[2:8, 4:16, 44:60] = 600.0
+    series = phantom_to_datasets(phantom)
+
+    bundle = load_model(stub_detection_bundle(tmp_path / "stub"), CPU)
+    analysis = analyze(series, bundle)
+    volume = analysis.volume
+    assert volume is not None
+    [finding] = analysis.findings
+    bright = np.nonzero(volume.array >= 300.0)
+    lo = np.array(volume.index_to_patient(tuple(float(a.min()) for a in bright)))
+    hi = np.array(volume.index_to_patient(tuple(float(a.max()) for a in bright)))
+    centre = (lo + hi) / 2.0
+    assert np.linalg.norm(np.array(finding.center_patient_xyz) - centre) < 4.0
+    assert isinstance(finding, ZooFinding) and finding.box_mm is not None
+    extent = np.abs(hi - lo) + np.array([volume.spacing[2], volume.spacing[1], volume.spacing[0]])
+    assert np.allclose(finding.box_mm, extent, atol=6.0)
+    mask = analysis.label_map == finding.label
+    inside = tuple(round(float(a.mean())) for a in bright)
+    assert mask[inside]  # the SEG ellipsoid covers the bright region's centre
+    assert (bright[0].min(), bright[1].min(), bright[2].min()) == (2, 4, 44)  # only the block
+
+
+def test_the_worker_fails_the_study_with_the_reason_for_a_changed_bundle(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from radpipe.common.errors import PipelineError
+    from radpipe.inference.registry import Entry
+    from radpipe.inference.stage import bundle_for
+
+    root = classification_bundle(tmp_path / "cls")
+    write_manifest(root)
+    (root / "configs" / "inference.json").write_text(
+        (root / "configs" / "inference.json").read_text().replace("SimpleInferer", "SimpleInferer ")
+    )
+    ctx = SimpleNamespace(settings=SimpleNamespace(inference_device="cpu"))
+    with pytest.raises(PipelineError, match=r"inference.json changed.*radpipe models verify"):
+        bundle_for(ctx, Entry("tiny_cls", root, ()))  # type: ignore[arg-type]
