@@ -453,9 +453,16 @@ def models_add(path: Path, replace: bool) -> None:
             "RADPIPE_MODELS_DIR is not set: set it to the folder the inference workers read "
             "bundles from, then add the bundle again"
         )
-    for rel in ("configs/metadata.json", "configs/inference.json"):
-        if not (path / rel).is_file():
-            raise click.ClickException(f"{path} is not a MONAI bundle: {rel} is missing")
+    from radpipe.inference.zoo import inference_config
+
+    if not (path / "configs" / "metadata.json").is_file():
+        raise click.ClickException(
+            f"{path} is not a MONAI bundle: configs/metadata.json is missing"
+        )
+    if inference_config(path) is None:
+        raise click.ClickException(
+            f"{path} is not a MONAI bundle: configs/inference.json (or .yaml) is missing"
+        )
     if not any((path / w).is_file() for w in ("models/model.pt", "models/model.ts")):
         raise click.ClickException(f"{path} has no weights: models/model.pt or models/model.ts")
     try:

@@ -385,12 +385,23 @@ class ZooBundle:
         )
 
 
+INFERENCE_CONFIGS = ("inference.json", "inference.yaml", "inference.yml")
+
+
+def inference_config(root: Path) -> Path | None:
+    """The bundle's inference config: ``configs/inference.json`` or, as some zoo bundles
+    ship it, ``configs/inference.yaml``."""
+    return next(
+        (root / "configs" / n for n in INFERENCE_CONFIGS if (root / "configs" / n).is_file()), None
+    )
+
+
 def is_native(root: Path) -> bool:
     """A Radpipe-format bundle (the demo's): its inference.json names the windowing and
     threshold itself and has no ``preprocessing`` component."""
     try:
         config = json.loads((root / "configs" / "inference.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a zoo bundle's YAML config is never Radpipe's format
         return False
     return "preprocessing" not in config and {"intensity_range", "threshold"} <= set(config)
 
@@ -426,21 +437,24 @@ def load_zoo_bundle(path: str | Path, device: torch.device) -> ZooBundle:
     BundleError: a required file or component is missing, or building it failed.
     """
     root = Path(path).resolve()
-    for rel in ("configs/metadata.json", "configs/inference.json"):
-        if not (root / rel).is_file():
-            raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
+    config = inference_config(root)
+    if not (root / "configs" / "metadata.json").is_file() or config is None:
+        raise BundleError(
+            f"bundle {root} is incomplete: it needs configs/metadata.json and "
+            "configs/inference.json (or inference.yaml)"
+        )
     weights = next((root / w for w in WEIGHTS if (root / w).is_file()), None)
     if weights is None:
         raise BundleError(f"bundle {root} has no weights: models/model.pt or models/model.ts")
     sidecar = Sidecar.read(root)
     parser = ConfigParser()
     parser.read_meta(str(root / "configs" / "metadata.json"))
-    parser.read_config(str(root / "configs" / "inference.json"))
+    parser.read_config(str(config))
     missing = [k for k in ("preprocessing", "inferer", "postprocessing") if k not in parser]
     if weights.suffix == ".pt" and "network_def" not in parser:
         missing.insert(0, "network_def")
     if missing:
-        raise BundleError(f"bundle {root}: configs/inference.json lacks {', '.join(missing)}")
+        raise BundleError(f"bundle {root}: configs/{config.name} lacks {', '.join(missing)}")
     parser["_radpipe_root_"] = str(root)
     _io_overrides(parser, device)
     meta = parser.get("_meta_", {}) or {}
@@ -470,7 +484,7 @@ def load_zoo_bundle(path: str | Path, device: torch.device) -> ZooBundle:
             raise BundleError(
                 f"bundle {root}: building its inference components failed "
                 f"({type(exc).__name__}: {exc}); run it with `python -m monai.bundle run "
-                "--config_file configs/inference.json` to see the bundle's own error"
+                f"--config_file configs/{config.name}` to see the bundle's own error"
             ) from None
     collate = str(parser.get("dataloader#collate_fn", ""))
     post = parser.get("postprocessing#transforms") or []
@@ -509,7 +523,8 @@ def bundle_info(root: Path) -> dict[str, Any]:
         fmt, kind = "radpipe", kind or "segmentation"
     else:
         fmt = "monai-zoo"
-        config = json.loads((root / "configs" / "inference.json").read_text())
+        path = inference_config(root)
+        config = ConfigParser.load_config_file(str(path)) if path else {}
         if kind is None and "detector" in config:
             kind = "detection"
     state = verify_manifest(root)

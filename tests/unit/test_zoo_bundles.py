@@ -334,3 +334,17 @@ def test_the_worker_fails_the_study_with_the_reason_for_a_changed_bundle(tmp_pat
     ctx = SimpleNamespace(settings=SimpleNamespace(inference_device="cpu"))
     with pytest.raises(PipelineError, match=r"inference.json changed.*radpipe models verify"):
         bundle_for(ctx, Entry("tiny_cls", root, ()))  # type: ignore[arg-type]
+
+
+def test_a_bundle_with_a_yaml_config_runs_too(
+    series: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    import yaml
+
+    root = classification_bundle(tmp_path / "cls")
+    config = root / "configs" / "inference.json"
+    (root / "configs" / "inference.yaml").write_text(yaml.safe_dump(json.loads(config.read_text())))
+    config.unlink()
+    analysis = analyze(series, load_model(root, CPU))
+    assert [e.name for e in analysis.evaluations] == ["no nodule", "nodule"]
+    assert "configs/inference.yaml" in write_manifest(root)
