@@ -79,6 +79,12 @@ def _same_model(a: Bundle, b: Bundle) -> bool:
     )
 
 
+def _tally(case: Case) -> str:
+    hits = len({j for j in case.hits.values() if j >= 0})
+    fps = ", ".join(f"{f.diameter_mm:.0f}" for f in case.false_positives())
+    return f"{hits} hit, FP mm [{fps}]"
+
+
 def _row(label: str, s: Scores) -> list[str]:
     return [
         label,
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  study {i + 1}/{args.scans} seed {seed} {study.volume.shape} "
                 f"{', '.join(f'{v:.2f}' for v in study.spacing)} mm, "
                 f"{len(study.nodules)} nodules, findings anchor "
-                f"{len(cases['anchor'][-1].findings)} current {len(cases['current'][-1].findings)}"
+                f"{_tally(cases['anchor'][-1])} current {_tally(cases['current'][-1])}"
                 f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )

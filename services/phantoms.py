@@ -391,13 +391,13 @@ def make_study(
 
     # Scanner: kernel and noise (white noise shaped by the kernel, scaled to the drawn sigma).
     sigma = rng.uniform(*family.noise_hu)
-    noise = rng.standard_normal(shape, dtype=np.float32)
+    noise: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
     if kernel == "smooth":
         vol = _blur2d(vol, int(rng.integers(1, 3)))
         noise = _blur2d(noise, 1)
     else:
-        vol = vol + rng.uniform(0.4, 1.0) * (vol - _blur2d(vol, 1))  # edge overshoot
-        noise = noise - 0.5 * _blur2d(noise, 1)
+        vol = vol + np.float32(rng.uniform(0.4, 1.0)) * (vol - _blur2d(vol, 1))  # edge overshoot
+        noise = noise - np.float32(0.5) * _blur2d(noise, 1)
     noise *= np.float32(sigma / max(float(noise[:, ::7, ::7].std()), 1e-6))
     vol += noise
     fov_circle = (y2 - fov_y / 2) ** 2 + (x2 - fov_x / 2) ** 2 > (min(fov_x, fov_y) / 2) ** 2

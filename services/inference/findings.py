@@ -48,9 +48,11 @@ class Finding:
     center_sop_instance_uid: str = ""
     mean_hu: float = 0.0
     # Shape and context (not in `to_dict`): share of the one-voxel shell around the component
-    # denser than `CONTACT_HU` (a vessel or wall it is part of), and sqrt of the largest over
-    # the smallest second moment of its voxels in mm (1 for a sphere, ~3 for a tube piece).
+    # denser than `CONTACT_HU` (a vessel or wall it is part of), the same share over the band
+    # 1-3 voxels out (`contact_far`), and sqrt of the largest over the smallest second moment
+    # of its voxels in mm (1 for a sphere, ~3 for a tube piece).
     contact: float = 0.0
+    contact_far: float = 0.0
     elongation: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,13 +78,17 @@ class ShapeFilter:
     """Context and shape limits a bundle may declare in `configs/inference.json`.
 
     `max_contact_fraction`: drop components whose shell is denser than `CONTACT_HU` over more
-    than this share (a bright piece of a vessel, heart or chest wall keeps going into the
-    tissue around it; a nodule in lung is ringed by parenchyma). `max_elongation`: drop
-    components longer than this many times their shortest axis (tube pieces). None: no limit.
+    than this share (a bright piece of a vessel keeps going into the tissue around it; a
+    nodule in lung is ringed by parenchyma), unless `wall_ratio` is set and the band 2-3
+    voxels further out is still dense over at least `wall_ratio` times that share: a nodule on
+    the pleura leans on a wall that goes on, a vessel leaving a component thins out relative
+    to the growing shell. `max_elongation`: drop components longer than this many times their
+    shortest axis (tube pieces). None: no limit.
     """
 
     max_contact_fraction: float | None = None
     max_elongation: float | None = None
+    wall_ratio: float | None = None
 
 
 @lru_cache(maxsize=32)
@@ -92,7 +98,7 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return ShapeFilter()
-    values = {k: data.get(k) for k in ("max_contact_fraction", "max_elongation")}
+    values = {k: data.get(k) for k in ("max_contact_fraction", "max_elongation", "wall_ratio")}
     return ShapeFilter(**{k: None if v is None else float(v) for k, v in values.items()})
 
 
@@ -186,10 +192,15 @@ def segment_findings(
         for i in range(1, n + 1)
         if counts[i] * voxel_mm3 >= bundle.min_volume_mm3 and mean_hu[i] <= max_hu
     ]
-    contact, elongation = _shape(labels, coords, lab, counts, volume, grid_spacing)
+    contact, far, elongation = _shape(labels, coords, lab, counts, volume, grid_spacing)
     limits = shape_filter(bundle)
     if limits.max_contact_fraction is not None:
-        kept = [i for i in kept if contact[i] <= limits.max_contact_fraction]
+        wall = math.inf if limits.wall_ratio is None else limits.wall_ratio
+        kept = [
+            i
+            for i in kept
+            if contact[i] <= limits.max_contact_fraction or far[i] >= wall * contact[i]
+        ]
     if limits.max_elongation is not None:
         kept = [i for i in kept if elongation[i] <= limits.max_elongation]
     kept.sort(key=lambda i: -counts[i])
@@ -217,6 +228,7 @@ def segment_findings(
                 ),
                 mean_hu=float(mean_hu[i]),
                 contact=float(contact[i]),
+                contact_far=float(far[i]),
                 elongation=float(elongation[i]),
             )
         )
@@ -230,25 +242,29 @@ def _shape(
     counts: np.ndarray,
     volume: Volume,
     grid_spacing: Vec3,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per label: contact fraction of its shell and elongation (see `Finding`)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label: contact share of its shell, of the band 1-3 voxels out, and elongation."""
     n = len(counts) - 1
     box = tuple(
-        slice(max(int(c.min()) - 1, 0), min(int(c.max()) + 2, size))
+        slice(max(int(c.min()) - 3, 0), min(int(c.max()) + 4, size))
         for c, size in zip(coords, labels.shape, strict=True)
     )
     sub = labels[box]
-    grown = _max3(sub)
-    shell = (sub == 0) & (grown > 0)
-    owner = grown[shell]
-    where = [w + b.start for w, b in zip(np.nonzero(shell), box, strict=True)]
-    source = [
-        np.clip(((c + 0.5) * (n_in / n_out)).astype(np.intp), 0, n_in - 1)
-        for c, n_in, n_out in zip(where, volume.array.shape, labels.shape, strict=True)
-    ]
-    dense = volume.array[tuple(source)] > CONTACT_HU
-    shell_n = np.bincount(owner, minlength=n + 1)
-    contact = np.bincount(owner, weights=dense, minlength=n + 1) / np.maximum(shell_n, 1)
+    shares = []
+    grown = sub
+    for passes in (1, 2):
+        for _ in range(passes):
+            grown = _max3(grown)
+        shell = (sub == 0) & (grown > 0)  # 1 voxel out, then 1-3 voxels out
+        owner = grown[shell]
+        where = [w + b.start for w, b in zip(np.nonzero(shell), box, strict=True)]
+        source = [
+            np.clip(((c + 0.5) * (n_in / n_out)).astype(np.intp), 0, n_in - 1)
+            for c, n_in, n_out in zip(where, volume.array.shape, labels.shape, strict=True)
+        ]
+        dense = volume.array[tuple(source)] > CONTACT_HU
+        shell_n = np.bincount(owner, minlength=n + 1)
+        shares.append(np.bincount(owner, weights=dense, minlength=n + 1) / np.maximum(shell_n, 1))
 
     mm = [c.astype(np.float64) * s for c, s in zip(coords, grid_spacing, strict=True)]
     c_n = np.maximum(counts, 1)
@@ -262,7 +278,7 @@ def _shape(
     cov += np.diag([s * s / 12 for s in grid_spacing])[None]
     eig = np.linalg.eigvalsh(cov)
     elongation = np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-9))
-    return contact, elongation
+    return shares[0], shares[1], elongation
 
 
 def post_process(prob: np.ndarray, volume: Volume, bundle: Bundle) -> list[Finding]:

@@ -120,7 +120,7 @@ def _sensitivity_at(
     cases: list[Case], rates: Iterable[float], min_mm: float = 0.0
 ) -> dict[float, float]:
     """Best sensitivity (nodules >= min_mm) at each false-positive-per-scan budget."""
-    events = []  # (score, is_hit, nodule key)
+    events: list[tuple[float, bool, tuple[int, int] | None]] = []  # (score, hit, nodule)
     total = 0
     for c, case in enumerate(cases):
         wanted = {j for j, n in enumerate(case.nodules) if n.diameter_mm >= min_mm}

@@ -28,7 +28,7 @@ def test_bundle_is_complete_and_identified(bundle: Bundle) -> None:
     weights = default_bundle_path() / "models" / "model.pt"
     assert bundle.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert weights.stat().st_size < 5 * 1024 * 1024
-    assert (bundle.name, bundle.version) == ("lung_nodule_demo", "0.1.0")
+    assert (bundle.name, bundle.version) == ("lung_nodule_demo", "0.2.0")
     assert not bundle.network.training
     meta = json.loads((default_bundle_path() / "configs" / "metadata.json").read_text())
     assert "Not for diagnosis." in meta["description"]

@@ -1,0 +1,113 @@
+"""The shipped demo bundle on phantoms from settings held out of its training (issue 15).
+
+`radpipe.phantoms.HELD_OUT` draws 4 mm slices, a sharp kernel, 25-40 HU of noise, boxy and
+off-centre bodies, truncated fields of view, airways and contrast: none of which the bundle's
+training data (`radpipe.demo`) or the `TRAIN` family the post-processing filters were chosen
+on contain. A small seeded sample, the worker's own stages; the full FROC is `bench/froc.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
+from radpipe.inference.findings import segment_findings, shape_filter
+from radpipe.inference.froc import Case, run_case
+from radpipe.inference.model import pre_process, predict
+from radpipe.inference.volume import Volume
+from radpipe.phantoms import HELD_OUT, make_study
+
+SHAPE = (32, 256, 256)  # 128 mm of chest at 4 mm slices, 256 mm field of view
+SPACING = (4.0, 1.0, 1.0)
+CLEAN_SEEDS = (1501, 1502, 1503)
+# Issue 15's goal is not met by the shipped 0.2.0 (its model card and docs/benchmarks.md give
+# the figures): the shape filters that stop clean studies from paging also drop these true
+# nodules, whose shells on 4 mm sharp-kernel slices touch dense voxels as often as vessel
+# pieces do. Strict: a bundle that finds them makes these cases XPASS, and the test fail
+# until the marks are removed.
+MISSED = pytest.mark.xfail(
+    strict=True,
+    reason="issue 15 item 1 open: 0.2.0 misses this held-out nodule (retrain with hard negatives)",
+)
+NODULES = [  # (seed, diameter mm, kind, site): every one >= 8 mm
+    pytest.param(1511, 12.0, "solid", "free", marks=MISSED),
+    pytest.param(1512, 10.0, "solid", "juxtavascular", marks=MISSED),
+    (1513, 16.0, "part-solid", "free"),
+    pytest.param(1514, 9.0, "solid", "free", marks=MISSED),
+]
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Bundle:
+    torch.set_num_threads(2)
+    return load_bundle(default_bundle_path(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def unfiltered(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """The same weights and thresholds without the shape filters (the bundle as of 0.1.0)."""
+    root = tmp_path_factory.mktemp("unfiltered")
+    shutil.copytree(default_bundle_path() / "configs", root / "configs")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    for key in ("max_contact_fraction", "wall_ratio", "max_elongation"):
+        config.pop(key)
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    plain = replace(bundle, path=root)
+    assert shape_filter(plain).max_contact_fraction is None
+    return plain
+
+
+def _study(seed: int, **kwargs: object) -> object:
+    return make_study(seed, HELD_OUT, shape=SHAPE, spacing=SPACING, **kwargs)  # type: ignore[arg-type]
+
+
+def test_clean_held_out_studies_raise_no_finding_of_8_mm(
+    bundle: Bundle, unfiltered: Bundle
+) -> None:
+    assert shape_filter(bundle).max_contact_fraction is not None
+    filtered: list[Case] = []
+    plain: list[Case] = []
+    for seed in CLEAN_SEEDS:
+        study = _study(seed, nodules=[])
+        volume = Volume(study.volume.astype(np.float32), study.spacing, [])  # type: ignore[attr-defined]
+        prob = predict(pre_process(volume, bundle), bundle)  # one map, two post-processings
+        for out, which in ((filtered, bundle), (plain, unfiltered)):
+            out.append(Case([], segment_findings(prob, volume, which)[0], volume.spacing))
+    # The bound of issue 15: <= 0.1 false positives per clean scan at >= 8 mm (0 of 3 here),
+    # and no more than one smaller one in the whole sample.
+    assert [len(c.false_positives(8.0)) for c in filtered] == [0] * len(CLEAN_SEEDS)
+    assert sum(len(c.false_positives(0.0)) for c in filtered) <= 1
+    # The sample does discriminate: without the filters these clean studies would page.
+    assert sum(len(c.false_positives(8.0)) for c in plain) >= 1
+
+
+@pytest.mark.parametrize(("seed", "diameter", "kind", "site"), NODULES)
+def test_nodules_of_8_mm_and_up_are_found_on_held_out_studies(
+    bundle: Bundle, seed: int, diameter: float, kind: str, site: str
+) -> None:
+    study = _study(seed, nodules=[diameter], kinds=[kind], sites=[site])
+    assert [n.diameter_mm for n in study.nodules] == [diameter]  # type: ignore[attr-defined]
+    case = run_case(study, bundle)  # type: ignore[arg-type]
+    hits = [k for k, j in case.hits.items() if j == 0]
+    assert hits, f"{diameter} mm {kind} {site} nodule missed; findings {case.findings}"
+    finding = case.findings[hits[0]]
+    # >= 8 mm measured: the study pages (risk.py). A part-solid nodule's ground glass is
+    # under-segmented by a model trained on solid nodules only: the size is not asserted.
+    assert finding.diameter_mm >= 8.0
+    assert len(case.false_positives(8.0)) == 0
+    centre = np.array(finding.center_voxel_zyx) * np.array(SPACING)
+    assert np.linalg.norm(centre - np.array(case.nodules[0].center_mm)) <= diameter / 2
+
+
+def test_the_model_card_states_the_held_out_figures_and_the_limits() -> None:
+    card = (default_bundle_path() / "docs" / "README.md").read_text()
+    for needed in ("Not for diagnosis", "synthetic", "held out", "CPM", "FP per clean scan"):
+        assert needed.lower() in card.lower(), needed
+    assert Path(default_bundle_path() / "configs" / "inference.json").is_file()
