@@ -200,6 +200,13 @@ def report(
     print(f"median model alone (anchor):                      {d:.2f} s")
     print(f"overhead = upload->alert - model - stable wait:   {overhead:.2f} s")
     print(f"ratio pipeline / (model + stable wait):           {p / (d + args.stable_seconds):.2f}")
+    # On a shared machine the anchor and the worker's model run at different moments and
+    # loads; the overhead against the worker's own model time (same study, same run) is steadier.
+    own = statistics.median(
+        s["_total"] - s["inference decode"] - s["inference predict"] - s["inference post"]
+        for s in stages
+    )
+    print(f"overhead against the worker's own model time:     {own - args.stable_seconds:.2f} s")
     reopened = sum(int(s["_reopened"]) for s in stages)
     if reopened:
         print(
