@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import warnings
 from typing import Any
 
@@ -233,6 +235,56 @@ def worker_argv(queue: str, concurrency: int, pool: str) -> list[str]:
     ]
 
 
+#: A worker's heartbeat in the broker: one key per worker process, renewed every
+#: ``HEARTBEAT_SECONDS`` by a thread of its own, gone ``HEARTBEAT_TTL`` after the process died.
+ALIVE_KEY = "radpipe.worker-alive:{queue}:{worker}"
+HEARTBEAT_SECONDS, HEARTBEAT_TTL = 10.0, 45
+
+
+def _redis(connection: Any) -> Any:
+    return getattr(connection.default_channel, "client", None)
+
+
+def beat(celery: Celery, queue: str, worker: str) -> None:
+    """Renew this worker's heartbeat key once."""
+    with celery.connection_for_write() as connection:
+        client = _redis(connection)
+        if client is not None:
+            client.set(ALIVE_KEY.format(queue=queue, worker=worker), "1", ex=HEARTBEAT_TTL)
+
+
+def start_heartbeat(celery: Celery, queue: str) -> threading.Event:
+    """Beat from a daemon thread until the returned event is set.
+
+    Celery's remote-control ping is answered by the worker's own loop, which a solo-pool
+    worker busy with a long task (an inference on CPU) does not run: the ping alone would call a
+    busy worker dead. This thread keeps beating while the task runs."""
+    stop = threading.Event()
+    worker = f"{os.getpid()}@{socket.gethostname()}"
+
+    def run() -> None:
+        while True:
+            try:
+                beat(celery, queue, worker)
+            except Exception as exc:  # a broker briefly away: the next beat tries again
+                log.warning("worker.heartbeat-failed", queue=queue, error=type(exc).__name__)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    threading.Thread(target=run, name="worker-heartbeat", daemon=True).start()
+    return stop
+
+
+def beating_queues(celery: Celery) -> set[str]:
+    """Queues with at least one worker whose heartbeat is current."""
+    with celery.connection_for_read() as connection:
+        client = _redis(connection)
+        if client is None:
+            return set()
+        keys = client.scan_iter(match=ALIVE_KEY.format(queue="*", worker="*"), count=500)
+        return {(k.decode() if isinstance(k, bytes) else k).split(":")[1] for k in keys}
+
+
 def run_worker(
     celery: Celery, queue: str, concurrency: int, pool: str, *, warn_root: bool = True
 ) -> None:
@@ -257,6 +309,7 @@ def run_worker(
             log.info("worker.unbound", exchange="deid", routing_key="deid", bindings=dropped)
 
     worker_ready.connect(unbind_when_connected, weak=False)
+    worker_ready.connect(lambda **_: start_heartbeat(celery, queue), weak=False)
     # Celery adds handlers of its own (the task logger's, the multiprocessing one): each gets
     # the PHI filter and the JSON formatter, so its retry and failure lines are scrubbed too.
     after_setup_logger.connect(secure_handlers, weak=False)

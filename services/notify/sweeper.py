@@ -61,12 +61,15 @@ def watch_workers(
 
 
 def live_queues() -> set[str]:
-    """Queues some worker consumes now (Celery remote control: every worker answers a ping
-    broadcast with its queues within a second)."""
+    """Queues some worker consumes now: those with a current heartbeat (a thread in every
+    worker, so a worker busy with a long task counts), and those whose workers answer a
+    remote-control broadcast within a second (workers that do not beat)."""
     from radpipe.common.bus import app
+    from radpipe.common.queues import beating_queues
 
+    live = beating_queues(app())
     replies = app().control.inspect(timeout=1.0).active_queues() or {}
-    return {queue["name"] for queues in replies.values() for queue in queues}
+    return live | {queue["name"] for queues in replies.values() for queue in queues}
 
 
 def start(interval: float) -> threading.Event:

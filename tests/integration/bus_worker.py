@@ -8,6 +8,7 @@ way its name says, so the test counts deliveries and retries from outside the wo
 from __future__ import annotations
 
 import os
+import time
 
 from radpipe.common.bus import app, run_worker, stage_task
 from radpipe.common.context import Context
@@ -40,6 +41,13 @@ celery = app()
 stage_task(celery, "radpipe.test.permanent", "inference", max_retries=3)(permanent)
 stage_task(celery, "radpipe.test.flaky", "deid", max_retries=2)(flaky)
 stage_task(celery, "radpipe.test.export", "export", max_retries=0, fails_study=False)(refused)
+
+
+@celery.task(name="radpipe.test.busy", acks_late=True)
+def busy(study_id: str) -> None:
+    """Holds the solo worker (as a long CPU inference does) for ``BUS_BUSY_SECONDS``."""
+    called(study_id)
+    time.sleep(float(os.environ.get("BUS_BUSY_SECONDS", "8")))
 
 
 @celery.task(name="radpipe.test.unwrapped", acks_late=True)

@@ -240,3 +240,22 @@ def test_celery_failure_lines_carry_no_task_argument_or_exception_text(
     text = stage_worker.log.read_text()
     assert "Doe" not in text and "7731904" not in text and "19700101" not in text
     assert "Traceback" not in text
+
+
+def test_a_worker_busy_with_a_long_task_still_counts_as_live(stage_worker: StageWorker) -> None:
+    """The solo worker cannot answer Celery's ping while a task runs; its heartbeat thread
+    keeps its queue live, so the sweeper pages no one about a busy (not dead) stage."""
+    from radpipe.common.queues import beating_queues
+
+    assert "deid" in beating_queues(stage_worker.celery)
+    stage_worker.send("radpipe.test.busy", "busy-1")
+    stage_worker.wait_for(lambda: stage_worker.calls_for("busy-1"), "the long task to start")
+    pings = stage_worker.celery.control.inspect(timeout=1.0).active_queues() or {}
+    assert pings == {}  # busy: the broadcast goes unanswered
+    assert "deid" in beating_queues(stage_worker.celery)
+    stage_worker.process.kill()
+    stage_worker.process.wait()
+    # The key of a dead worker expires: nothing renews it.
+    broker = redis.Redis.from_url(stage_worker.celery.conf.broker_url)
+    [key] = broker.scan_iter("radpipe.worker-alive:*")
+    assert 0 < broker.ttl(key) <= 45
