@@ -79,7 +79,7 @@ def up(
     os.environ.update(env)  # this process serves the API with the same settings
     settings = _settings()
     context = build_context(settings)
-    password = _bootstrap_admin(AuthService(context.documents))
+    passwords = _bootstrap_users(AuthService(context.documents))
     if os.geteuid() == 0:  # said once here; the workers of `radpipe up` do not repeat it
         get_logger("radpipe.up").warning(
             "up.root", advice="run radpipe as an unprivileged user; nothing in it needs root"
@@ -95,8 +95,12 @@ def up(
     threading.Thread(target=supervisor.run, name="supervisor", daemon=True).start()
     click.echo(f"Radpipe is up: {settings.public_url}  (data in {data})")
     click.echo(f"  DICOMweb STOW-RS: {settings.public('dicom-web/studies')}")
-    if password:
-        click.echo(f"  portal login: admin / {password}  (shown once)")
+    if passwords:
+        click.echo(
+            f"  portal login: radiologist / {passwords['radiologist']}  "
+            f"(worklist, viewer, sign-off), admin / {passwords['admin']}  "
+            "(users, tokens, rules; no clinical data); shown once"
+        )
     if settings.dimse_port:
         from radpipe.ingest.dimse import start_scp
 
@@ -119,13 +123,16 @@ def up(
         supervisor.stop()  # the workers, then the broker
 
 
-def _bootstrap_admin(auth: AuthService) -> str | None:
-    """On first start, an ``admin`` user with a random password printed once."""
+def _bootstrap_users(auth: AuthService) -> dict[str, str]:
+    """On first start, a ``radiologist`` (the reading room) and an ``admin`` (users, tokens,
+    rules: admin is not a clinical role and sees no study), each with a random password
+    printed once; nothing when the store has users already."""
     if auth.users.count_documents({}) > 0:
-        return None
-    password = secrets.token_urlsafe(12)
-    auth.add_user("admin", "admin", password)
-    return password
+        return {}
+    passwords = {name: secrets.token_urlsafe(12) for name in ("radiologist", "admin")}
+    for name, password in passwords.items():
+        auth.add_user(name, name, password)
+    return passwords
 
 
 @main.command()

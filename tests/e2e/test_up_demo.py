@@ -130,7 +130,8 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
         alert_lines = [line for line in output.splitlines() if line.startswith("ALERT ")]
         assert len(alert_lines) == 1 and "/studies/" in alert_lines[0]
         up_log = (tmp_path / "up.log").read_text()
-        assert "portal login: admin / " in up_log
+        login = next(line for line in up_log.splitlines() if "portal login:" in line)
+        assert "radiologist / " in login and "admin / " in login  # a reader and an admin
         assert "Demo^Patient" not in up_log and "DEMO0000" not in up_log  # no PHI in logs
         assert_quiet(up_log, summary_lines=4)  # up, STOW-RS, login, try it; nothing else
         assert '"event": "worker.restart"' in up_log  # the supervisor's own line, as JSON
