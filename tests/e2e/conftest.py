@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..servers import S3Server, free_port, stop, wait_for_port
+from ..servers import S3Server, free_port, require_tool, stop, wait_for_port
 from ..webhook import Receiver, webhook_receiver
 
 SECRET = "bb4f6030d95e1d62801d69500926fc91350970035cf1f2d98d6e12ed2aac8a61"  # 256 bits
@@ -115,3 +115,17 @@ def wait_until(predicate, timeout: float, stack: Stack, what: str):  # type: ign
             return value
         time.sleep(1.0)
     pytest.fail(f"timed out waiting for {what}\n{stack.log_tail()}")
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """Headless Debian Chromium driven by Playwright (one browser per test)."""
+    from .test_portal_browser import ARTIFACTS, CHROMIUM_FLAGS
+
+    chromium = require_tool("chromium", "apt-get install chromium")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()

@@ -17,19 +17,7 @@ from radpipe.inference.registry import discover, route
 from radpipe.notify.rules import on_call
 from radpipe.notify.service import config_of
 
-from ..servers import require_tool
-from .test_portal_browser import ARTIFACTS, CHROMIUM_FLAGS
-
-
-@pytest.fixture
-def browser() -> Any:
-    chromium = require_tool("chromium", "apt-get install chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
+from .test_portal_browser import ARTIFACTS
 
 
 def expect(locator: Any) -> Any:

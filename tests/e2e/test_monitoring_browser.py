@@ -18,7 +18,7 @@ from radpipe.common.studies import now
 from radpipe.inference.bundle import default_bundle_path
 
 from .test_portal_browser import ARTIFACTS
-from .test_tat_browser import browser, canvas_ink  # noqa: F401 (the fixture)
+from .test_tat_browser import canvas_ink
 
 MODEL = {"name": "lung_nodule_demo", "version": "0.1.0", "sha256": "cd" * 32}
 
@@ -47,7 +47,7 @@ def loaded(page: Any) -> None:
 def test_admin_sees_figures_conditions_and_input_charts(
     ctx: Context,
     live_url: str,
-    browser: Any,  # noqa: F811
+    browser: Any,
 ) -> None:
     ctx.settings.monitor_min_studies = 5
     AuthService(ctx.documents).add_user("root", "admin", "monitoring-42")
@@ -98,7 +98,7 @@ def test_admin_sees_figures_conditions_and_input_charts(
 def test_clinical_roles_get_no_models_link(
     ctx: Context,
     live_url: str,
-    browser: Any,  # noqa: F811
+    browser: Any,
     role: str,
 ) -> None:
     AuthService(ctx.documents).add_user("doc", role, "clinical-pass-7")

@@ -21,8 +21,7 @@ from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.notify.service import notify_study
 
 from ..integration.test_inference_results import run_pipeline
-from ..servers import require_tool
-from .test_portal_browser import ARTIFACTS, CHROMIUM_FLAGS
+from .test_portal_browser import ARTIFACTS
 
 CANVAS = 512
 
@@ -33,17 +32,6 @@ def alerted(ctx: Context, client: TestClient, tokens) -> str:
     study_id = run_pipeline(ctx, client, tokens["modality"], phantom_to_datasets(phantom))
     notify_study(ctx, study_id)
     return study_id
-
-
-@pytest.fixture
-def browser() -> Any:
-    chromium = require_tool("chromium", "apt-get install chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
 
 
 def login(browser: Any, url: str, name: str, password: str, home: str = "/") -> Any:

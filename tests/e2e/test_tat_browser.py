@@ -11,25 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from radpipe.common.auth import AuthService
 from radpipe.common.context import Context
 from radpipe.tat import service
 
-from ..servers import require_tool
-from .test_portal_browser import ARTIFACTS, CHROMIUM_FLAGS
-
-
-@pytest.fixture
-def browser() -> Any:
-    chromium = require_tool("chromium", "apt-get install chromium")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        yield launched
-        launched.close()
+from .test_portal_browser import ARTIFACTS
 
 
 def seed(ctx: Context) -> dict[str, str]:
