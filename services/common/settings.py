@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     #: IANA time zone of the site (e.g. Europe/Paris): TAT hour-of-day and weekday cuts, and
     #: RIS and DICOM times that carry no offset, are read in it (daylight saving included).
     site_timezone: ZoneInfo = ZoneInfo("UTC")
+    #: ``GET /api/tat`` may answer a report this many seconds old for the same filters when
+    #: studies changed since (``stale: true``, recomputed in the background); 0 recomputes
+    #: before answering whenever a study's facts changed.
+    tat_report_ttl_s: float = Field(60.0, ge=0)
     #: DIMSE C-STORE SCP (the second door); off unless a port is set.
     dimse_port: int | None = Field(None, ge=1, le=65535)
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)

@@ -395,7 +395,8 @@ class StudyRepository:
                         "version": study.get("version", 1),
                         "detail": detail,
                     }
-                }
+                },
+                "$set": {"events_at": now()},  # TAT facts refresh from it (indexed there)
             },
         )
 

@@ -25,7 +25,7 @@ from radpipe.common.ports import Document, DocumentStore
 from radpipe.common.studies import now
 from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym, pseudonym_key
 
-from . import intervals, ris
+from . import facts, intervals, ris
 from .intervals import Timeline
 
 log = get_logger("radpipe.tat")
@@ -67,6 +67,8 @@ class Filters:
     modality: str | None = None
     source: str | None = None
     priority: str | None = None  # a RIS priority (STAT...) or an AI risk category (high...)
+    #: The parameters as asked (``to`` defaults to now): what a memoized report is found by.
+    key: tuple[Any, ...] = ()
 
     def admits(self, t: Timeline) -> bool:
         if self.modality and t.modality.upper() != self.modality.upper():
@@ -120,7 +122,8 @@ def make_filters(
     start = moment("from", since, zone) or end - timedelta(days=DEFAULT_DAYS)
     if start >= end:
         raise BadRequest("`from` must be before `to`")
-    return Filters(start, end, modality or None, source or None, priority or None)
+    asked = (since, until, modality, source, priority)
+    return Filters(start, end, modality or None, source or None, priority or None, asked)
 
 
 # -- timelines ---------------------------------------------------------------------------------
@@ -253,10 +256,29 @@ def timelines(ctx: Context, filters: Filters, joined: set[str] | None = None) ->
 
 
 def report(ctx: Context, filters: Filters) -> dict[str, Any]:
-    """``GET /api/tat``: the figures, cuts, trend, stuck studies and the last import."""
-    joined: set[str] = set()
-    chosen = timelines(ctx, filters, joined)
-    answer = intervals.analyse(chosen, ctx.settings.site_timezone, now())
+    """``GET /api/tat``: the figures, cuts, trend, stuck studies and the last import, from the
+    stored facts (:mod:`.facts`, refreshed first); reused while no fact changed, and for
+    ``tat_report_ttl_s`` seconds after (recomputed meanwhile in the background)."""
+    ensure_indexes(ctx.documents)
+    generation = facts.refresh(ctx)
+    key = filters.key or tuple(sorted(filters.as_dict().items()))
+    memo = facts.memo_get(ctx, key, generation)
+    if memo is not None:
+        answer, current = memo
+        if not current:
+            facts.recompute_later(ctx, key, lambda: _compute(ctx, filters, key, generation))
+        answer["stale"] = not current
+        return dict(answer)
+    return _compute(ctx, filters, key, generation)
+
+
+def _compute(
+    ctx: Context, filters: Filters, key: tuple[Any, ...], generation: int
+) -> dict[str, Any]:
+    chosen = facts.facts_in(ctx, filters)
+    joined = facts.joined_ris(ctx, filters)
+    at = now()
+    answer = intervals.analyse(chosen, ctx.settings.site_timezone, at)
     answer["stuck"] = sorted(
         answer["stuck"] + awaiting_images(ctx, filters, joined), key=lambda s: -s["waiting_s"]
     )[:STUCK_LIMIT]
@@ -267,6 +289,9 @@ def report(ctx: Context, filters: Filters) -> dict[str, Any]:
         "source": sorted({t.source for t in chosen}),
         "priority": ["STAT", "URGENT", "ROUTINE", *AI_RISKS],
     }
+    answer["computed_at"] = at
+    facts.memo_put(ctx, key, generation, answer)
+    answer["stale"] = False
     return answer
 
 
@@ -341,8 +366,10 @@ def import_ris(
     for start in range(0, len(parsed.clean), WRITE_BATCH):
         chunk = parsed.clean[start : start + WRITE_BATCH]
         wanted = {"attributes.AccessionNumber": {"$in": [row.accession for row in chunk]}}
-        known = {(s.get("attributes") or {}).get("AccessionNumber") for s in summaries.find(wanted)}
+        found = list(summaries.find(wanted))
+        known = {(s.get("attributes") or {}).get("AccessionNumber") for s in found}
         matched += sum(row.accession in known for row in chunk)
+        joined_studies = [str(s["study_id"]) for s in found if s.get("study_id")]
         with ctx.documents.exclusive():  # one transaction per batch on the embedded engine
             for row in chunk:
                 rows.update_one(
@@ -358,6 +385,8 @@ def import_ris(
                     },
                     upsert=True,
                 )
+        facts.mark_stale(ctx.documents, joined_studies)  # their facts take the RIS times
+    facts.clear_memo(ctx.documents)
     flagged = ctx.documents.collection(RIS_FLAGGED)
     for start in range(0, len(parsed.flagged), WRITE_BATCH):
         with ctx.documents.exclusive():
