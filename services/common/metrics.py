@@ -106,8 +106,9 @@ def refresh_gauges(ctx: Context) -> None:
 
     for state in StudyState:
         STUDIES.labels(str(state)).set(ctx.studies.studies.count_documents({"state": str(state)}))
-    for queue, length in ctx.tasks.queue_lengths().items():
-        QUEUE_LENGTH.labels(queue).set(length)
+    if ctx.settings.queue_metrics == "api":  # else the notify worker exports them (once)
+        for queue, length in ctx.tasks.queue_lengths().items():
+            QUEUE_LENGTH.labels(queue).set(length)
     dead_letter_count = getattr(ctx.tasks, "dead_letter_count", None)  # brokers that keep one
     if dead_letter_count is not None:
         DEAD_LETTERS.set(dead_letter_count())

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
     #: studies changed since (``stale: true``, recomputed in the background); 0 recomputes
     #: before answering whenever a study's facts changed.
     tat_report_ttl_s: float = Field(60.0, ge=0)
+    #: First port a worker serves its Prometheus metrics on (stage durations); each worker on
+    #: a host takes the next free one (up to 31 above). 0: workers serve no metrics.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    #: Which process exports ``radpipe_queue_length``: ``api`` (every HTTP replica's
+    #: ``/metrics``) or ``notify`` (the notify workers' metrics port only: once per deployment
+    #: with one notify worker; set RADPIPE_WORKER_METRICS_PORT there).
+    queue_metrics: Literal["api", "notify"] = "api"
     #: DIMSE C-STORE SCP (the second door); off unless a port is set.
     dimse_port: int | None = Field(None, ge=1, le=65535)
     dimse_ae_title: str = Field("RADPIPE", min_length=1, max_length=16)
