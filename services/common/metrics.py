@@ -23,6 +23,12 @@ QUEUE_LENGTH = Gauge(
     "radpipe_queue_length", "Tasks waiting in a stage's queue (autoscaling input)", ["queue"]
 )
 
+TAT_SECONDS = Gauge(
+    "radpipe_tat_seconds",
+    "Turnaround interval figures (p50, p90) of the last GET /api/tat without filters",
+    ["interval", "figure"],
+)
+
 DEAD_LETTERS = Gauge(
     "radpipe_dead_letters",
     "Tasks dead-lettered: retries spent, a permanent failure, or a worker that died running them "

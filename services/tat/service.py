@@ -21,6 +21,7 @@ from radpipe.common.context import Context
 from radpipe.common.dicomindex import STUDY_SUMMARIES
 from radpipe.common.errors import BadRequest, NotFound
 from radpipe.common.logging import get_logger
+from radpipe.common.metrics import TAT_SECONDS
 from radpipe.common.ports import Document, DocumentStore
 from radpipe.common.studies import now
 from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym, pseudonym_key
@@ -290,6 +291,11 @@ def _compute(
         "priority": ["STAT", "URGENT", "ROUTINE", *AI_RISKS],
     }
     answer["computed_at"] = at
+    if not any(filters.key):  # the department-wide figures, for Prometheus and Grafana
+        for name, figures in {**answer["intervals"], **answer["end_to_end"]}.items():
+            for figure in ("p50", "p90"):
+                if figures.get(figure) is not None:
+                    TAT_SECONDS.labels(name, figure).set(figures[figure])
     facts.memo_put(ctx, key, generation, answer)
     answer["stale"] = False
     return answer
