@@ -26,7 +26,7 @@ from radpipe.common.ports import Document, DocumentStore
 from radpipe.common.studies import now
 from radpipe.common.tat import ACQUIRED_TO_RECEIVED, accession_pseudonym, pseudonym_key
 
-from . import facts, intervals, ris
+from . import agreement, facts, intervals, ris
 from .intervals import Timeline
 
 log = get_logger("radpipe.tat")
@@ -290,6 +290,9 @@ def _compute(
         "source": sorted({t.source for t in chosen}),
         "priority": ["STAT", "URGENT", "ROUTINE", *AI_RISKS],
     }
+    answer["kpis"]["reader_agreement"] = agreement.reader_agreement(
+        ctx.documents, [t.study for t in chosen]
+    )
     answer["computed_at"] = at
     if not any(filters.key):  # the department-wide figures, for Prometheus and Grafana
         for name, figures in {**answer["intervals"], **answer["end_to_end"]}.items():

@@ -36,6 +36,13 @@
     select.value = values.includes(keep) ? keep : "";
   }
 
+  function agreementText(agreement, side) {
+    const a = (agreement || {})[side];
+    if (!a || a.agreement === null || a.agreement === undefined) return "–";
+    const kappa = a.kappa === null ? "n/a" : a.kappa.toFixed(2);
+    return `${pct(a.agreement)} (κ ${kappa}, ${a.pairs} reads)`;
+  }
+
   function figures(data) {
     const box = document.getElementById("tat-figures");
     box.replaceChildren();
@@ -47,6 +54,8 @@
       ["AI flag→acknowledged p50", duration((data.end_to_end["AI flag→acknowledged"] || {}).p50)],
       ["AI-positive rate", pct(k.ai_positive_rate)],
       ["Failed-study rate", pct(k.failed_rate)],
+      ["Reader agreement (resident vs attending)", agreementText(k.reader_agreement, "attending")],
+      ["Reader agreement (resident vs AI)", agreementText(k.reader_agreement, "ai")],
       ["Stuck", data.stuck.length],
     ];
     for (const [label, value] of items) {
