@@ -92,13 +92,16 @@ def test_manager_dashboard_figures_charts_filters_and_ris_import(
     page.fill("input[name=username]", "boss")
     page.fill("input[name=password]", "turnaround-9")
     page.click("button[type=submit]")
-    page.wait_for_url(live_url + "/")
-    page.click("text=Turnaround")
+    page.wait_for_url(live_url + "/tat")  # a manager's home (portal HOME)
+    page.click("text=Turnaround")  # and the navigation link leads there
     page.wait_for_url(live_url + "/tat")
     loaded(page)
 
     figures = page.inner_text("#tat-figures")
     assert "7\nStudies" in figures and "1\nStuck" in figures
+    # No resident read in the seed: the reader-agreement KPI is shown, empty.
+    assert "–\nReader agreement (resident vs attending)" in figures
+    assert "–\nReader agreement (resident vs AI)" in figures
     bottleneck = page.inner_text("#tat-intervals tr.bottleneck")
     assert bottleneck.startswith("acknowledged→signed")  # 20-65 min, the longest p90
     assert page.locator("#tat-intervals tr[data-interval='received→signed']").count() == 1
@@ -154,7 +157,7 @@ def test_an_empty_period_renders_without_script_errors(
     page.fill("input[name=username]", "boss")
     page.fill("input[name=password]", "turnaround-9")
     page.click("button[type=submit]")
-    page.wait_for_url(live_url + "/")
+    page.wait_for_url(live_url + "/tat")
     page.goto(live_url + "/tat")
     loaded(page)
     assert page.inner_text("#tat-intervals tbody") == "No study in this period."
