@@ -204,6 +204,12 @@ def test_roles_import_report_exports_and_no_phi(site: Site, tmp_path: Path) -> N
     assert tat["cuts"]["risk"]["high"]["studies"] == 1
     assert tat["last_import"]["id"] == report["id"]
     assert sum(tat["arrivals_by_hour"]) == studies
+    assert tat["stale"] is False  # computed from the facts the import just refreshed
+    agreement = tat["kpis"]["reader_agreement"]
+    assert set(agreement) == {"resident_reads", "residents", "ai", "attending"}
+    assert set(agreement["ai"]) == {"pairs", "agreement", "kappa"}
+    again = site.get("/api/tat").json()  # nothing changed: the same report, from the memo
+    assert again["computed_at"] == tat["computed_at"] and again["stale"] is False
     stat = site.get("/api/tat", priority="STAT").json()
     assert stat["studies"] == 1
     assert site.get("/api/tat", modality="MR").json()["studies"] == 0
