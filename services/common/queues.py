@@ -314,9 +314,8 @@ def run_worker(
     # the PHI filter and the JSON formatter, so its retry and failure lines are scrubbed too.
     after_setup_logger.connect(secure_handlers, weak=False)
     after_setup_task_logger.connect(secure_handlers, weak=False)
-    from . import workermetrics
-    from .settings import get_settings
+    from radpipe.workermetrics import start_from_env  # the worker runtime, above common
 
-    workermetrics.start(celery, queue, get_settings())  # RADPIPE_WORKER_METRICS_PORT
+    start_from_env(celery, queue)  # RADPIPE_WORKER_METRICS_PORT
     log.info("worker.start", queue=queue, concurrency=concurrency, pool=pool)
     celery.worker_main(worker_argv(queue, concurrency, pool))

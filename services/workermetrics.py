@@ -7,6 +7,10 @@ first free port from ``RADPIPE_WORKER_METRICS_PORT`` up to :data:`PORT_SPAN` abo
 workers share a host under ``radpipe up``; each logs ``worker.metrics`` with its port); with the
 prefork pool each pool process serves its own from its first task. 0 turns it off.
 
+It lives outside ``radpipe.common`` (the worker runtime, above it): ``common.queues.run_worker``
+imports it lazily, and ``common.metrics`` -> ``common.context`` -> ``common.queues`` must not
+lead back to ``common``.
+
 Queue lengths are a property of the broker, not of a process: with
 ``RADPIPE_QUEUE_METRICS=notify`` only the notify workers' main processes export
 ``radpipe_queue_length`` (read at scrape time) and the API's ``/metrics`` leaves it out, so a
@@ -28,9 +32,9 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .logging import get_logger
-from .metrics import QUEUE_LENGTH, STAGE_SECONDS
-from .settings import Settings
+from radpipe.common.logging import get_logger
+from radpipe.common.metrics import QUEUE_LENGTH, STAGE_SECONDS
+from radpipe.common.settings import Settings, get_settings
 
 log = get_logger("radpipe.metrics")
 
@@ -75,7 +79,7 @@ class QueueLengths(Collector):
         self._celery, self._settings = celery, settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from .queues import CeleryDispatcher
+        from radpipe.common.queues import CeleryDispatcher
 
         family = GaugeMetricFamily(
             "radpipe_queue_length",
@@ -92,8 +96,15 @@ class QueueLengths(Collector):
         yield family
 
 
+def start_from_env(celery: Celery, queue: str) -> None:
+    """``run_worker``'s hook: nothing (not even the settings read) unless
+    ``RADPIPE_WORKER_METRICS_PORT`` is set to a port."""
+    if (os.environ.get("RADPIPE_WORKER_METRICS_PORT") or "0").strip() != "0":
+        start(celery, queue, get_settings())
+
+
 def start(celery: Celery, queue: str, settings: Settings) -> None:
-    """Observe every task's duration and serve the metrics (``run_worker`` calls it)."""
+    """Observe every task's duration and serve the metrics."""
     port = settings.worker_metrics_port
     if not port:
         return
