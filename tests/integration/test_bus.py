@@ -250,8 +250,11 @@ def test_a_worker_busy_with_a_long_task_still_counts_as_live(stage_worker: Stage
     assert "deid" in beating_queues(stage_worker.celery)
     stage_worker.send("radpipe.test.busy", "busy-1")
     stage_worker.wait_for(lambda: stage_worker.calls_for("busy-1"), "the long task to start")
-    pings = stage_worker.celery.control.inspect(timeout=1.0).active_queues() or {}
-    assert pings == {}  # busy: the broadcast goes unanswered
+    # A connection of its own, closed after: a pooled one would keep the reply queue's BRPOP
+    # pending, and kombu's after-fork cleanup in a later forked process would wait on it.
+    with stage_worker.celery.connection_for_write() as connection:
+        inspect = stage_worker.celery.control.inspect(timeout=1.0, connection=connection)
+        assert (inspect.active_queues() or {}) == {}  # busy: the broadcast goes unanswered
     assert "deid" in beating_queues(stage_worker.celery)
     stage_worker.process.kill()
     stage_worker.process.wait()
