@@ -67,8 +67,12 @@ def live_queues() -> set[str]:
     from radpipe.common.bus import app
     from radpipe.common.queues import beating_queues
 
-    live = beating_queues(app())
-    replies = app().control.inspect(timeout=1.0).active_queues() or {}
+    celery = app()
+    live = beating_queues(celery)
+    # A connection of its own, closed after: a pooled one keeps the reply queue's BRPOP pending
+    # and kombu's after-fork cleanup in a pool child forked later would wait on it forever.
+    with celery.connection_for_write() as connection:
+        replies = celery.control.inspect(timeout=1.0, connection=connection).active_queues() or {}
     return live | {queue["name"] for queues in replies.values() for queue in queues}
 
 
