@@ -34,3 +34,19 @@ def test_make_bench_runs_the_load_and_capacity_benchmarks(script: str) -> None:
     assert f"python {script}" in dry
     assert (ROOT / script).is_file()
     assert script in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_every_benchmark_in_the_benchmarks_doc_is_in_make_bench() -> None:
+    """A section of docs/benchmarks.md names its script; ``make bench`` runs each one."""
+    import re
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        [make, "-n", "bench"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    scripts = set(re.findall(r"^## .*\(`(bench/\w+\.py)`", doc, re.M))
+    assert {"bench/store.py", "bench/tat.py", "bench/froc.py"} <= scripts
+    assert not [s for s in sorted(scripts) if f"python {s}" not in dry]
