@@ -115,6 +115,8 @@ def refresh_gauges(ctx: Context) -> None:
     if ctx.settings.queue_metrics == "api":  # else the notify worker exports them (once)
         for queue, length in ctx.tasks.queue_lengths().items():
             QUEUE_LENGTH.labels(queue).set(length)
+    else:
+        QUEUE_LENGTH.clear()  # no stale series left from an earlier setting in this process
     dead_letter_count = getattr(ctx.tasks, "dead_letter_count", None)  # brokers that keep one
     if dead_letter_count is not None:
         DEAD_LETTERS.set(dead_letter_count())
