@@ -28,7 +28,6 @@ MongoDB deployments (compose, Kubernetes) are backed up with ``mongodump`` and `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -39,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .common.audit import AuditLog
+from .common.digest import file_sha256
 from .common.docstore import open_embedded
 from .common.migrations import SCHEMA_ID, SCHEMA_VERSION, radpipe_version
 from .common.objectstore import bucket_names, make_object_store
@@ -50,7 +50,6 @@ from .common.studies import MIGRATIONS
 MANIFEST = "manifest.json"
 FORMAT = "radpipe-backup"
 FORMAT_VERSION = 1
-_CHUNK = 1024 * 1024
 
 
 class BackupError(RuntimeError):
@@ -65,14 +64,6 @@ class Summary:
     files: int
     objects: int
     schema_version: int
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _database_file(settings: Settings) -> Path:
@@ -151,7 +142,7 @@ def backup(settings: Settings, destination: Path, actor: str = "cli") -> Summary
 
     def record(relative: str) -> None:
         path = destination / relative
-        files[relative] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[relative] = {"sha256": file_sha256(path), "size": path.stat().st_size}
 
     documents = f"documents/{database.name}"
     _private_file(destination / documents)
@@ -260,7 +251,7 @@ def read_manifest(source: Path) -> dict[str, Any]:
         )
     for relative, expected in listed.items():
         path = source / _safe(relative)
-        if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != expected["size"] or file_sha256(path) != expected["sha256"]:
             raise BackupError(
                 f"{relative} in {source} does not match its SHA-256 in the manifest: the "
                 "backup is damaged; restore from an intact copy"

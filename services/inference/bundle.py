@@ -7,13 +7,14 @@ is downloaded: a bundle is a folder on disk.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+
+from radpipe.common.digest import file_sha256
 
 __all__ = ["REQUIRED_FILES", "Bundle", "default_bundle_path", "load_bundle", "select_device"]
 
@@ -87,14 +88,6 @@ def select_device(prefer: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {prefer!r}; use 'auto', 'cpu' or 'cuda[:N]'")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_bundle(path: str | Path, device: torch.device | str | None = None) -> Bundle:
     """Read configs, build `network_def`, load the weights; the network is in eval mode.
 
@@ -143,7 +136,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
     return Bundle(
         name=str(meta.get("name", root.name)),
         version=str(meta.get("version", "0")),
-        sha256=_sha256(weights),
+        sha256=file_sha256(weights),
         path=root,
         network=network,
         spacing=(spacing[0], spacing[1], spacing[2]),

@@ -45,6 +45,7 @@ from monai.transforms import MapTransform
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from radpipe.common.digest import file_sha256
 from radpipe.common.report import CATEGORY, LUNG, NODULE
 
 from .bundle import Bundle, load_bundle
@@ -89,14 +90,6 @@ class BundleError(ValueError):
 # --- integrity ---------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _hashed_files(root: Path) -> list[Path]:
     """Weights, configs and bundle scripts (code that runs): what the manifest covers."""
     files = [root / w for w in WEIGHTS if (root / w).is_file()]
@@ -108,7 +101,7 @@ def _hashed_files(root: Path) -> list[Path]:
 
 def compute_manifest(root: Path) -> dict[str, str]:
     """sha256 of every weights, config and script file, by path relative to the bundle."""
-    return {p.relative_to(root).as_posix(): _sha256(p) for p in _hashed_files(root)}
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in _hashed_files(root)}
 
 
 def write_manifest(root: Path) -> dict[str, str]:
@@ -498,7 +491,7 @@ def load_zoo_bundle(path: str | Path, device: torch.device) -> ZooBundle:
     return ZooBundle(
         name=str(meta.get("name", root.name)),
         version=str(meta.get("version", "0")),
-        sha256=_sha256(weights),
+        sha256=file_sha256(weights),
         path=root,
         device=device,
         network=network,
