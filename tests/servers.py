@@ -208,3 +208,24 @@ def document_store(engine: str, folder: Path, purpose: str) -> DocumentStore:
     if not url:
         pytest.skip(f"set RADPIPE_TEST_MONGO_URL to run {purpose} on MongoDB")
     return MongoDocumentStore(url, "radpipe_test_" + secrets.token_hex(4))
+
+
+@contextmanager
+def small_disk(folder: Path, size_mib: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mib`` at ``folder`` that a test can really fill (root only: mounting
+    needs CAP_SYS_ADMIN); unmounted after."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root: run the tests as root (CI does)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs CAP_SYS_ADMIN")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

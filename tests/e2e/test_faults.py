@@ -57,6 +57,7 @@ from ..servers import (
     free_port_pair,
     redis_binary,
     require_tool,
+    small_disk,
     stop,
     wait_for_port,
 )
@@ -460,26 +461,6 @@ def test_ingest_killed_mid_upload_stores_nothing_half_and_the_retry_stores_all_o
         assert len(list(ctx.studies.instances.find({}))) == len(sent)
         assert len(list(ctx.studies.studies.find({}))) == 1
         ctx.documents.close()
-
-
-@contextmanager
-def small_disk(folder: Path, size_mib: int) -> Iterator[Path]:
-    """A tmpfs the test can really fill (root only: mounting needs CAP_SYS_ADMIN)."""
-    folder.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root: run the e2e tier as root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs CAP_SYS_ADMIN")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_radpipe_up_below_the_disk_low_water_mark_refuses_then_completes_the_study_once(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from radpipe.common.settings import Settings, get_settings
 from ..conftest import TEST_SECRET, RecordingDispatcher
 from ..dicom import ct_series, read
 from ..servers import free_port
+from ..servers import small_disk as tmpfs
 
 MiB = 1024**2
 #: A Redis database of its own, so other tests' queues never count here.
@@ -114,22 +114,8 @@ def test_a_queue_over_its_limit_answers_503_and_stores_nothing(broker: str, tmp_
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs: the data dir on a filesystem the test can really fill."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root: run the integration tier as root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs CAP_SYS_ADMIN")
-    try:
+    with tmpfs(tmp_path / "disk", 20) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill_to(path: Path, filler: Path, free_bytes: int) -> None:
