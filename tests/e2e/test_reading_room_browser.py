@@ -180,6 +180,7 @@ def test_radiologist_reads_reviews_and_signs(
     edit = ctx.studies.get(alerted)["review"]["decisions"]["1"]
     assert edit["decision"] == "edit" and edit["mask"]["voxels"] == voxels > 0
     assert page.get_attribute("tr[data-finding='1']", "data-decision") == "edit"
+    assert page.inner_text("#sign-msg") == ""  # the earlier refusal no longer stands
     # Then every finding rejected (the last decision counts) and the study signed.
     for n in range(1, len(findings) + 1):
         form = page.locator(f"form.decision[data-finding='{n}']")

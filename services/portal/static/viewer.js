@@ -307,6 +307,7 @@
     say($("mask-msg"), `finding ${n}: mask saved, ${r.payload.diameter_mm} mm, ${r.payload.volume_mm3} mm³`, true);
     const row = document.querySelector(`tr[data-finding='${n}']`);
     if (row) { row.dataset.decision = "edit"; const m = row.querySelector(".msg"); if (m) say(m, "edited", true); }
+    decided();
     st.gen += 1;  // the overlay again, from the server: the saved mask in place of the AI's
     stopEdit();
     canvas.focus();
@@ -323,6 +324,8 @@
     return { ok: r.ok, status: r.status, payload };
   }
   function say(el, text, ok) { el.textContent = text; el.className = ok ? "msg ok" : "msg error"; }
+  // A decision saved makes an earlier refusal of the sign-off stale: clear it.
+  function decided() { if ($("sign-msg")) { $("sign-msg").textContent = ""; $("sign-msg").className = "msg"; } }
   document.querySelectorAll("form.decision").forEach((form) => form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const f = new FormData(form), body = { decision: e.submitter.value };
@@ -331,7 +334,7 @@
     const r = await post(`/api/studies/${data.id}/findings/${form.dataset.finding}/decision`, body);
     const out = form.querySelector(".msg");
     const done = { accept: "accepted", reject: "rejected", edit: "edited" };
-    if (r.ok) { say(out, done[r.payload.decision], true); form.closest("tr").dataset.decision = r.payload.decision; }
+    if (r.ok) { say(out, done[r.payload.decision], true); form.closest("tr").dataset.decision = r.payload.decision; decided(); }
     else say(out, r.payload.detail || `error ${r.status}`, false);
   }));
   if ($("sign")) $("sign").addEventListener("click", async () => {
