@@ -277,6 +277,7 @@ def test_the_dashboard_page_and_its_assets_are_for_managers(site: Site) -> None:
     page = site.get("/tat")
     assert page.status_code == 200 and 'src="/tat/assets/uPlot.iife.min.js"' in page.text
     assert "Turnaround" in page.text
+    assert '<a href="/">Worklist</a>' not in page.text  # managers have no worklist (DESIGN 1)
     for name in ("tat.js", "uPlot.iife.min.js", "uPlot.min.css"):
         asset = site.get(f"/tat/assets/{name}")
         assert asset.status_code == 200 and len(asset.content) > 1000
