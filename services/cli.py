@@ -431,9 +431,25 @@ def models_list(as_json: bool) -> None:
         for rel, digest in info["files"].items():
             click.echo(f"  sha256 {digest}  {rel}")
         rules = info["routing"]
-        click.echo("  routing: " + (" | ".join(json.dumps(r) for r in rules) or "none declared"))
+        click.echo("  routing: " + (" | ".join(_rule_text(r) for r in rules) or "none declared"))
         if info["routing_override"]:
-            click.echo(f"  admin override: {json.dumps(info['routing_override'])}")
+            override = info["routing_override"]
+            texts = " | ".join(_rule_text(r) for r in override.get("rules") or [])
+            click.echo(f"  admin override: {override.get('mode')} {texts}".rstrip())
+
+
+def _rule_text(rule: object) -> str:
+    """A routing rule as the admin screen shows it (``min_instances`` counts images, i.e.
+    frames: ``>= 3 images (frames)``), its JSON beside it; the JSON alone if it is invalid."""
+    import json
+
+    from radpipe.common.routing import Rule
+
+    raw = json.dumps(rule)
+    try:
+        return f"{Rule.from_dict(rule, 'rule').describe()}  {raw}"
+    except ValueError:
+        return raw
 
 
 def _overrides() -> dict[str, dict[str, object]]:

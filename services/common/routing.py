@@ -11,6 +11,13 @@ each routing decision:
 
 Both kinds of rule pass the same checks (:meth:`Rule.from_dict`), at write time for the admin's
 (a bad rule is refused and nothing is stored) and at discovery for the bundle's.
+
+``min_instances`` counts *images*, not instances: the frames of the series, NumberOfFrames
+(0028,0008) summed over its instances, a single-frame instance counting 1 (:func:`series_images`).
+A rule asking for 20 slices thus matches twenty CT Image Storage instances and one Enhanced CT
+instance of 20 frames alike. The key keeps its name so that the bundles' ``radpipe_routing``
+and the admin overrides already stored keep working unchanged; on single-frame series (all
+there was before multi-frame sources) the count is the same.
 """
 
 from __future__ import annotations
@@ -33,11 +40,31 @@ Mode = Literal["add", "replace", "disable"]
 MODES: tuple[str, ...] = ("add", "replace", "disable")
 
 
+def series_images(series: dict[str, Any]) -> int:
+    """The images of a series document: the frames de-identification counted (``frames``),
+    or, in a series document stored before it counted them, its number of instances."""
+    frames = series.get("frames")
+    if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0:
+        return frames
+    return len(series.get("keys", []))
+
+
+def instance_frames(value: Any) -> int:
+    """The images one instance holds given its NumberOfFrames (0028,0008) value: that number,
+    or 1 when absent, empty or not a positive whole number (PS3.3 C.7.6.6: single-frame)."""
+    try:
+        frames = int(str(value).strip()) if value not in (None, "") else 1
+    except ValueError:
+        return 1
+    return frames if frames > 0 else 1
+
+
 @dataclass(frozen=True)
 class Rule:
     """One routing rule; every field it names must match the series (lists: membership,
     upper-cased but SOP classes; ``series_description``: a regular expression searched in the
-    de-identified description). ``origin``: ``bundle`` (its metadata) or ``admin``."""
+    de-identified description; ``min_instances``: images, i.e. frames, see
+    :func:`series_images`). ``origin``: ``bundle`` (its metadata) or ``admin``."""
 
     modality: frozenset[str] | None = None
     body_part: frozenset[str] | None = None
@@ -79,7 +106,10 @@ class Rule:
                 ) from None
         count = data.get("min_instances", 1)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{where}: min_instances is a whole number of at least 1")
+            raise ValueError(
+                f"{where}: min_instances (the images, i.e. frames, a series needs) is a whole "
+                "number of at least 1"
+            )
         return cls(
             modality=members("modality"),
             body_part=members("body_part"),
@@ -115,7 +145,7 @@ class Rule:
                 or re.search(self.series_description, str(series.get("description") or ""))
                 is not None
             )
-            and len(series.get("keys", [])) >= self.min_instances
+            and series_images(series) >= self.min_instances
         )
 
     def describe(self) -> str:
@@ -127,7 +157,7 @@ class Rule:
         if self.series_description is not None:
             parts.append(f"description ~ {self.series_description!r}")
         if self.min_instances > 1:
-            parts.append(f">= {self.min_instances} instances")
+            parts.append(f">= {self.min_instances} images (frames)")
         text = ", ".join(parts) or "any series"
         return f"{text} [admin]" if self.origin == "admin" else text
 

@@ -26,6 +26,7 @@ from radpipe.common.errors import InvalidDicom, PipelineError
 from radpipe.common.identity import PatientKeys, study_id_for
 from radpipe.common.keys import Purpose
 from radpipe.common.logging import get_logger
+from radpipe.common.routing import instance_frames
 from radpipe.common.studies import StudyState
 from radpipe.common.vault import IDENTITY_ATTRIBUTES
 
@@ -204,9 +205,12 @@ def _one(
             "sop_class_uid": str(clean.SOPClassUID),
             "description": str(clean.get("SeriesDescription", "") or ""),
             "keys": [],
+            # Images for routing's min_instances: NumberOfFrames summed (1 per single frame).
+            "frames": 0,
         },
     )
     series["keys"].append(key)
+    series["frames"] += instance_frames(clean.get("NumberOfFrames"))
     result.identity["uids"][sop_uid] = [original_series, original_sop]
     # Every de-identified UID a result object can reference -> its original (for the exporter).
     uid_map = result.identity["uid_map"]

@@ -14,9 +14,11 @@ its metadata under ``radpipe_routing``:
     ]
 
 A rule matches a series when every field it names matches (lists: membership, upper-cased;
-``series_description``: a regular expression searched in the de-identified description). The
-study's series are offered to the bundles in name order; the first bundle with a matching rule
-wins, and among its matching series the largest is analysed.
+``series_description``: a regular expression searched in the de-identified description;
+``min_instances``: the images the series holds, i.e. its frames, NumberOfFrames summed over its
+instances, so one Enhanced CT instance of 100 frames counts 100). The study's series are offered
+to the bundles in name order; the first bundle with a matching rule wins, and among its matching
+series the largest (in images) is analysed.
 
 An admin may add, replace or disable a bundle's rules from the portal (stored in the document
 store, ``radpipe.common.routing``); given the store, :func:`discover` applies them. Rules an
@@ -37,6 +39,7 @@ from radpipe.common.routing import (
     declared_bundles,
     effective_rules,
     overrides,
+    series_images,
 )
 
 __all__ = ["BUILTIN", "Entry", "Rule", "discover", "route"]
@@ -94,11 +97,9 @@ def route(
                     continue
                 matching = [s for s in series if rule.matches(s)]
                 if matching:
-                    return entry, max(matching, key=lambda s: len(s.get("keys", []))), rule
+                    return entry, max(matching, key=series_images), rule
     seen = "; ".join(
-        f"{s.get('modality') or '?'} {s.get('body_part') or '-'} "
-        f"({len(s.get('keys', []))} instances)"
-        for s in series
+        f"{s.get('modality') or '?'} {s.get('body_part') or '-'} ({_size(s)})" for s in series
     )
     installed = "; ".join(
         f"{e.name}: "
@@ -110,3 +111,11 @@ def route(
         f"rules: {installed or 'no bundle installed'}); install a bundle for these series "
         "under RADPIPE_MODELS_DIR"
     )
+
+
+def _size(series: dict[str, Any]) -> str:
+    """``120 images in 120 instances``: what ``min_instances`` is compared with, and the count
+    of instances beside it (they differ for multi-frame instances)."""
+    instances = len(series.get("keys", []))
+    plural = "" if instances == 1 else "s"
+    return f"{series_images(series)} images in {instances} instance{plural}"

@@ -10,13 +10,14 @@ from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from radpipe.common.context import Context
-from radpipe.common.routing import set_override
+from radpipe.common.routing import ROUTING_RULES, set_override
 from radpipe.common.studies import now
 from radpipe.demo import make_phantom, phantom_to_datasets
 
 from .test_inference_results import bearer, retrieve, run_pipeline
 
 LEGACY_ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.2"
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 
 
 def enhanced_ct() -> pydicom.Dataset:
@@ -42,8 +43,8 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 def test_a_multi_frame_study_gets_seg_sr_key_image_and_kos_naming_its_frames(
     ctx: Context, client: TestClient, tokens: dict[str, str]
 ) -> None:
-    # The demo bundle's own rules count instances (>= 3) and name the CT and Enhanced CT
-    # classes; an admin routes the one Legacy Converted Enhanced CT instance to it.
+    # The demo bundle's own rules name the CT and Enhanced CT classes only; an admin routes the
+    # one Legacy Converted Enhanced CT instance to it.
     set_override(
         ctx.documents,
         "lung_nodule_demo",
@@ -104,6 +105,25 @@ def test_a_multi_frame_study_gets_seg_sr_key_image_and_kos_naming_its_frames(
     assert [(i.ReferencedSOPInstanceUID, i.ReferencedFrameNumber) for i in images] == [
         (source.SOPInstanceUID, centre_frame)
     ]
+
+
+def test_one_enhanced_ct_instance_is_routed_by_its_frames_without_an_override(
+    ctx: Context, client: TestClient, tokens: dict[str, str]
+) -> None:
+    # The demo bundle asks for >= 3 images of the CT or Enhanced CT class: one instance of 40
+    # frames is 40 images (routing counts NumberOfFrames), so no admin override is needed.
+    source = enhanced_ct()
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    study_id = run_pipeline(ctx, client, tokens["modality"], [source])
+    assert ctx.documents.collection(ROUTING_RULES).find_one({}) is None
+    study = ctx.studies.get(study_id)
+    [series] = study["deid"]["series"]
+    assert len(series["keys"]) == 1 and series["frames"] == int(source.NumberOfFrames) == 40
+    assert study["state"] == "analyzed", study.get("error")
+    model = study["analysis"]["model"]
+    assert model["name"] == "lung_nodule_demo"
+    assert ">= 3 images (frames)" in model["rule"] and "[admin]" not in model["rule"]
+    assert all("#" in reference for reference in study["analysis"]["input_sop_uids"])
 
 
 def _walk(items: pydicom.Sequence) -> list[pydicom.Dataset]:

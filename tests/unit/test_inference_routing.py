@@ -11,10 +11,19 @@ import pytest
 
 from radpipe.common.context import Context
 from radpipe.common.errors import PipelineError
-from radpipe.common.routing import ROUTING_RULES, clear_override, overrides, set_override
+from radpipe.common.routing import (
+    ROUTING_RULES,
+    Rule,
+    clear_override,
+    instance_frames,
+    overrides,
+    series_images,
+    set_override,
+)
 from radpipe.inference.registry import BUILTIN, discover, route
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 
 
 def series(modality: str, n: int, body_part: str = "CHEST", **extra: str) -> dict[str, object]:
@@ -47,8 +56,40 @@ def test_no_matching_rule_names_the_series_and_the_fix() -> None:
     with pytest.raises(PipelineError) as raised:
         route(discover(None), [series("MR", 30, "BRAIN"), series("CT", 2)])
     message = raised.value.message
-    assert "MR BRAIN (30 instances)" in message and "CT CHEST (2 instances)" in message
+    assert "MR BRAIN (30 images in 30 instances)" in message
+    assert "CT CHEST (2 images in 2 instances)" in message
     assert "lung_nodule_demo: modality in ['CT']" in message and "RADPIPE_MODELS_DIR" in message
+
+
+def test_min_instances_counts_frames_so_one_multi_frame_instance_is_routed() -> None:
+    enhanced = {**series("CT", 1, sop_class_uid=ENHANCED_CT), "frames": 100}
+    entry, chosen, rule = route(discover(None), [enhanced])
+    assert entry.name == "lung_nodule_demo" and chosen is enhanced and rule.origin == "bundle"
+    assert series_images(enhanced) == 100
+    # Too few frames is refused as too few slices would be, the message naming both counts.
+    with pytest.raises(PipelineError, match=r"CT CHEST \(2 images in 1 instance\)"):
+        route(discover(None), [{**enhanced, "frames": 2}])
+    # The largest series in images wins, not the one with the most instances.
+    study = [series("CT", 40), enhanced]
+    assert route(discover(None), study)[1] is enhanced
+
+
+def test_a_series_document_without_a_frame_count_counts_its_instances() -> None:
+    rule = Rule.from_dict({"min_instances": 3}, "test")
+    old = series("CT", 3)  # stored before de-identification counted frames
+    assert "frames" not in old and series_images(old) == 3 and rule.matches(old)
+    assert not rule.matches(series("CT", 2))
+    assert series_images({**old, "frames": 0}) == 3  # not a count: fall back
+    assert rule.describe() == ">= 3 images (frames)"
+    assert rule.to_dict() == {"min_instances": 3}  # the same key as stored overrides use
+
+
+@pytest.mark.parametrize(
+    ("value", "frames"),
+    [(None, 1), ("", 1), ("100", 100), (100, 100), (" 7 ", 7), ("0", 1), ("-2", 1), ("x", 1)],
+)
+def test_an_instance_counts_its_number_of_frames_or_one(value: object, frames: int) -> None:
+    assert instance_frames(value) == frames
 
 
 def test_models_dir_adds_bundles_and_overrides_by_name(tmp_path: Path) -> None:

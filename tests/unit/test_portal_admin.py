@@ -141,6 +141,11 @@ def test_routing_rules_shown_overridden_and_reset(client: TestClient, ctx: Conte
     [declared] = demo["declared"]
     assert declared["rule"]["modality"] == ["CT"] and declared["rule"]["min_instances"] == 3
     assert demo["effective"] == [declared["text"]]
+    # min_instances is shown as what it counts: images, i.e. frames of multi-frame instances
+    assert ">= 3 images (frames)" in declared["text"]
+    page = client.get("/admin", headers=admin)
+    assert page.status_code == 200 and "Min. images (frames)" in page.text
+    assert "&gt;= 3 images (frames)" in page.text  # the bundle's rule, HTML-escaped
 
     url = "/api/admin/routing/lung_nodule_demo"
     added = {

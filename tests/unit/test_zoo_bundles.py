@@ -254,6 +254,8 @@ def test_models_add_list_verify_and_the_refusal(tmp_path: Path) -> None:
     assert by_name["lung_nodule_demo"]["format"] == "radpipe"
     text = runner.invoke(main, ["models", "list"]).output
     assert "tiny_det 0.1.0  kind=detection" in text and "routing: " in text
+    # min_instances shown as what it counts: images (a multi-frame instance's frames)
+    assert "routing: modality in ['CT'], >= 3 images (frames)" in text
 
     assert runner.invoke(main, ["models", "verify"]).exit_code == 0
     config = target / "configs" / "inference.json"
