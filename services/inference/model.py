@@ -16,7 +16,16 @@ from monai.transforms import Compose, Resize, ScaleIntensityRange
 from .bundle import Bundle
 from .volume import Vec3, Volume
 
-__all__ = ["bundle_grid", "pre_process", "predict"]
+__all__ = ["bundle_grid", "device_batch", "pre_process", "predict"]
+
+#: Bytes one window needs on a GPU under autocast, per voxel of `roi_size`: an estimate for
+#: the demo UNet (16 channels at full resolution, half precision, a few live activations,
+#: plus the float32 output and Gaussian weights), doubled for headroom. Not yet measured on a
+#: GPU: `tests/integration/test_gpu_inference.py` records the real peak where one is present.
+GPU_BYTES_PER_VOXEL = 256
+#: Never more windows per forward than this: beyond it the GPU is already full and the
+#: stitching on the host dominates.
+MAX_DEVICE_BATCH = 32
 
 
 def bundle_grid(
@@ -47,9 +56,24 @@ def pre_process(volume: Volume, bundle: Bundle) -> torch.Tensor:
     return torch.as_tensor(out, dtype=torch.float32).contiguous()
 
 
+def device_batch(bundle: Bundle, free_bytes: int | None = None) -> int:
+    """Sliding windows per forward pass: the bundle's `sw_batch_size` on CPU (more windows do
+    not run faster on 2 cores), on a GPU as many as half of its free memory holds
+    (`torch.cuda.mem_get_info`), 1 to `MAX_DEVICE_BATCH`, never fewer than the bundle asks."""
+    if bundle.device.type != "cuda":
+        return bundle.sw_batch_size
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(bundle.device)
+    per_window = GPU_BYTES_PER_VOXEL * int(np.prod(bundle.roi_size))
+    fits = int(free_bytes // 2 // max(per_window, 1))
+    return max(bundle.sw_batch_size, min(fits, MAX_DEVICE_BATCH), 1)
+
+
 def predict(tensor: torch.Tensor, bundle: Bundle, *, threads: int | None = None) -> np.ndarray:
     """Sliding-window sigmoid probabilities (z, y, x) float32 on the bundle grid.
 
+    On a GPU the windows run in batches that fill the device (`device_batch`) under
+    autocast (float16 convolutions, float32 accumulation; the sigmoid in float32).
     `threads` sets torch's intra-op threads (process-wide). Expected time for the demo
     bundle: ~2-4 s per 10 M bundle-grid voxels on 2 CPU cores, <0.5 s on a GPU; peak memory
     ~1 GB on CPU.
@@ -62,7 +86,7 @@ def predict(tensor: torch.Tensor, bundle: Bundle, *, threads: int | None = None)
         logits = sliding_window_inference(
             x,
             roi_size=bundle.roi_size,
-            sw_batch_size=bundle.sw_batch_size,
+            sw_batch_size=device_batch(bundle),
             predictor=bundle.network,
             overlap=bundle.overlap,
             mode="gaussian",

@@ -10,6 +10,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -533,3 +534,16 @@ def test_each_stage_lives_in_its_own_module_and_the_service_runs_them() -> None:
             assert getattr(service, name) is getattr(module, name)
             assert getattr(module, name).__module__ == module.__name__
     assert service.analyze.__module__ == service.__name__
+
+
+def test_device_batch_fills_a_gpu_and_keeps_the_bundle_batch_on_cpu() -> None:
+    from radpipe.inference.model import GPU_BYTES_PER_VOXEL, MAX_DEVICE_BATCH, device_batch
+
+    assert device_batch(fake_bundle(sw_batch_size=3)) == 3  # CPU: the bundle's own choice
+    gpu = fake_bundle(device=torch.device("cuda"), roi_size=(96, 96, 96))
+    window = GPU_BYTES_PER_VOXEL * 96**3
+    # Half of the free memory, in whole windows, at most MAX_DEVICE_BATCH, at least 1.
+    assert device_batch(gpu, free_bytes=10 * window) == 5
+    assert device_batch(gpu, free_bytes=140 * 2**30) == MAX_DEVICE_BATCH
+    assert device_batch(gpu, free_bytes=window) == 1
+    assert device_batch(replace(gpu, sw_batch_size=4), free_bytes=window) == 4
