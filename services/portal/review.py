@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import highdicom as hd
 import numpy as np
 import pydicom
 from pydantic import BaseModel, Field
@@ -31,12 +32,14 @@ from pydantic import BaseModel, Field
 from radpipe.common import masks
 from radpipe.common.auth import AuthService, Principal
 from radpipe.common.context import Context
+from radpipe.common.derived import DerivedContext
 from radpipe.common.dicomindex import add_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.errors import BadRequest, Conflict, NotFound
 from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
 from radpipe.common.monitoring import record_decision, record_signed
-from radpipe.common.report import VerifiedFinding, final_report
+from radpipe.common.report import CATEGORY, LUNG, NODULE, VerifiedFinding, final_report
+from radpipe.common.seg import Segment, binary_segmentation
 from radpipe.common.studies import StudyState, now
 
 from . import viewer
@@ -376,12 +379,10 @@ def _verified_seg(
     at: Any,
 ) -> pydicom.Dataset | None:
     """The verified findings' masks (edited, else the AI's segment) as one binary DICOM SEG,
-    written by the inference SEG writer; ``None`` when no verified finding has a mask or the
-    sources are not the viewer's grid (a multi-frame source)."""
-    from radpipe.inference.findings import Finding
-    from radpipe.inference.result_context import ResultContext
-    from radpipe.inference.seg import segmentation
-
+    written by the shared SEG writer (``radpipe.common.seg``, as the AI's); ``None`` when no
+    verified finding has a mask or the sources are not the viewer's grid (a multi-frame
+    source). Segment n is "Nodule n" of the AI list, semi-automatic (the AI's mask as the
+    radiologist accepted or edited it), its Tracking UID the signed report's group's."""
     geo = viewer.geometry(ctx, study)
     current = viewer.finding_masks(ctx, study, decisions_of(study))
     kept = [f for f in findings if current.get(f.number)]
@@ -395,7 +396,7 @@ def _verified_seg(
         for k, flat in current[finding.number].items():
             labels[k].reshape(-1)[flat] = label
     model = (study.get("analysis") or {}).get("model") or {}
-    context = ResultContext(
+    context = DerivedContext(
         sources=ordered,
         name=str(model.get("name") or "radpipe"),
         version=str(model.get("version") or "unknown"),
@@ -403,26 +404,23 @@ def _verified_seg(
         when=at,
         uid=uid,
     )
-    stand_ins = [
-        Finding(
-            label=label,
-            diameter_mm=f.diameter_mm,
-            volume_mm3=f.volume_mm3 or 0.0,
-            center_voxel_zyx=(0.0, 0.0, 0.0),
-            center_patient_xyz=(0.0, 0.0, 0.0),
-            probability=1.0,
+    segments = [
+        Segment(
+            label=f"Nodule {f.number}",
+            category=CATEGORY,
+            property_type=NODULE,
+            tracking_uid=f.tracking_uid or uid(f"finding-{f.number}"),
+            sites=(LUNG,),
         )
-        for label, f in enumerate(kept, start=1)
+        for f in kept
     ]
-    seg = segmentation(
-        context, stand_ins, labels, [f.tracking_uid or uid(f"finding-{f.number}") for f in kept], 91
+    return binary_segmentation(
+        context,
+        labels,
+        segments,
+        91,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        content_label="VERIFIED_NODULES",
+        content_description="Verified nodule masks (signed report)",
+        series_description="Verified nodule segmentation (signed)",
     )
-    # The writer labels its output as the AI's; this one is the radiologist's verified masks.
-    seg.SeriesDescription = "Verified nodule segmentation (signed)"
-    seg.ContentLabel = "VERIFIED_NODULES"
-    seg.ContentDescription = "Verified nodule masks (signed report)"
-    for item, finding in zip(seg.SegmentSequence, kept, strict=True):
-        item.SegmentLabel = f"Nodule {finding.number}"
-        item.TrackingID = f"Nodule {finding.number}"
-        item.SegmentAlgorithmType = "SEMIAUTOMATIC"
-    return seg

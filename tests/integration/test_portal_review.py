@@ -301,6 +301,11 @@ def test_an_edited_mask_is_validated_stored_measured_and_signed(
     assert seg.SOPClassUID == pydicom.uid.SegmentationStorage
     assert seg.ContentLabel == "VERIFIED_NODULES" and len(seg.SegmentSequence) == 1
     assert seg.SegmentSequence[0].TrackingUID == group.tracking_uid
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "SEMIAUTOMATIC" and segment.SegmentLabel.startswith(
+        "Nodule "
+    )
+    assert seg.SeriesDescription == "Verified nodule segmentation (signed)"
     frames = seg.pixel_array.reshape(-1, 160, 160)
     assert frames.shape[0] == 3 and int(frames.sum()) == 300
     path = tmp_path / "verified-seg.dcm"
