@@ -319,6 +319,18 @@ class StudyRepository:
                 return True
         return False
 
+    def still_receiving(self, study_ids: list[str]) -> None:
+        """Instances of these studies are still arriving (a STOW-RS request is receiving their
+        parts, recorded once it ends): ``last_instance_at`` moves to now, so the pending
+        stability check re-arms instead of declaring a study stable mid-upload. Only studies
+        in ``received`` are touched; none is created."""
+        at = now()
+        for study_id in study_ids:
+            self.studies.update_one(
+                {"_id": study_id, "state": str(StudyState.RECEIVED)},
+                {"$set": {"last_instance_at": at}},
+            )
+
     def rearm_stability_check(self, study_id: str, due: datetime) -> None:
         """The pending check, queued again by itself for ``due``, keeps its claim."""
         self.studies.update_one(

@@ -61,6 +61,8 @@ async def _stow(request: Request, ctx: Ctx, caller: Principal, study: str | None
                     await run_in_threadpool(session.abort)
                     return _busy(refusal)
                 await run_in_threadpool(session.add, part)
+            if session.receiving_due():  # a long request keeps its studies from going stable
+                await run_in_threadpool(session.still_receiving)
         for part in reader.close():
             await run_in_threadpool(session.add, part)
     except (RadpipeError, ClientDisconnect):

@@ -5,6 +5,7 @@ No FastAPI here: ``api.py`` is the thin HTTP adapter.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -170,6 +171,11 @@ class StowSession:
     source: str | None = None
     result: StowResult = field(default_factory=StowResult)
     pending: list[_Pending] = field(default_factory=list)
+    #: Studies this request has parts of, and those whose ``last_instance_at`` it has moved
+    #: (with when it last did: see :meth:`still_receiving`).
+    _studies: dict[str, None] = field(default_factory=dict, init=False)
+    _kept_open: set[str] = field(default_factory=set, init=False)
+    _kept_open_at: float = field(default=0.0, init=False)
 
     def add(self, part: Part) -> StoreOutcome:
         try:
@@ -260,7 +266,28 @@ class StowSession:
         }
         modality = str(ds.get("Modality", "") or "") or None
         self.pending.append(_Pending(study_id, instance_key, record, modality))
+        self._studies[study_id] = None
         return outcome
+
+    def receiving_due(self) -> bool:
+        """Whether :meth:`still_receiving` is due: a study is new to this request, or a
+        quarter of the quiet time (at most 5 s) passed since it last ran."""
+        if not self._studies:
+            return False
+        if len(self._kept_open) < len(self._studies):
+            return True
+        every = min(self.ctx.settings.study_stable_seconds / 4, 5.0)
+        return time.monotonic() - self._kept_open_at >= every
+
+    def still_receiving(self) -> None:
+        """The request is still receiving: move ``last_instance_at`` of the studies it has
+        parts of to now. Their parts are recorded only once the whole body is in
+        (:meth:`commit`), so without this a request outlasting the quiet time would let a
+        study an earlier request armed be declared stable, and de-identified, mid-upload."""
+        studies = list(self._studies)
+        self.ctx.studies.still_receiving(studies)
+        self._kept_open.update(studies)
+        self._kept_open_at = time.monotonic()
 
     def commit(self) -> StowResult:
         """Record every stored instance and arm the stability check of each touched study."""

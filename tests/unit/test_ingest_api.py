@@ -305,3 +305,39 @@ def test_resent_instance_keeps_the_first_copy(client, ctx, tokens) -> None:
     assert again.status_code == 200 and len(again.json()["00081199"]["Value"]) == 1
     [key] = raw_objects(ctx)
     assert ctx.objects.get(ctx.buckets["raw"], key) == original
+
+
+def test_a_request_still_receiving_moves_only_received_studies_it_has_parts_of(
+    ctx: Context,
+) -> None:
+    from radpipe.ingest.multipart import Part
+    from radpipe.ingest.service import StowSession
+
+    series = ct_series()
+    study_id = study_id_for(ctx.pseudonym_key, str(read(series[0]).StudyInstanceUID))
+    earlier = StowSession(ctx, None)
+    earlier.add(Part.from_bytes("application/dicom", series[0]))
+    earlier.commit()
+    armed = ctx.studies.get(study_id)["last_instance_at"]
+    session = StowSession(ctx, None)
+    assert not session.receiving_due()  # no part yet: no study to keep open
+    session.add(Part.from_bytes("application/dicom", series[1]))
+    assert session.receiving_due()  # a study new to the request
+    session.still_receiving()
+    moved = ctx.studies.get(study_id)["last_instance_at"]
+    assert moved > armed
+    assert not session.receiving_due()  # again a quarter of the quiet time later
+    session._kept_open_at -= ctx.settings.study_stable_seconds / 4
+    assert session.receiving_due()
+    # Not recorded before the end: the count is the earlier request's, and a stable study
+    # keeps its last instance time (the commit re-opens it).
+    assert ctx.studies.get(study_id)["instance_count"] == 1
+    ctx.studies.transition(study_id, "stable")  # type: ignore[arg-type]
+    session.still_receiving()
+    assert ctx.studies.get(study_id)["last_instance_at"] == moved
+    # A study first sent by this request is not created before its parts are recorded.
+    other = ct_series(seed=9)
+    other_id = study_id_for(ctx.pseudonym_key, str(read(other[0]).StudyInstanceUID))
+    session.add(Part.from_bytes("application/dicom", other[0]))
+    session.still_receiving()
+    assert ctx.studies.find(other_id) is None
