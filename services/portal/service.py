@@ -16,12 +16,15 @@ from radpipe.common.settings import CLINICAL_ROLES
 from radpipe.common.studies import WORKLIST_ORDER, StudyPublic, StudyState
 
 from . import reading, review, viewer
+from .classification import Classification, classification_of
 
 
 class StudyView(StudyPublic):
-    """A study as one person may see it: ``ai_hidden`` when a resident has not read it yet."""
+    """A study as one person may see it: ``ai_hidden`` when a resident has not read it yet;
+    ``classification``: a classification bundle's result (class, score, threshold, model)."""
 
     ai_hidden: bool = False
+    classification: Classification | None = None
 
 
 #: Timeline events that tell what the AI found (alerts, decisions on its findings).
@@ -32,9 +35,10 @@ def public_study(
     ctx: Context, doc: dict[str, Any], viewer: Principal | None = None, hidden: bool | None = None
 ) -> StudyView:
     """The study for ``viewer``; before a resident's read, without its AI result: no findings,
-    risk, model, alert, superseded analyses, AI events or details, and ``alerted`` shown as
-    ``analyzed`` (``radpipe.common.blinding``)."""
+    risk, classification, model, alert, superseded analyses, AI events or details, and
+    ``alerted`` shown as ``analyzed`` (``radpipe.common.blinding``)."""
     study = StudyView.model_validate(StudyPublic.from_document(doc).model_dump())
+    study.classification = classification_of(doc.get("analysis"))
     study.links = {
         "self": ctx.settings.public(f"api/studies/{study.id}"),
         "portal": ctx.settings.public(f"studies/{study.id}"),
@@ -53,6 +57,7 @@ def public_study(
             "state": state,
             "risk": None,
             "findings": [],
+            "classification": None,
             "model": None,
             "timings": {},
             "alert": None,
