@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import pydicom
+from pydicom.tag import Tag
 
 from .ports import DocumentStore
 
@@ -58,6 +59,7 @@ INSTANCE_KEYWORDS = (
     "NumberOfFrames",
 )
 KEYWORDS = STUDY_KEYWORDS + SERIES_KEYWORDS + INSTANCE_KEYWORDS
+_TAGS = [(keyword, Tag(keyword)) for keyword in KEYWORDS]
 
 
 def _value(element: pydicom.DataElement) -> Any:
@@ -84,7 +86,7 @@ def folded(attributes: dict[str, Any]) -> dict[str, str]:
 
 def index_document(ds: pydicom.Dataset, study_id: str, key: str, bucket: str) -> dict[str, Any]:
     """The index entry of one stored (de-identified) instance."""
-    attributes = {kw: _value(ds[kw]) for kw in KEYWORDS if kw in ds}
+    attributes = {kw: _value(ds[tag]) for kw, tag in _TAGS if tag in ds}
     return {
         "_id": str(ds.SOPInstanceUID),
         "study_id": study_id,
@@ -116,7 +118,31 @@ def add_to_index(documents: DocumentStore, entry: dict[str, Any]) -> None:
         _summarise(documents, entry, new=before is None)
 
 
-def _summarise(documents: DocumentStore, entry: dict[str, Any], *, new: bool) -> None:
+def add_all_to_index(documents: DocumentStore, entries: list[dict[str, Any]]) -> None:
+    """:func:`add_to_index` for many instances in one transaction: each study's and series'
+    summary is written once with the totals (the same documents as one call per instance,
+    with the first entry's attributes as the summary's)."""
+    with documents.exclusive():
+        groups: dict[tuple[Any, ...], tuple[dict[str, Any], int]] = {}
+        for entry in entries:
+            entry = {**entry, "folded": folded(entry["attributes"])}
+            before = documents.collection(INDEX).find_one_and_update(
+                {"_id": entry["_id"]}, {"$set": entry}, upsert=True
+            )
+            attributes = entry["attributes"]
+            group = (
+                attributes.get("StudyInstanceUID"),
+                attributes.get("SeriesInstanceUID"),
+                entry["bucket"],
+                attributes.get("Modality"),
+            )
+            first, new = groups.get(group, (entry, 0))
+            groups[group] = (first, new + (before is None))
+        for first, new in groups.values():
+            _summarise(documents, first, new=new)
+
+
+def _summarise(documents: DocumentStore, entry: dict[str, Any], *, new: int | bool) -> None:
     attributes = entry["attributes"]
     study, series = attributes.get("StudyInstanceUID"), attributes.get("SeriesInstanceUID")
     if not study or not series:

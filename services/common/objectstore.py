@@ -38,10 +38,15 @@ class FolderObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        #: Each bucket's folder, resolved once (a study's reads and writes each checked it).
+        self._buckets: dict[str, Path] = {}
 
     def _path(self, bucket: str, key: str) -> Path:
-        path = (self.root / bucket / key).resolve()
-        if not path.is_relative_to((self.root / bucket).resolve()):
+        folder = self._buckets.get(bucket)
+        if folder is None:
+            folder = self._buckets[bucket] = (self.root / bucket).resolve()
+        path = (folder / key).resolve()
+        if not path.is_relative_to(folder):
             raise ValueError(f"object key escapes its bucket: {key!r}")
         return path
 

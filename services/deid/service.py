@@ -20,7 +20,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from radpipe.common.context import Context
-from radpipe.common.dicomindex import add_to_index, index_document
+from radpipe.common.dicomindex import add_all_to_index, index_document
 from radpipe.common.dicomio import read_part10, write_part10
 from radpipe.common.errors import InvalidDicom, PipelineError
 from radpipe.common.identity import PatientKeys, study_id_for
@@ -221,11 +221,14 @@ def _one(
 
 
 def _record_stored(ctx: Context, result: DeidStudyResult) -> None:
-    """Index each stored object and mark its instance done (a failed put raises here, and the
-    stage is retried as when it was stored in line)."""
-    for stored, document, instance_id, key in result.stores:
+    """Index the stored objects and mark their instances done, in one transaction once all
+    are stored (a failed put raises here, and the stage is retried as when it was stored in
+    line): one commit, and each summary of the study and series written once."""
+    for stored, *_ in result.stores:
         stored.result()
-        add_to_index(ctx.documents, document)
-        ctx.studies.instances.update_one(
-            {"_id": instance_id}, {"$set": {"deid": {"status": "done", "key": key}}}
-        )
+    with ctx.documents.exclusive():
+        add_all_to_index(ctx.documents, [document for _, document, _, _ in result.stores])
+        for _, _, instance_id, key in result.stores:
+            ctx.studies.instances.update_one(
+                {"_id": instance_id}, {"$set": {"deid": {"status": "done", "key": key}}}
+            )
