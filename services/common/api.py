@@ -22,6 +22,7 @@ from starlette.routing import Match
 
 from .audit import keyed
 from .auth import AuthService, LoginLocked, Principal, csrf_token
+from .bodylimit import BodyLimit
 from .context import Context
 from .errors import Forbidden, RadpipeError, Unauthorized
 from .headers import SecurityHeaders
@@ -175,6 +176,8 @@ def create_app(context: Context, routers: Iterable[APIRouter], title: str) -> Fa
     app.state.context = context
     app.add_exception_handler(RadpipeError, _radpipe_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    # Innermost: a JSON or form body over RADPIPE_MAX_JSON_BYTES is refused (413) unread.
+    app.add_middleware(BodyLimit, limit=lambda: context.settings.max_json_bytes)
     # Browser viewers (OHIF) on another origin send bearer tokens, never cookies, so
     # credentials stay off and the preflight answers for Authorization.
     app.add_middleware(

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     #: STOW-RS bodies are streamed to disk, so these bound disk use, not memory (413 above).
     max_request_bytes: int = Field(16 * 1024**3, gt=0)
     max_instance_bytes: int = Field(2 * 1024**3, gt=0)
+    #: Bodies read whole (JSON, forms: mask edits, reads, alert and admin APIs): 413 above,
+    #: before they are read (common/bodylimit.py; a mask edit at the caps is ~1.3 MB).
+    max_json_bytes: int = Field(4 * 1024**2, gt=0)
     #: Declared pixel data (Rows x Columns x Frames x Samples x BitsAllocated) above which an
     #: instance is not decoded (rendering, thumbnails, inference); and the same for one frame.
     max_pixel_bytes: int = Field(2 * 1024**3, gt=0)
