@@ -8,7 +8,9 @@ exception's repr, the task's args and a traceback). So every handler carries
 :class:`PhiFilter`, which rewrites each record before any formatter sees it:
 
 - a library's message is reduced by :func:`scrub` (quoted values, UIDs, person names with
-  ``^``, e-mail addresses and anything with a run of four or more digits are replaced);
+  ``^``, e-mail addresses and anything with a run of four or more digits are replaced), but
+  for the exact lines that name a process id (uvicorn's ``Started server process [pid]``,
+  Celery's and billiard's pool lines: ``_PROCESS_LINES``), which are kept whole;
 - an exception becomes its type, a scrubbed message and the innermost frame (file, line,
   function); the traceback text is never written (it ends with the exception's message);
 - string fields of Radpipe's own lines are scrubbed too, and fields named like identifying
@@ -71,6 +73,34 @@ _ALLOWED_ID = re.compile(
     r"|[a-z][\w-]*-[0-9a-f]{16,64}(?:-v\d+)?"  # ids built on a pseudonym (alerts)
 )
 _DECIMAL = re.compile(r"\d{1,6}\.\d+(?:e-?\d+)?[a-zA-Z%]{0,3}")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+#: Library lines that name a process id, whole (logger prefix -> the exact messages): kept
+#: as they are, since every variable part of them is a pid, a code-defined name or a UUID,
+#: never a value. Operators need the pid to match a log line to a process (``ps``, ``kill``).
+_PROCESS_LINES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (  # uvicorn/server.py, supervisors/basereload.py and multiprocess.py
+        "uvicorn.error",
+        re.compile(
+            r"(?:Started|Finished) server process \[\d+\]"
+            r"|Started reloader process \[\d+\] using \w+"
+            r"|Stopping reloader process \[\d+\]"
+            r"|(?:Started|Stopping) parent process \[\d+\]"
+            r"|(?:Terminated|Waiting for) child process \[\d+\]"
+            r"|Child process \[\d+\] (?:died|failed to start, stopping the parent process\.)"
+        ),
+    ),
+    (  # celery/worker/request.py: a prefork child took a task
+        "celery.",
+        re.compile(rf"Task accepted: [\w.]+\[{_UUID}\] pid:\d+"),
+    ),
+    (  # billiard/pool.py (logger "multiprocessing"): a pool child died
+        "multiprocessing",
+        re.compile(
+            r"Process '[\w-]+' pid:\d+ exited with "
+            r"'(?:signal \d+(?: \(SIG[A-Z0-9]+\))?|exitcode -?\d+)'"
+        ),
+    ),
+)
 
 
 def _word(match: re.Match[str]) -> str:
@@ -81,6 +111,14 @@ def _word(match: re.Match[str]) -> str:
     if _ALLOWED_ID.fullmatch(bare) or _DECIMAL.fullmatch(bare) or not _DIGITS.search(word):
         return word
     return REDACTED
+
+
+def _process_line(logger: str, message: str) -> bool:
+    """Whether ``message`` is one of the exact lines of ``_PROCESS_LINES`` for ``logger``."""
+    return any(
+        logger.startswith(prefix) and pattern.fullmatch(message)
+        for prefix, pattern in _PROCESS_LINES
+    )
 
 
 def scrub(text: str) -> str:
@@ -139,7 +177,8 @@ class PhiFilter(logging.Filter):
                 message = record.getMessage()
             except Exception:  # a bad format string: keep the template only
                 message = str(record.msg)
-            record.msg, record.args = scrub(message), None
+            kept = _process_line(record.name, message)  # uvicorn's "server process [pid]"
+            record.msg, record.args = message if kept else scrub(message), None
         if record.exc_info and record.exc_info[0] is not None:
             _, exc, tb = record.exc_info
             record.error = type(exc).__name__

@@ -127,3 +127,42 @@ def test_a_handler_added_later_is_covered_by_the_formatter() -> None:
     assert "Doe" not in JsonFormatter().format(record)
     again = logging.LogRecord("x", logging.INFO, __file__, 1, "'Doe^Jane'", None, None)
     assert PhiFilter().filter(again) and again.getMessage() == "[redacted]"
+
+
+def test_process_lines_keep_their_pid_and_nothing_else_does(captured: io.StringIO) -> None:
+    import os
+
+    pid = os.getpid()
+    # Exactly as uvicorn/server.py logs it (a template, the pid, a coloured copy in extra).
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", pid, extra={"color_message": "Started … [%d]"}
+    )
+    logging.getLogger("uvicorn.error").info(f"Child process [{pid}] died")
+    billiard = "Process %r pid:%r exited with %r"
+    logging.getLogger("multiprocessing").error(billiard, "ForkPoolWorker-3", 4242, "exitcode 1")
+    logging.getLogger("celery.worker.request").info(
+        "Task accepted: %s[%s] pid:%r", "radpipe.deid.run", TASK, 4243
+    )
+    # Anything else still loses its numbers: a 10-digit MRN, a pid line with more in it, the
+    # same words from another logger, a date in the exit status.
+    logging.getLogger("uvicorn.error").info("Started server process [%d] MRN 1234567890", 4245)
+    logging.getLogger("uvicorn.error").info("Started server process [1234567890 Doe]")
+    logging.getLogger("pydicom").info("Started server process [%d]", 1234567890)
+    logging.getLogger("multiprocessing").error(billiard, "W-1", 4244, "19700101")
+    get_logger("radpipe.api").info("login.failed", reason="MRN 1234567890", pid=pid)
+    events = [line["event"] for line in lines(captured)]
+    assert events[:4] == [
+        f"Started server process [{pid}]",
+        f"Child process [{pid}] died",
+        "Process 'ForkPoolWorker-3' pid:4242 exited with 'exitcode 1'",
+        f"Task accepted: radpipe.deid.run[{TASK}] pid:4243",
+    ]
+    assert events[4:8] == [
+        "Started server process [[redacted]] MRN [redacted]",
+        "Started server process [[redacted] Doe]",
+        "Started server process [[redacted]]",
+        "Process [redacted] pid:[redacted] exited with [redacted]",
+    ]
+    assert lines(captured)[8]["reason"] == "MRN [redacted]"
+    assert lines(captured)[8]["pid"] == pid  # an int field is kept as it is
+    assert "1234567890" not in captured.getvalue() and "19700101" not in captured.getvalue()
