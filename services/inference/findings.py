@@ -20,6 +20,7 @@ from .model import bundle_grid
 from .volume import Vec3, Volume
 
 __all__ = [
+    "AIR_HU",
     "CONTACT_HU",
     "Finding",
     "ShapeFilter",
@@ -54,6 +55,9 @@ class Finding:
     contact: float = 0.0
     contact_far: float = 0.0
     elongation: float = 1.0
+    # Share of the one-voxel shell that is aerated lung (below `AIR_HU`): a nodule, even one on
+    # the pleura, is partly ringed by lung; a blob in fat, muscle or mediastinum is not.
+    air: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +75,9 @@ class Finding:
 #: HU above which a shell voxel counts as contact: soft tissue, vessel, wall, bone (lung is
 #: ~-850 HU, ground glass -750 to -450 HU).
 CONTACT_HU = -400.0
+#: HU below which a shell voxel counts as aerated lung (parenchyma is ~-850 HU; ground glass
+#: from -750 HU up is not counted, fat at ~-100 HU never is).
+AIR_HU = -600.0
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,18 @@ class ShapeFilter:
     voxels further out is still dense over at least `wall_ratio` times that share: a nodule on
     the pleura leans on a wall that goes on, a vessel leaving a component thins out relative
     to the growing shell. `max_elongation`: drop components longer than this many times their
-    shortest axis (tube pieces). None: no limit.
+    shortest axis (tube pieces). `min_air_fraction`: drop components whose shell is aerated
+    lung (below `AIR_HU`) over less than this share: they lie in fat, muscle, mediastinum or
+    bone, not in the lung. `max_diameter_mm`: drop components larger than this (a lesion over
+    30 mm is a mass, not a nodule; larger components are organs or merged structures).
+    None: no limit.
     """
 
     max_contact_fraction: float | None = None
     max_elongation: float | None = None
     wall_ratio: float | None = None
+    min_air_fraction: float | None = None
+    max_diameter_mm: float | None = None
 
 
 @lru_cache(maxsize=32)
@@ -98,7 +111,14 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return ShapeFilter()
-    values = {k: data.get(k) for k in ("max_contact_fraction", "max_elongation", "wall_ratio")}
+    keys = (
+        "max_contact_fraction",
+        "max_elongation",
+        "wall_ratio",
+        "min_air_fraction",
+        "max_diameter_mm",
+    )
+    values = {k: data.get(k) for k in keys}
     return ShapeFilter(**{k: None if v is None else float(v) for k, v in values.items()})
 
 
@@ -192,8 +212,13 @@ def segment_findings(
         for i in range(1, n + 1)
         if counts[i] * voxel_mm3 >= bundle.min_volume_mm3 and mean_hu[i] <= max_hu
     ]
-    contact, far, elongation = _shape(labels, coords, lab, counts, volume, grid_spacing)
+    contact, far, elongation, air = _shape(labels, coords, lab, counts, volume, grid_spacing)
     limits = shape_filter(bundle)
+    if limits.min_air_fraction is not None:
+        kept = [i for i in kept if air[i] >= limits.min_air_fraction]
+    if limits.max_diameter_mm is not None:
+        largest = math.pi / 6.0 * limits.max_diameter_mm**3
+        kept = [i for i in kept if counts[i] * voxel_mm3 <= largest]
     if limits.max_contact_fraction is not None:
         wall = math.inf if limits.wall_ratio is None else limits.wall_ratio
         kept = [
@@ -230,6 +255,7 @@ def segment_findings(
                 contact=float(contact[i]),
                 contact_far=float(far[i]),
                 elongation=float(elongation[i]),
+                air=float(air[i]),
             )
         )
     return findings, remap[labels]
@@ -242,8 +268,9 @@ def _shape(
     counts: np.ndarray,
     volume: Volume,
     grid_spacing: Vec3,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per label: contact share of its shell, of the band 1-3 voxels out, and elongation."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per label: contact share of its shell, of the band 1-3 voxels out, elongation, and the
+    aerated-lung share of its shell."""
     n = len(counts) - 1
     box = tuple(
         slice(max(int(c.min()) - 3, 0), min(int(c.max()) + 4, size))
@@ -262,9 +289,11 @@ def _shape(
             np.clip(((c + 0.5) * (n_in / n_out)).astype(np.intp), 0, n_in - 1)
             for c, n_in, n_out in zip(where, volume.array.shape, labels.shape, strict=True)
         ]
-        dense = volume.array[tuple(source)] > CONTACT_HU
-        shell_n = np.bincount(owner, minlength=n + 1)
-        shares.append(np.bincount(owner, weights=dense, minlength=n + 1) / np.maximum(shell_n, 1))
+        hu = volume.array[tuple(source)]
+        shell_n = np.maximum(np.bincount(owner, minlength=n + 1), 1)
+        shares.append(np.bincount(owner, weights=hu > CONTACT_HU, minlength=n + 1) / shell_n)
+        if passes == 1:
+            air = np.bincount(owner, weights=hu < AIR_HU, minlength=n + 1) / shell_n
 
     mm = [c.astype(np.float64) * s for c, s in zip(coords, grid_spacing, strict=True)]
     c_n = np.maximum(counts, 1)
@@ -278,7 +307,7 @@ def _shape(
     cov += np.diag([s * s / 12 for s in grid_spacing])[None]
     eig = np.linalg.eigvalsh(cov)
     elongation = np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-9))
-    return shares[0], shares[1], elongation
+    return shares[0], shares[1], elongation, air
 
 
 def post_process(prob: np.ndarray, volume: Volume, bundle: Bundle) -> list[Finding]:
