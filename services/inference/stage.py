@@ -21,7 +21,7 @@ from typing import Any
 import pydicom
 
 from radpipe.common.context import Context
-from radpipe.common.dicomindex import add_to_index, index_document
+from radpipe.common.dicomindex import add_all_to_index, index_document
 from radpipe.common.dicomio import write_part10
 from radpipe.common.errors import PipelineError
 from radpipe.common.identity import RESULT_UIDS, pseudonymous_uid
@@ -184,8 +184,13 @@ def _store_results(
     # indexed once all are stored: QIDO-RS never lists an object WADO-RS cannot serve yet.
     with ThreadPoolExecutor(IO_THREADS) as pool:
         list(pool.map(lambda write: ctx.objects.put(bucket, *write), writes))
-    for obj, entry in zip(results.objects, stored, strict=False):
-        add_to_index(ctx.documents, index_document(obj.dataset, study_id, entry["key"], bucket))
+    add_all_to_index(  # one transaction
+        ctx.documents,
+        [
+            index_document(obj.dataset, study_id, entry["key"], bucket)
+            for obj, entry in zip(results.objects, stored, strict=False)
+        ],
+    )
     return stored
 
 
