@@ -160,20 +160,21 @@ def _one(
     result: DeidStudyResult,
     pool: ThreadPoolExecutor,
 ) -> None:
-    identity = original_identity(ds)
+    known = result.identity
+    # The vault keeps the identity of the study's first clean instance: read before the walk.
+    identity = None if known else original_identity(ds)
+    keys = None if known else deidentifier.patient_keys(ds)
     original_series, original_sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
     originals = [
         str(ds.get(keyword, "") or "")
         for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
     ]
-    keys = deidentifier.patient_keys(ds)
-    known = result.identity
     clean = deidentifier.deidentify(
         ds,
         extra_names=[known["patient_name"]] if known else [],
         extra_values=[known["patient_id"], known["accession_number"]] if known else [],
     )
-    if not known:
+    if identity is not None and keys is not None:
         result.identity = {
             **identity,
             # What was applied, so the exporter moves dates back by exactly that: none when
