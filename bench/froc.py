@@ -14,8 +14,9 @@ scan), diameter error; then the ratio current / anchor.
 
     .venv/bin/python bench/froc.py [--scans 24] [--seed 31000] [--anchor DIR] [--threads 1]
 
-The anchor defaults to the bundle as committed in `--anchor-rev` (0.1.0, before the shape
-filters), read with `git show` into a temporary folder.
+The anchor defaults to the bundle as committed in `--anchor-rev` (0.2.0: the 0.1.0 weights,
+trained on `radpipe.demo` only, with the shape filters), read with `git show` into a temporary
+folder; `--anchor-rev 11bba83` compares with 0.1.0.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from radpipe.inference.model import pre_process, predict  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, HELD_OUT_AXES, make_study  # noqa: E402
 
-ANCHOR_REV = "11bba83"  # lung_nodule_demo 0.1.0 as first shipped
+ANCHOR_REV = "a320787"  # lung_nodule_demo 0.2.0, the bundle before the retraining
 BUNDLE_FILES = ("configs/inference.json", "configs/metadata.json", "models/model.pt")
 
 

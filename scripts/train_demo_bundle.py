@@ -16,6 +16,7 @@ The model is a demonstration trained on synthetic phantoms. It is not for diagno
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -35,13 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from radpipe.demo import Phantom, make_phantom
 from radpipe.inference.bundle import Bundle, default_bundle_path
-from radpipe.inference.findings import ShapeFilter
+from radpipe.inference.findings import ShapeFilter, _max3
+from radpipe.inference.froc import Case, scores
 from radpipe.inference.service import (
     Volume,
     pre_process,
     predict,
     segment_findings,
 )
+from radpipe.phantoms import TRAIN, make_study
 
 SEED = 20240102
 SPACING = (1.5, 1.5, 1.5)  # a 5 mm nodule spans ~3 voxels; 512x512x100 CT -> ~10 M voxels
@@ -49,20 +52,37 @@ WINDOW = (-1000.0, 400.0)  # HU mapped to [0, 1]: lung to soft tissue, bone satu
 PATCH = 48  # 72 mm: a 30 mm nodule with context; 3x cheaper than 64^3 on CPU
 ROI = (96, 96, 96)
 BATCH = 6
-TRAIN_PHANTOMS = 36
+TRAIN_PHANTOMS = 12  # from radpipe.demo, the first generator
+TRAIN_STUDIES = 44  # from radpipe.phantoms.TRAIN: all nodule kinds and sites, wider anatomy
 VAL_PHANTOMS = 6
-THRESHOLD = 0.5
+VAL_STUDIES = 10  # fresh TRAIN-family seeds: post-processing limits are chosen on these
+THRESHOLD = 0.5  # chosen on the TRAIN-family validation studies with FILTER (see its note)
 # A 4.5 mm sphere. Smaller components are mostly vessel crossings; nodules under 6 mm are
 # Lung-RADS 2 (low risk) anyway, and the validation target is every nodule of 5 mm and up.
 MIN_VOLUME_MM3 = 48.0
 MAX_MEAN_HU = 300.0  # denser components are bone (or calcified, benign), not solid nodules
-# Shape and context filters (radpipe.inference.findings.ShapeFilter), chosen on the TRAIN
-# family of radpipe.phantoms (never on HELD_OUT): every true nodule there had a shell < 16%
-# dense and elongation < 1.4, vessel pieces up to 84% and 14; a pleural nodule keeps >= 0.7
-# of its shell contact 1-3 voxels out, vessel pieces <= 0.47.
-MAX_CONTACT_FRACTION = 0.16
-WALL_RATIO = 0.6
-MAX_ELONGATION = 2.5
+# Shape and context filters (radpipe.inference.findings.ShapeFilter) and THRESHOLD, chosen on
+# the 10 fresh TRAIN-family validation studies (never on HELD_OUT) by a rule written down
+# before the held-out run (sensitivity for >= 8 mm at 0.1 FP/scan first, then FP/scan, then
+# CPM) over thresholds 0.5/0.6/0.7 x 8 filter sets: 1.000 at 0.5 with these limits, at 2.0
+# FP/scan (no contact limit: 2.8).
+FILTER = ShapeFilter(
+    max_contact_fraction=0.4,
+    max_elongation=2.5,
+    wall_ratio=0.6,
+    min_air_fraction=0.3,
+    max_diameter_mm=40.0,
+)
+POST_PROCESSING = """\
+Post-processing (`configs/inference.json`, `radpipe.inference.findings`): components of
+probability >= {threshold} of at least {min_volume:.0f} mm3 and at most 40 mm across (larger
+is a mass or an organ, not a nodule), mean HU <= {max_hu:.0f} (bone, calcification), a shell
+at least 30 % aerated lung (below -600 HU: drops blobs in fat, muscle or mediastinum), a
+shell at most 40 % denser than -400 HU unless the band 1-3 voxels out keeps >= 0.6 of that
+(a nodule on the pleura), and elongation <= 2.5 (vessel and airway pieces). The threshold
+and these limits were chosen on 10 fresh `TRAIN`-family studies, never on the held-out
+family, and written down before the held-out run.
+"""
 NETWORK = {
     "_target_": "monai.networks.nets.UNet",
     "spatial_dims": 3,
@@ -74,8 +94,12 @@ NETWORK = {
     # Batch norm, not instance norm: eval statistics then do not depend on the window size.
     "norm": "BATCH",
 }
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 CHANGELOG = {
+    "0.3.0": "retrained from scratch on a wider family (radpipe.phantoms.TRAIN: part-solid and "
+    "ground-glass, juxtapleural and juxtavascular nodules, heart, ribs, airways) with hard "
+    "negatives (vessels, airway walls, pleura, mediastinum) and scanner augmentation; "
+    "post-processing: aerated-lung share, largest size, contact and elongation limits",
     "0.2.0": "shape and context filters (contact with dense tissue, elongation) in "
     "post-processing; weights of 0.1.0 unchanged",
     "0.1.0": "first demo bundle, trained on synthetic phantoms",
@@ -88,20 +112,22 @@ DESCRIPTION = (
 
 # The held-out figures come from `bench/froc.py` (run it after training and paste its table).
 HELD_OUT_FIGURES = """\
-8 studies (seeds 31000-31007, 2 clean, 19 nodules, 9 of them >= 8 mm), 2026-12-02, same
-weights with and without the 0.2.0 filters:
+24 studies (seeds 31000-31023, 6 clean, 48 nodules, 26 of them >= 8 mm), 2026-12-02,
+`bench/froc.py --scans 24` against the previous bundle on the same studies:
 
-| post-processing | S@1/8 | S@1/4 | S@1/2 | S@1 | S@2 | S@4 | S@8 | CPM | FP/scan | FP/clean scan >= 6 mm | >= 8 mm | S >= 8 mm | S >= 8 mm at <= 0.1 FP/scan | diameter MAE |
+| bundle | S@1/8 | S@1/4 | S@1/2 | S@1 | S@2 | S@4 | S@8 | CPM | FP/scan | FP/clean scan >= 6 mm | >= 8 mm | S >= 8 mm | S >= 8 mm at <= 0.1 FP/scan | diameter MAE |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-| 0.1.0 (no shape filters) | 0.211 | 0.211 | 0.211 | 0.368 | 0.474 | 0.579 | 0.632 | 0.383 | 5.50 | 5.00 | 2.00 | 0.889 | 0.222 | 4.58 mm |
-| 0.2.0 (contact, elongation) | 0.526 | 0.526 | 0.526 | 0.579 | 0.579 | 0.579 | 0.579 | 0.556 | 1.12 | 1.00 | 0.50 | 0.778 | 0.333 | 4.81 mm |
+| 0.2.0 | 0.438 | 0.438 | 0.458 | 0.458 | 0.458 | 0.458 | 0.458 | 0.452 | 0.58 | 0.33 | 0.17 | 0.654 | 0.654 | 4.74 mm |
+| 0.3.0 | 0.458 | 0.458 | 0.458 | 0.562 | 0.625 | 0.625 | 0.625 | 0.545 | 3.67 | 1.67 | 0.50 | 0.962 | 0.808 | 1.05 mm |
 
 **The issue's goal (sensitivity >= 0.9 for nodules >= 8 mm at <= 0.1 FP/scan) is NOT met**
-(0.333). Ground-glass nodules are found 1 time in 7 (never trained on), juxtavascular 1 in 4;
-clean studies still carry 1 false positive each, half of them >= 8 mm (they page). The filters
-cut false positives five-fold and raise CPM 1.45x, but drop one >= 8 mm solid nodule (8/9 to
-7/9). The cure is retraining with hard negatives from a wider family (`radpipe.phantoms.TRAIN`),
-not done yet. The sample is small: treat every figure as +- 0.1.
+(0.808; 0.2.0: 0.654). 0.3.0 finds 25 of 26 nodules >= 8 mm (0.2.0: 17), measures them to
+1 mm, but raises more false positives: 3.7 per scan, and a >= 8 mm one on half the clean
+studies (0.2.0: one in six), nearly all on 3-5 mm sharp-kernel slices (bronchi, vessel
+pieces; thin-slice studies carry 0-2 small ones). Ground-glass nodules are found 4 in 15.
+Two other candidates trained the same day, chosen against by the validation rule, did no
+better held out (without thick-slice augmentation: 0.885 at 2.5 FP/scan; with airways in
+training: 0.808 at 5.4). The sample is small: treat every figure as +- 0.1.
 """  # noqa: E501 (a markdown table)
 MODEL_CARD = """\
 # lung_nodule_demo {version}
@@ -120,18 +146,28 @@ MODEL_CARD = """\
 ## Training data
 
 `scripts/train_demo_bundle.py` (seed {seed}, deterministic on CPU; rerunning it with the
-default arguments reproduces `models/model.pt`) on 36 phantoms from `radpipe.demo`: 1-3 mm
-slices (a third 0.6-1.8 mm pixels), 256-512 matrices, one body and lung shape (ellipses),
-vessels, ribs, spine and heart, 8-30 HU of white noise, no kernel, no contrast, no airways;
-0-4 solid spherical nodules of 3-30 mm, always fully inside the lung. Patches are drawn
-half on nodules, a third on dense lung voxels (vessels: hard negatives), the rest anywhere
-in the body. 3-D UNet (16-128 channels), 1.5 mm grid, HU window -1000..400.
+default arguments reproduces `models/model.pt`), from scratch, on two generators:
 
-Post-processing (`configs/inference.json`, `radpipe.inference.findings`): components of
-probability >= 0.5 of at least 48 mm3, mean HU <= 300, a shell at most 16 % denser than
--400 HU unless the band 1-3 voxels out keeps >= 0.6 of that (a nodule on the pleura), and
-elongation <= 2.5. These limits were chosen on the `TRAIN` family of `radpipe.phantoms`,
-never on the held-out family.
+- 12 phantoms from `radpipe.demo`: 1-3 mm slices (a third with 0.6-1.8 mm pixels), 256-512
+  matrices, ellipse body and lungs, vessels, ribs, spine and heart, 8-30 HU of white noise;
+  0-4 solid spherical nodules of 3-30 mm, fully inside the lung.
+- 44 studies from `radpipe.phantoms.TRAIN`: 1-3 mm slices, 0.6-1.0 mm pixels, near-ellipse
+  centred bodies and lungs with domes, branching vessels, heart, aorta, slanted ribs, spine,
+  smooth kernel, 5-25 HU of noise, no contrast, no airways; one in eight clean, the others
+  1-4 nodules of 4-30 mm, solid, part-solid or ground-glass, free, juxtapleural or
+  juxtavascular.
+
+Patches of 48^3 voxels on the 1.5 mm grid: 45 % on a nodule (one nodule at a time, so small
+ones weigh as much as large ones), 25 % on dense voxels inside the lung (vessels: hard
+negatives), 15 % on dense voxels within 4.5 mm outside it (pleura, chest wall, heart,
+mediastinum, ribs), 15 % anywhere in the body. Augmentation for scanner variation in general
+(not tuned on the held-out family, which training never sees): flips and in-plane transposes,
+thick-slice blur along z, an in-plane sharpening or smoothing kernel, dense tissue scaled
+0.8-1.6x (contrast, calibration), gain and offset, white or high-pass noise up to 35 HU.
+3-D UNet (16-128 channels), HU window -1000..400, Dice + cross-entropy per patch, Adam with
+cosine decay.
+
+{post_processing}
 
 ## Validation on its own generator (`radpipe.demo`, 6 fresh phantoms)
 
@@ -157,7 +193,9 @@ class Sample:
     image: np.ndarray  # (z, y, x) float32 in [0, 1], padded by PATCH // 2
     label: np.ndarray  # (z, y, x) float32 {0, 1}, padded
     nodules: list[np.ndarray]  # per nodule, (n, 3) voxels inside it
+    kinds: list[str]  # per nodule: solid, part-solid, ground-glass
     dense_idx: np.ndarray  # (n, 3) dense voxels inside the lungs (vessels): hard negatives
+    wall_idx: np.ndarray  # (n, 3) dense voxels just outside the lungs (pleura, heart, ribs)
     body_idx: np.ndarray  # (n, 3) any voxel inside the body
 
 
@@ -186,19 +224,40 @@ def _phantom(seed: int, low: float) -> Phantom:
     return make_phantom(rng, nodules=[], shape=shape, spacing=spacing)
 
 
+def _train_study(seed: int) -> Phantom:
+    """A `radpipe.phantoms.TRAIN` study: clean one time in eight, else 1-4 nodules of 4-30 mm
+    of any kind and site (the family draws them)."""
+    rng = np.random.default_rng(seed ^ 0x5EED)
+    count = 0 if rng.random() < 0.125 else int(rng.integers(1, 5))
+    sizes = [float(math.exp(rng.uniform(math.log(4.0), math.log(30.0)))) for _ in range(count)]
+    return make_study(seed, TRAIN, nodules=sizes)
+
+
 def _volume(ph: Phantom) -> Volume:
     return Volume(ph.volume.astype(np.float32), ph.spacing, [])
 
 
-def _sample(ph: Phantom, bundle: Bundle) -> Sample:
-    image = pre_process(_volume(ph), bundle)[0].numpy()
-    label = ph.nodule_mask_on_grid(image.shape)  # type: ignore[arg-type]
+def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour copy of an input-grid mask onto the bundle grid (same field of view)."""
     index = [
         np.clip(np.floor((np.arange(m) + 0.5) * n / m).astype(int), 0, n - 1)
-        for m, n in zip(image.shape, ph.volume.shape, strict=True)
+        for m, n in zip(shape, mask.shape, strict=True)
     ]
-    lung = ph.lung_mask[np.ix_(*index)]
+    return mask[np.ix_(*index)]
+
+
+def _sample(ph: Phantom, bundle: Bundle) -> Sample:
+    image = pre_process(_volume(ph), bundle)[0].numpy()
+    # The phantom's own truth (lobulated, ellipsoidal), not the sphere of its diameter.
+    if ph.nodule_mask.shape == ph.volume.shape:
+        label = _on_grid(ph.nodule_mask, image.shape)
+    else:
+        label = ph.nodule_mask_on_grid(image.shape)  # type: ignore[arg-type]
+    lung = _on_grid(ph.lung_mask, image.shape)
     dense = (-400.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])  # vessels; lung is ~ -850 HU
+    near = lung.astype(np.uint8)
+    for _ in range(3):
+        near = _max3(near)
     pad = PATCH // 2
     return Sample(
         image=np.pad(image, pad),
@@ -207,9 +266,61 @@ def _sample(ph: Phantom, bundle: Bundle) -> Sample:
             np.argwhere(ph.nodule_mask_on_grid(image.shape, [n])) + pad  # type: ignore[arg-type]
             for n in ph.nodules
         ],
+        kinds=[n.kind for n in ph.nodules],
         dense_idx=np.argwhere(lung & (image > dense) & ~label) + pad,
-        body_idx=np.argwhere(image > 0.5) + pad,
+        wall_idx=np.argwhere((near > 0) & ~lung & (image > dense) & ~label)[::7] + pad,
+        body_idx=np.argwhere(image > 0.5)[::7] + pad,
     )
+
+
+def _blur(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """[1 2 1] / 4 along `axes` (edges repeat)."""
+    for axis in axes:
+        p = np.pad(a, [(1, 1) if i == axis else (0, 0) for i in range(3)], mode="edge")
+        lo = tuple(slice(0, -2) if i == axis else slice(None) for i in range(3))
+        mid = tuple(slice(1, -1) if i == axis else slice(None) for i in range(3))
+        hi = tuple(slice(2, None) if i == axis else slice(None) for i in range(3))
+        a = 0.25 * p[lo] + 0.5 * p[mid] + 0.25 * p[hi]
+    return a
+
+
+def _thick_slices(img: np.ndarray, factor: float) -> np.ndarray:
+    """Thicker slices: the patch averaged over z in `factor`-voxel slabs, then linearly
+    interpolated back, as a scanner's thick reconstruction resampled to the bundle grid is
+    (MONAI's RandSimulateLowResolution along z)."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    slabs = max(2, round(img.shape[0] / factor))
+    low = torch.nn.functional.interpolate(t, size=(slabs, *img.shape[1:]), mode="area")
+    out = torch.nn.functional.interpolate(low, size=img.shape, mode="trilinear")
+    return out[0, 0].numpy()
+
+
+def _augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scanner variation in general, on the [0, 1] window (1 HU = 1 / 1400): not tuned on the
+    held-out family, whose studies are never seen in training.
+
+    Thick slices (2-5 mm slabs averaged and interpolated back along z), a
+    sharp kernel (in-plane unsharp mask) or a smoother one, dense tissue brighter or darker
+    (intravenous contrast, calibration: HU above -100 scaled by 0.8-1.6), a small gain and
+    offset, then white or high-pass noise of up to 35 HU.
+    """
+    if rng.random() < 0.35:
+        img = _thick_slices(img, rng.uniform(2.0, 5.0) / SPACING[0])
+    kernel = rng.random()
+    if kernel < 0.35:
+        img = img + rng.uniform(0.3, 1.0) * (img - _blur(img, (1, 2)))
+    elif kernel < 0.5:
+        img = _blur(img, (1, 2))
+    if rng.random() < 0.4:
+        soft = (-100.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+        img = np.where(img > soft, soft + (img - soft) * rng.uniform(0.8, 1.6), img)
+    img = img * rng.uniform(0.95, 1.05) + rng.uniform(-0.03, 0.03)
+    if rng.random() < 0.7:
+        noise = rng.normal(0.0, 1.0, size=img.shape)
+        if rng.random() < 0.5:
+            noise = noise - 0.5 * _blur(noise, (1, 2))
+        img = img + noise * (rng.uniform(0.0, 35.0) / 1400.0 / max(float(noise.std()), 1e-6))
+    return np.clip(img, -0.1, 1.1)
 
 
 def _batch(samples: list[Sample], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +328,7 @@ def _batch(samples: list[Sample], rng: np.random.Generator) -> tuple[torch.Tenso
     half = PATCH // 2
     with_nodules = [s for s in samples if any(len(n) for n in s.nodules)]
     for _ in range(BATCH):
-        kind = rng.choice(3, p=[0.5, 0.3, 0.2])
+        kind = rng.choice(4, p=[0.45, 0.25, 0.15, 0.15])
         if kind == 0:
             # One nodule at a time, whatever its size: sampling voxels would favour the
             # largest nodules by their volume and leave the small ones, the hard ones, unseen.
@@ -226,7 +337,9 @@ def _batch(samples: list[Sample], rng: np.random.Generator) -> tuple[torch.Tenso
             pool = voxels[int(rng.integers(len(voxels)))]
         else:
             s = samples[int(rng.integers(len(samples)))]
-            pool = s.dense_idx if kind == 1 and len(s.dense_idx) else s.body_idx
+            pool = {1: s.dense_idx, 2: s.wall_idx}.get(int(kind), s.body_idx)
+            if not len(pool):
+                pool = s.body_idx
         c = pool[int(rng.integers(len(pool)))] + rng.integers(-half // 2, half // 2 + 1, size=3)
         c = np.clip(c, half, np.array(s.image.shape) - half)
         box = tuple(slice(int(v) - half, int(v) + half) for v in c)
@@ -234,9 +347,9 @@ def _batch(samples: list[Sample], rng: np.random.Generator) -> tuple[torch.Tenso
         for axis in range(3):
             if rng.random() < 0.5:
                 img, lab = np.flip(img, axis), np.flip(lab, axis)
-        img = img * rng.uniform(0.95, 1.05) + rng.uniform(-0.03, 0.03)
-        if rng.random() < 0.5:  # up to ~20 HU of extra noise
-            img = img + rng.normal(0.0, rng.uniform(0.0, 0.015), size=img.shape)
+        if rng.random() < 0.5:
+            img, lab = img.transpose(0, 2, 1), lab.transpose(0, 2, 1)
+        img = _augment(img, rng)
         images.append(np.ascontiguousarray(img, dtype=np.float32))
         labels.append(np.ascontiguousarray(lab))
     return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None])
@@ -279,6 +392,25 @@ def _validate(phantoms: list[Phantom], bundle: Bundle) -> dict[str, float]:
     }
 
 
+def _validate_family(studies: list[Phantom], bundle: Bundle) -> dict[str, float]:
+    """FROC figures on fresh `TRAIN`-family studies (the post-processing limits are chosen
+    here, never on the held-out family)."""
+    cases = []
+    for ph in studies:
+        volume = _volume(ph)
+        findings, _ = segment_findings(predict(pre_process(volume, bundle), bundle), volume, bundle)
+        cases.append(Case(list(ph.nodules), findings, ph.spacing))
+    s = scores(cases)
+    return {
+        "train_family_cpm": s.cpm,
+        "train_family_fp_per_scan": s.fp_per_scan,
+        "train_family_sensitivity": s.sensitivity_at_threshold,
+        "train_family_sensitivity_8mm_at_0_1_fp": s.sensitivity_8mm_at_0_1_fp,
+        "train_family_scans": s.scans,
+        "train_family_nodules": s.nodules,
+    }
+
+
 def _write_bundle(
     out: Path, net: torch.nn.Module, metrics: dict[str, float], args: argparse.Namespace
 ) -> None:
@@ -299,9 +431,7 @@ def _write_bundle(
         "threshold": THRESHOLD,
         "min_volume_mm3": MIN_VOLUME_MM3,
         "max_mean_hu": MAX_MEAN_HU,
-        "max_contact_fraction": MAX_CONTACT_FRACTION,
-        "wall_ratio": WALL_RATIO,
-        "max_elongation": MAX_ELONGATION,
+        **{k: v for k, v in dataclasses.asdict(FILTER).items() if v is not None},
         "network_def": NETWORK,
         "network": "$@network_def.to(@device)",
     }
@@ -325,7 +455,11 @@ def _write_bundle(
         "radpipe_routing": [
             {
                 "modality": ["CT"],
-                "sop_class": ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"],
+                "sop_class": [
+                    "1.2.840.10008.5.1.4.1.1.2",
+                    "1.2.840.10008.5.1.4.1.1.2.1",
+                    "1.2.840.10008.5.1.4.1.1.2.2",
+                ],
                 "body_part": ["CHEST", "LUNG", "THORAX", ""],
                 "min_instances": 3,
             }
@@ -385,6 +519,9 @@ def _write_bundle(
         version=VERSION,
         seed=SEED,
         held_out=HELD_OUT_FIGURES.strip(),
+        post_processing=POST_PROCESSING.format(
+            threshold=THRESHOLD, min_volume=MIN_VOLUME_MM3, max_hu=MAX_MEAN_HU
+        ).strip(),
         **metrics,
     )
     (out / "docs" / "README.md").write_text(card)
@@ -393,10 +530,13 @@ def _write_bundle(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=default_bundle_path())
-    parser.add_argument("--steps", type=int, default=1400)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--revalidate", action="store_true", help="keep the weights in --out, no training"
+    )
+    parser.add_argument(
+        "--checkpoints", type=Path, default=None, help="also save the weights every 500 steps here"
     )
     args = parser.parse_args(argv)
 
@@ -424,16 +564,14 @@ def main(argv: list[str] | None = None) -> int:
         max_mean_hu=MAX_MEAN_HU,
     )
     # Validation must use the filters this bundle will declare, not whatever config is in --out.
-    bundle.shape_filter = ShapeFilter(  # type: ignore[attr-defined]
-        MAX_CONTACT_FRACTION, MAX_ELONGATION, WALL_RATIO
-    )
+    bundle.shape_filter = FILTER  # type: ignore[attr-defined]
     if args.revalidate:
         net.load_state_dict(torch.load(args.out / "models" / "model.pt", weights_only=True))
         net.eval()
         old = json.loads((args.out / "configs" / "metadata.json").read_text())["training"]
         metrics = _validate(
             [_phantom(SEED + 100_000 + i, low=5.0) for i in range(VAL_PHANTOMS)], bundle
-        )
+        ) | _validate_family([_train_study(SEED + 200_000 + i) for i in range(VAL_STUDIES)], bundle)
         metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
         # Timings and threads stay those of the training run that made the weights.
         for key in ("train_seconds", "final_train_loss", "val_seconds_per_volume"):
@@ -445,9 +583,14 @@ def main(argv: list[str] | None = None) -> int:
     samples = []
     for i in range(TRAIN_PHANTOMS):
         samples.append(_sample(_phantom(SEED + i, low=3.0), bundle))
+    for i in range(TRAIN_STUDIES):
+        samples.append(_sample(_train_study(SEED + 300_000 + i), bundle))
+        print(f"data: {len(samples)} volumes ({time.perf_counter() - started:.0f} s)", flush=True)
     val = [_phantom(SEED + 100_000 + i, low=5.0) for i in range(VAL_PHANTOMS)]
+    val_family = [_train_study(SEED + 200_000 + i) for i in range(VAL_STUDIES)]
     print(
-        f"data: {TRAIN_PHANTOMS} train phantoms in {time.perf_counter() - started:.0f} s",
+        f"data: {TRAIN_PHANTOMS} + {TRAIN_STUDIES} train volumes in "
+        f"{time.perf_counter() - started:.0f} s",
         flush=True,
     )
 
@@ -470,10 +613,13 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0 or step == args.steps:
             elapsed = time.perf_counter() - started
             print(f"step {step}/{args.steps} loss {running:.4f} ({elapsed:.0f} s)", flush=True)
+        if args.checkpoints and step % 500 == 0:
+            args.checkpoints.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), args.checkpoints / f"step{step}.pt")
     train_seconds = time.perf_counter() - started
 
     net.eval()
-    metrics = _validate(val, bundle)
+    metrics = _validate(val, bundle) | _validate_family(val_family, bundle)
     metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics["final_train_loss"] = round(running, 4)

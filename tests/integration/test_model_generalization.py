@@ -1,9 +1,10 @@
 """The shipped demo bundle on phantoms from settings held out of its training (issue 15).
 
 `radpipe.phantoms.HELD_OUT` draws 4 mm slices, a sharp kernel, 25-40 HU of noise, boxy and
-off-centre bodies, truncated fields of view, airways and contrast: none of which the bundle's
-training data (`radpipe.demo`) or the `TRAIN` family the post-processing filters were chosen
-on contain. A small seeded sample, the worker's own stages; the full FROC is `bench/froc.py`.
+off-centre bodies, truncated fields of view and contrast: none of which the bundle's training
+data (`radpipe.demo` and the `TRAIN` family) contain, nor the validation studies its threshold
+and filters were chosen on. A small seeded sample, the worker's own stages; the full FROC is
+`bench/froc.py` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -27,20 +28,13 @@ from radpipe.phantoms import HELD_OUT, make_study
 SHAPE = (32, 256, 256)  # 128 mm of chest at 4 mm slices, 256 mm field of view
 SPACING = (4.0, 1.0, 1.0)
 CLEAN_SEEDS = (1501, 1502, 1503)
-# Issue 15's goal is not met by the shipped 0.2.0 (its model card and docs/benchmarks.md give
-# the figures): the shape filters that stop clean studies from paging also drop these true
-# nodules, whose shells on 4 mm sharp-kernel slices touch dense voxels as often as vessel
-# pieces do. Strict: a bundle that finds them makes these cases XPASS, and the test fail
-# until the marks are removed.
-MISSED = pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 1 open: 0.2.0 misses this held-out nodule (retrain with hard negatives)",
-)
-NODULES = [  # (seed, diameter mm, kind, site): every one >= 8 mm
-    pytest.param(1511, 12.0, "solid", "free", marks=MISSED),
-    pytest.param(1512, 10.0, "solid", "juxtavascular", marks=MISSED),
+NODULES = [  # (seed, diameter mm, kind, site): every one >= 8 mm, every kind and site
+    (1511, 12.0, "solid", "free"),
+    (1512, 10.0, "solid", "juxtavascular"),
     (1513, 16.0, "part-solid", "free"),
-    pytest.param(1514, 9.0, "solid", "free", marks=MISSED),
+    (1514, 9.0, "solid", "free"),
+    (1515, 14.0, "ground-glass", "free"),
+    (1516, 11.0, "solid", "juxtapleural"),
 ]
 
 
@@ -52,11 +46,17 @@ def bundle() -> Bundle:
 
 @pytest.fixture(scope="module")
 def unfiltered(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """The same weights and thresholds without the shape filters (the bundle as of 0.1.0)."""
+    """The same weights and threshold without the shape and context filters."""
     root = tmp_path_factory.mktemp("unfiltered")
     shutil.copytree(default_bundle_path() / "configs", root / "configs")
     config = json.loads((root / "configs" / "inference.json").read_text())
-    for key in ("max_contact_fraction", "wall_ratio", "max_elongation"):
+    for key in (
+        "max_contact_fraction",
+        "wall_ratio",
+        "max_elongation",
+        "min_air_fraction",
+        "max_diameter_mm",
+    ):
         config.pop(key)
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     plain = replace(bundle, path=root)
@@ -68,6 +68,14 @@ def _study(seed: int, **kwargs: object) -> object:
     return make_study(seed, HELD_OUT, shape=SHAPE, spacing=SPACING, **kwargs)  # type: ignore[arg-type]
 
 
+# Issue 15's bound is not met by 0.3.0 on these thick-slice (4 mm), sharp-kernel clean
+# studies: bronchi and vessel pieces give >= 8 mm false positives ([2, 0, 1] here; 0.50 per
+# clean scan over the 24-study bench, docs/benchmarks.md). Strict: a bundle that meets the
+# bound makes this XPASS and the test fail until the mark is removed.
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15 item 1 open: >= 8 mm false positives on thick-slice sharp-kernel studies",
+)
 def test_clean_held_out_studies_raise_no_finding_of_8_mm(
     bundle: Bundle, unfiltered: Bundle
 ) -> None:
@@ -98,10 +106,10 @@ def test_nodules_of_8_mm_and_up_are_found_on_held_out_studies(
     hits = [k for k, j in case.hits.items() if j == 0]
     assert hits, f"{diameter} mm {kind} {site} nodule missed; findings {case.findings}"
     finding = case.findings[hits[0]]
-    # >= 8 mm measured: the study pages (risk.py). A part-solid nodule's ground glass is
-    # under-segmented by a model trained on solid nodules only: the size is not asserted.
+    # >= 8 mm measured: the study pages (risk.py) for the nodule it carries. (False positives
+    # on these thick-slice studies are the open part: the clean-study test above.)
     assert finding.diameter_mm >= 8.0
-    assert len(case.false_positives(8.0)) == 0
+    assert abs(finding.diameter_mm - diameter) <= 0.25 * diameter
     centre = np.array(finding.center_voxel_zyx) * np.array(SPACING)
     assert np.linalg.norm(centre - np.array(case.nodules[0].center_mm)) <= diameter / 2
 
