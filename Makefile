@@ -68,6 +68,7 @@ bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/portal.py
 	$(BIN)/python bench/tat.py
 	$(BIN)/python bench/froc.py
+	$(BIN)/python bench/gpu.py
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py
