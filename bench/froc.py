@@ -14,9 +14,10 @@ scan), diameter error; then the ratio current / anchor.
 
     .venv/bin/python bench/froc.py [--scans 24] [--seed 31000] [--anchor DIR] [--threads 1]
 
-The anchor defaults to the bundle as committed in `--anchor-rev` (0.2.0: the 0.1.0 weights,
-trained on `radpipe.demo` only, with the shape filters), read with `git show` into a temporary
-folder; `--anchor-rev 11bba83` compares with 0.1.0.
+The anchor defaults to the bundle as committed in `--anchor-rev` (0.3.0: the same
+segmentation weights as 0.4.0 without its candidate classifier, so both share each
+probability map), read with `git show` into a temporary folder; `--anchor-rev a320787`
+compares with 0.2.0, `--anchor-rev 11bba83` with 0.1.0.
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle  # noqa: E402
+from radpipe.inference.bundle import (  # noqa: E402
+    REQUIRED_FILES,
+    Bundle,
+    default_bundle_path,
+    load_bundle,
+)
 from radpipe.inference.findings import segment_findings  # noqa: E402
 from radpipe.inference.froc import FP_RATES, Case, Scores, scores  # noqa: E402
 from radpipe.inference.model import pre_process, predict  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, HELD_OUT_AXES, make_study  # noqa: E402
 
-ANCHOR_REV = "a320787"  # lung_nodule_demo 0.2.0, the bundle before the retraining
-BUNDLE_FILES = ("configs/inference.json", "configs/metadata.json", "models/model.pt")
+ANCHOR_REV = "e3a7d58"  # lung_nodule_demo 0.3.0, the bundle before the candidate classifier
+BUNDLE_FILES = (*REQUIRED_FILES, "models/candidates.pt")
 
 
 def held_out_study_args(seed: int) -> dict[str, object]:
@@ -60,11 +66,14 @@ def held_out_study_args(seed: int) -> dict[str, object]:
 def _anchor_from_git(rev: str, out: Path) -> Path:
     rel = default_bundle_path().relative_to(ROOT)
     for name in BUNDLE_FILES:
-        blob = subprocess.run(
+        shown = subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{rev}:{rel / name}"],
-            check=True,
+            check=name in REQUIRED_FILES,
             capture_output=True,
-        ).stdout
+        )
+        if shown.returncode:  # an optional file this revision does not have
+            continue
+        blob = shown.stdout
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(blob)
     return out
@@ -137,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             seed = args.seed + i
             study = make_study(seed, HELD_OUT, **held_out_study_args(seed))  # type: ignore[arg-type]
             volume = Volume(study.volume.astype(np.float32), study.spacing, [])
-            prob = None
+            prob = image = None
             for name, bundle in (("anchor", anchor), ("current", current)):
                 if prob is None or not shared:
-                    prob = predict(pre_process(volume, bundle), bundle)
-                findings, _ = segment_findings(prob, volume, bundle)
+                    image = pre_process(volume, bundle)
+                    prob = predict(image, bundle)
+                findings, _ = segment_findings(prob, volume, bundle, image)
                 cases[name].append(Case(list(study.nodules), findings, study.spacing))
             print(
                 f"  study {i + 1}/{args.scans} seed {seed} {study.volume.shape} "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,11 +201,12 @@ def compare(
 
 
 def reference_from(
-    volumes: Sequence[tuple[np.ndarray, Sequence[float], float | None]], source: str
+    volumes: Iterable[tuple[np.ndarray, Sequence[float], float | None]], source: str
 ) -> dict[str, Any]:
     """A reference document (``reference_stats.json``) from training volumes, each
     ``(HU array (z, y, x), spacing (z, y, x) mm, slice thickness or None)``, described exactly
-    as the inference stage describes what it analyses."""
+    as the inference stage describes what it analyses; read once (a generator keeps one volume
+    in memory at a time)."""
     records = [input_stats(array, spacing, thickness) for array, spacing, thickness in volumes]
     observed = window_distributions(records, DEFAULT_EDGES)
     return {

@@ -16,6 +16,8 @@ from monai.bundle import ConfigParser
 
 from radpipe.common.digest import file_sha256
 
+from .candidates import CandidateClassifier, load_candidate_classifier
+
 __all__ = ["REQUIRED_FILES", "Bundle", "default_bundle_path", "load_bundle", "select_device"]
 
 REQUIRED_FILES = ("configs/metadata.json", "configs/inference.json", "models/model.pt")
@@ -44,6 +46,9 @@ class Bundle:
     max_mean_hu: float | None = None
     overlap: float = 0.25
     sw_batch_size: int = 1
+    # Second stage: a classifier of candidate cubes (`candidates.py`); None: the segmentation
+    # network's components are the findings.
+    candidates: CandidateClassifier | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Provenance for a result document (everything but the network)."""
@@ -59,7 +64,16 @@ class Bundle:
             "min_volume_mm3": self.min_volume_mm3,
             "max_mean_hu": self.max_mean_hu,
             "device": str(self.device),
-        }
+        } | (
+            {}
+            if self.candidates is None
+            else {
+                "candidate_classifier": {
+                    "sha256": self.candidates.sha256,
+                    "threshold": self.candidates.threshold,
+                }
+            }
+        )
 
 
 def default_bundle_path() -> Path:
@@ -148,4 +162,5 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
         max_mean_hu=None if max_hu is None else float(max_hu),
         overlap=float(parser.get("overlap", 0.25)),
         sw_batch_size=int(parser.get("sw_batch_size", 1)),
+        candidates=load_candidate_classifier(parser, root, dev),
     )

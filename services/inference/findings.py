@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .bundle import Bundle
-from .model import bundle_grid
+from .candidates import score
+from .model import bundle_grid, pre_process
 from .volume import Vec3, Volume
 
 __all__ = [
@@ -58,9 +60,12 @@ class Finding:
     # Share of the one-voxel shell that is aerated lung (below `AIR_HU`): a nodule, even one on
     # the pleura, is partly ringed by lung; a blob in fat, muscle or mediastinum is not.
     air: float = 1.0
+    # The candidate classifier's score (None: the bundle has none). It only filters:
+    # `probability`, which ranks findings, stays the segmentation network's mean probability.
+    candidate_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "label": self.label,
             "diameter_mm": round(self.diameter_mm, 2),
             "volume_mm3": round(self.volume_mm3, 1),
@@ -70,6 +75,9 @@ class Finding:
             "center_sop_instance_uid": self.center_sop_instance_uid,
             "mean_hu": round(self.mean_hu, 1),
         }
+        if self.candidate_score is not None:
+            out["candidate_score"] = round(self.candidate_score, 4)
+        return out
 
 
 #: HU above which a shell voxel counts as contact: soft tissue, vessel, wall, bone (lung is
@@ -181,9 +189,16 @@ def _to_input_index(j: np.ndarray, n_in: int, n_out: int) -> np.ndarray:
 
 
 def segment_findings(
-    prob: np.ndarray, volume: Volume, bundle: Bundle
+    prob: np.ndarray,
+    volume: Volume,
+    bundle: Bundle,
+    image: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[list[Finding], np.ndarray]:
-    """`post_process` plus the bundle-grid label map (finding i has label i, 0 elsewhere)."""
+    """`post_process` plus the bundle-grid label map (finding i has label i, 0 elsewhere).
+
+    `image` is the pre-processed input (`pre_process`: (1, z, y, x) or (z, y, x)) that the
+    bundle's candidate classifier looks at; computed again when not given.
+    """
     _, grid_spacing = bundle_grid(volume.array.shape, volume.spacing, bundle.spacing)
     voxel_mm3 = float(np.prod(grid_spacing))
     labels, n = label_components(prob >= bundle.threshold)
@@ -228,6 +243,14 @@ def segment_findings(
         ]
     if limits.max_elongation is not None:
         kept = [i for i in kept if elongation[i] <= limits.max_elongation]
+    second: dict[int, float] = {}
+    if bundle.candidates is not None and kept:
+        grid = pre_process(volume, bundle) if image is None else image
+        cube_source = np.asarray(grid, dtype=np.float32).reshape(prob.shape)
+        centres = [np.array([centroids[a][i] for a in range(3)]) for i in kept]
+        values = score(bundle.candidates, cube_source, centres, bundle.device)
+        second = {i: float(v) for i, v in zip(kept, values, strict=True)}
+        kept = [i for i in kept if second[i] >= bundle.candidates.threshold]
     kept.sort(key=lambda i: -counts[i])
     remap = np.zeros(n + 1, dtype=np.int32)
     findings = []
@@ -256,6 +279,7 @@ def segment_findings(
                 contact_far=float(far[i]),
                 elongation=float(elongation[i]),
                 air=float(air[i]),
+                candidate_score=second.get(i),
             )
         )
     return findings, remap[labels]
@@ -310,16 +334,21 @@ def _shape(
     return shares[0], shares[1], elongation, air
 
 
-def post_process(prob: np.ndarray, volume: Volume, bundle: Bundle) -> list[Finding]:
+def post_process(
+    prob: np.ndarray,
+    volume: Volume,
+    bundle: Bundle,
+    image: torch.Tensor | np.ndarray | None = None,
+) -> list[Finding]:
     """Threshold, 26-connected components on the bundle grid, one Finding per component.
 
     Components below `bundle.min_volume_mm3`, or denser on average than `bundle.max_mean_hu`
     (bone; calcified nodules, which Lung-RADS calls benign), or beyond the bundle's
-    `ShapeFilter` (contact with dense tissue, elongation), are dropped; findings are sorted
-    largest first.
+    `ShapeFilter` (contact with dense tissue, elongation), or scored below its candidate
+    classifier's threshold (`candidates.py`), are dropped; findings are sorted largest first.
     Expected time: <0.2 s for a 10 M-voxel probability map with a few candidates.
     """
-    return segment_findings(prob, volume, bundle)[0]
+    return segment_findings(prob, volume, bundle, image)[0]
 
 
 def label_map_on_input(labels: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:

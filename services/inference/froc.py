@@ -107,8 +107,8 @@ class Scores:
 def run_case(phantom: Study, bundle: Bundle) -> Case:
     """The service stages (`pre_process`, `predict`, `segment_findings`) on one phantom."""
     volume = Volume(phantom.volume.astype(np.float32), phantom.spacing, [])
-    prob = predict(pre_process(volume, bundle), bundle)
-    findings, _ = segment_findings(prob, volume, bundle)
+    image = pre_process(volume, bundle)
+    findings, _ = segment_findings(predict(image, bundle), volume, bundle, image)
     return Case(list(phantom.nodules), findings, phantom.spacing)
 
 

@@ -132,7 +132,7 @@ def analyze(
     lap("pre_process")
     prob = predict(tensor, bundle, threads=threads)
     lap("predict")
-    findings, labels = segment_findings(prob, volume, bundle)
+    findings, labels = segment_findings(prob, volume, bundle, tensor)
     label_map = label_map_on_input(labels, volume.array.shape)
     lap("post_process")
     risk = assess_risk(findings)

@@ -117,6 +117,12 @@ def analyze_study(ctx: Context, study_id: str) -> None:
         "format": analysis.model.get("format", "radpipe"),  # or "monai-zoo"
         "kind": analysis.kind,  # segmentation | detection | classification
     }
+    candidates = getattr(bundle, "candidates", None)  # a second stage (inference/candidates.py)
+    if candidates is not None:
+        result["model"]["candidate_classifier"] = {
+            "sha256": candidates.sha256,
+            "threshold": candidates.threshold,
+        }
     result["series_uid"] = series["series_uid"]
     result["risk_threshold"] = ctx.settings.risk_threshold
     result["outputs"] = outputs

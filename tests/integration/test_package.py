@@ -44,6 +44,7 @@ def test_wheel_installs_radpipe_and_no_services_package(wheel: Path) -> None:
     assert "radpipe/cli.py" in names
     # Package data travels with the code: the demo bundle, its model card and the portal pages.
     assert "radpipe/inference/bundles/lung_nodule_demo/models/model.pt" in names
+    assert "radpipe/inference/bundles/lung_nodule_demo/models/candidates.pt" in names
     assert "radpipe/inference/bundles/lung_nodule_demo/configs/metadata.json" in names
     assert "radpipe/portal/templates/worklist.html" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

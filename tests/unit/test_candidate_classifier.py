@@ -1,0 +1,136 @@
+"""The second stage of a nodule bundle (`radpipe.inference.candidates`): cubes around each
+candidate, scored by a classifier the bundle declares; low scores dropped."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
+from radpipe.inference.candidates import CandidateClassifier, crop
+from radpipe.inference.findings import segment_findings
+from radpipe.inference.volume import Volume
+
+SPACING = (1.5, 1.5, 1.5)  # input on the bundle grid
+
+
+class CentreBrightness(torch.nn.Module):
+    """Logit = 20 x (window value at the cube's centre - 0.5): bright centres score ~1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1] // 2
+        return 20.0 * (x[:, :, c, c, c] - 0.5)
+
+
+def _bundle(classifier: CandidateClassifier | None) -> Bundle:
+    return Bundle(
+        name="cascade",
+        version="0",
+        sha256="",
+        path=Path("."),
+        network=torch.nn.Identity(),
+        spacing=SPACING,
+        roi_size=(32, 32, 32),
+        intensity_range=(-1000.0, 400.0),
+        threshold=0.5,
+        device=torch.device("cpu"),
+        candidates=classifier,
+    )
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray]:
+    """Lung (-850 HU) with two 12 mm balls that the probability map marks alike (0.9): one
+    of soft tissue (40 HU, window 0.74), one of ground glass (-700 HU, window 0.21)."""
+    shape = (48, 48, 96)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    prob = np.zeros(shape, dtype=np.float32)
+    z, y, x = np.ogrid[:48, :48, :96]
+    for cx, density in ((24, 40.0), (72, -700.0)):
+        ball = (z - 24) ** 2 + (y - 24) ** 2 + (x - cx) ** 2 <= 16.0
+        hu[ball] = density
+        prob[ball] = 0.9
+    return hu, prob
+
+
+def test_a_cube_is_cut_around_the_centre_and_zero_outside_the_image() -> None:
+    image = np.arange(6 * 6 * 6, dtype=np.float32).reshape(6, 6, 6)
+    inside = crop(image, np.array([3.0, 3.0, 3.0]), 4)
+    assert inside.shape == (4, 4, 4)
+    assert np.array_equal(inside, image[1:5, 1:5, 1:5])
+    corner = crop(image, np.array([0.4, 0.0, 5.6]), 4)  # rounds to (0, 0, 6)
+    assert np.array_equal(corner[2:, 2:, :2], image[0:2, 0:2, 4:6])
+    assert corner[:2].sum() == 0 and corner[:, :, 2:].sum() == 0
+    assert not crop(image, np.array([40.0, 40.0, 40.0]), 4).any()
+
+
+def test_the_classifier_drops_candidates_it_scores_low_and_records_its_score() -> None:
+    hu, prob = _scene()
+    volume = Volume(hu, SPACING, [])
+    plain, _ = segment_findings(prob, volume, _bundle(None))
+    assert sorted(round(f.center_voxel_zyx[2]) for f in plain) == [24, 72]
+    assert all(f.candidate_score is None and f.probability == pytest.approx(0.9) for f in plain)
+
+    classifier = CandidateClassifier(CentreBrightness(), 8, 0.5, Path("candidates.pt"))
+    kept, labels = segment_findings(prob, volume, _bundle(classifier))
+    assert [round(f.center_voxel_zyx[2]) for f in kept] == [24]  # the ground-glass ball went
+    score = 1 / (1 + math.exp(-20.0 * ((40.0 + 1000.0) / 1400.0 - 0.5)))
+    assert kept[0].candidate_score == pytest.approx(score, abs=1e-4)
+    assert kept[0].probability == pytest.approx(0.9)  # the ranking stays the first stage's
+    assert kept[0].to_dict()["candidate_score"] == round(score, 4)
+    assert set(np.unique(labels)) == {0, 1} and not labels[:, :, 60:].any()
+
+    classifier.threshold = 0.0  # nothing dropped, both scored
+    both, _ = segment_findings(prob, volume, _bundle(classifier))
+    assert len(both) == 2 and min(f.candidate_score or 1.0 for f in both) < 0.01
+
+
+def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
+    root = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), root)
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config.pop("candidate_classifier", None)
+    if section is not None:
+        config["candidate_classifier"] = section
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    return root
+
+
+NETWORK = {
+    "_target_": "monai.networks.nets.Classifier",
+    "in_shape": [1, 16, 16, 16],
+    "classes": 1,
+    "channels": [4, 8],
+    "strides": [2, 2],
+}
+
+
+def test_a_bundle_declares_its_classifier_in_inference_json(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    net = ConfigParser({"n": NETWORK}).get_parsed_content("n")
+    section = {"network_def": NETWORK, "weights": "models/c.pt", "patch_size": 16, "threshold": 0.3}
+    root = _bundle_copy(tmp_path, section)
+    torch.save(net.state_dict(), root / "models" / "c.pt")
+    bundle = load_bundle(root, "cpu")
+    assert bundle.candidates is not None
+    assert (bundle.candidates.patch_size, bundle.candidates.threshold) == (16, 0.3)
+    assert not bundle.candidates.network.training
+    provenance = bundle.to_dict()["candidate_classifier"]
+    assert provenance["threshold"] == 0.3 and len(provenance["sha256"]) == 64
+
+    assert load_bundle(_bundle_copy(tmp_path / "none", None), "cpu").candidates is None
+
+
+def test_a_classifier_section_without_its_weights_or_keys_is_refused(tmp_path: Path) -> None:
+    section = {"network_def": NETWORK, "weights": "models/c.pt", "patch_size": 16, "threshold": 0.3}
+    with pytest.raises(ValueError, match=r"weights models/c.pt are missing"):
+        load_bundle(_bundle_copy(tmp_path / "a", section), "cpu")
+    del section["threshold"]
+    with pytest.raises(ValueError, match=r"candidate_classifier lacks threshold"):
+        load_bundle(_bundle_copy(tmp_path / "b", section), "cpu")
