@@ -85,6 +85,8 @@ class StudyPublic(BaseModel):
     findings: list[dict[str, Any]] = []
     model: dict[str, Any] | None = None
     timings: dict[str, float] = {}
+    # Findings are recorded (and alerted on) before the SEG, SR and key images are stored.
+    results_pending: bool = False
     failure: dict[str, Any] | None = None
     alert: dict[str, Any] | None = None
     events: list[StudyEvent] = []
@@ -110,6 +112,7 @@ class StudyPublic(BaseModel):
             findings=analysis.get("findings", []),
             model=analysis.get("model"),
             timings=analysis.get("timings", {}),
+            results_pending=bool(analysis.get("outputs_pending", False)),
             failure=doc.get("failure"),
             alert=doc.get("alert"),
             events=[StudyEvent(**event) for event in doc.get("events", [])],
@@ -412,10 +415,18 @@ class StudyRepository:
             },
         )
 
-    def set_fields(self, study_id: str, fields: dict[str, Any]) -> None:
-        self.studies.update_one(
-            {"_id": study_id}, {"$set": {**_with_risk(fields), "updated_at": now()}}
+    def set_fields(
+        self, study_id: str, fields: dict[str, Any], *, version: int | None = None
+    ) -> bool:
+        """Set ``fields``; with ``version``, only while the study is still at that version
+        (not re-opened by late instances meanwhile). True when the study was updated."""
+        query: dict[str, Any] = {"_id": study_id}
+        if version is not None:
+            query["version"] = version
+        result = self.studies.update_one(
+            query, {"$set": {**_with_risk(fields), "updated_at": now()}}
         )
+        return bool(result.matched_count)
 
     def instances_of(self, study_id: str) -> list[Document]:
         return list(self.instances.find({"study_id": study_id}).sort("received_at", 1))

@@ -213,6 +213,8 @@ def study_page(
             "slices": viewer.slices(ctx, doc),
             "overlay": any(o.get("kind") == "seg" for o in outputs),
         },
+        # Findings are recorded (and alerted on) before the result objects are stored.
+        "results_pending": ai and bool((doc.get("analysis") or {}).get("outputs_pending")),
         "decisions": review.decisions_of(doc) if ai else {},
         "can_review": caller.role == "radiologist" and doc["state"] in review.REVIEWABLE,
         "signed": doc.get("signed") if doc["state"] == StudyState.SIGNED else None,

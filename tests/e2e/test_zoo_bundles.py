@@ -166,6 +166,8 @@ def _wait_analyzed(url: str, headers: dict[str, str], uid: str, tmp_path: Path) 
         found = response.json().get("studies") or []
         if found and found[0]["state"] in ("analyzed", "alerted", "failed"):
             study = httpx.get(f"{url}/api/studies/{found[0]['id']}", headers=headers, timeout=30)
-            return dict(study.json())
+            # Findings come first; the result objects follow (results_pending until stored).
+            if not study.json().get("results_pending"):
+                return dict(study.json())
         time.sleep(1.0)
     raise AssertionError(f"study not analysed in time\n{(tmp_path / 'up.log').read_text()[-4000:]}")
