@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import torch
 
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
 from radpipe.inference.candidates import CandidateClassifier, crop
-from radpipe.inference.findings import segment_findings
+from radpipe.inference.findings import ShapeFilter, segment_findings
 from radpipe.inference.volume import Volume
 
-SPACING = (1.5, 1.5, 1.5)  # input on the bundle grid
+from .test_findings_filters import SPACING
+from .test_findings_filters import _bundle as filter_bundle
 
 
 class CentreBrightness(torch.nn.Module):
@@ -29,19 +31,8 @@ class CentreBrightness(torch.nn.Module):
 
 
 def _bundle(classifier: CandidateClassifier | None) -> Bundle:
-    return Bundle(
-        name="cascade",
-        version="0",
-        sha256="",
-        path=Path("."),
-        network=torch.nn.Identity(),
-        spacing=SPACING,
-        roi_size=(32, 32, 32),
-        intensity_range=(-1000.0, 400.0),
-        threshold=0.5,
-        device=torch.device("cpu"),
-        candidates=classifier,
-    )
+    """The filter tests' bundle (no shape limits) with `classifier` as its second stage."""
+    return replace(filter_bundle(ShapeFilter()), name="cascade", candidates=classifier)
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray]:
