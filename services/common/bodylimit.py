@@ -15,9 +15,15 @@ hold in memory whatever a client sends. :class:`BodyLimit` (ASGI middleware, reg
 
 The application sees the body only once it is whole and within the limit, so a refused
 request never reaches a route: nothing is stored. The answer says ``Connection: close`` (the
-rest of the body is not read). Routes that stream their own bodies under their own limits are
-exempt: DICOMweb (STOW-RS, ``RADPIPE_MAX_REQUEST_BYTES`` and ``RADPIPE_MAX_INSTANCE_BYTES``,
-read as it streams in) and the RIS CSV import (``/api/tat/import``, its own file limit).
+rest of the body is not read). DICOMweb (STOW-RS) is exempt: it reads its body as it streams
+in under ``RADPIPE_MAX_REQUEST_BYTES`` and ``RADPIPE_MAX_INSTANCE_BYTES``.
+
+An upload route registers a larger limit of its own with :func:`limit_route` (the RIS CSV
+import: one file of up to 64 MiB). Its body is passed through as it arrives, not held, and
+counted: over a declared ``Content-Length`` it is refused unread as above; past the limit in
+a chunked body the application is told the client left (Starlette then stops parsing and
+spooling the multipart form) and the answer is 413 with the route's own advice. Without this,
+the form would be spooled to disk whole, before authentication, whatever its size.
 
 The default, 4 MiB, is sized from the mask wire format (docs/masks.md): the largest edit at the
 caps, 100,000 runs in 1024 × 1024 slices (7-digit starts), is about 1.1 MB compact and 1.3 MB
@@ -29,14 +35,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-#: Routes that read their bodies as streams under limits of their own: DICOMweb (STOW-RS) by
-#: prefix, the RIS CSV import by path.
+#: Routes that read their bodies as streams under limits of their own: DICOMweb (STOW-RS).
 EXEMPT_PREFIXES: tuple[str, ...] = ("/dicom-web/",)
-EXEMPT_PATHS: frozenset[str] = frozenset({"/api/tat/import"})
+EXEMPT_PATHS: frozenset[str] = frozenset()
 SETTING = "RADPIPE_MAX_JSON_BYTES"
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """An upload route's own body limit and what to tell a client over it."""
+
+    limit: int
+    detail: str
+
+
+#: Upload routes with limits of their own (exact paths), registered by their routers.
+ROUTE_LIMITS: dict[str, RouteLimit] = {}
+
+
+def limit_route(path: str, limit: int, detail: str) -> None:
+    """Give the upload route ``path`` a body limit of its own (bytes, the whole request body
+    with its multipart envelope); ``detail`` says what to do instead (the 413's ``detail``)."""
+    ROUTE_LIMITS[path] = RouteLimit(limit, detail)
 
 
 def too_large_body(limit: int) -> bytes:
@@ -45,6 +69,10 @@ def too_large_body(limit: int) -> bytes:
         f"request body exceeds {SETTING} ({limit} bytes); send a smaller body (a mask: the "
         f"nodule only, at most 100,000 runs and 5,000,000 voxels) or raise {SETTING}"
     )
+    return _error(detail)
+
+
+def _error(detail: str) -> bytes:
     return json.dumps({"error": "PayloadTooLarge", "detail": detail}).encode()
 
 
@@ -72,7 +100,8 @@ class BodyLimit:
         return path in self.exempt_paths or path.startswith(self.exempt_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.exempt(str(scope.get("path", ""))):
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or self.exempt(path):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
@@ -80,9 +109,13 @@ class BodyLimit:
         if declared is None and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body (RFC 9112 6.3)
             return
+        own = ROUTE_LIMITS.get(path)
+        if own is not None:
+            await self._stream(scope, receive, send, declared, own)
+            return
         limit = self.limit()
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, limit)
+            await _refuse(send, too_large_body(limit))
             return
         chunks: list[bytes] = []
         size = 0
@@ -93,7 +126,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _refuse(send, limit)
+                await _refuse(send, too_large_body(limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -110,9 +143,51 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        declared: bytes | None,
+        own: RouteLimit,
+    ) -> None:
+        """An upload route's body, passed through as it arrives and counted against its own
+        limit; past it the application hears a disconnect and the client gets the 413."""
+        if declared is not None and declared.isdigit() and int(declared) > own.limit:
+            await _refuse(send, _error(own.detail))
+            return
+        size = 0
+        over = answered = False
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = too_large_body(limit)
+        async def counted() -> Message:
+            nonlocal size, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > own.limit:
+                    over = True  # the rest is not read; the application stops its parsing
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal answered
+            if over:
+                return  # whatever the application answers to the "disconnect": ours follows
+            answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not answered:
+            await _refuse(send, _error(own.detail))
+
+
+async def _refuse(send: Send, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -15,11 +15,22 @@ from fastapi.responses import JSONResponse, Response
 
 from radpipe.common.api import Ctx, require
 from radpipe.common.auth import AuthService, Principal
+from radpipe.common.bodylimit import limit_route
 from radpipe.common.errors import BadRequest
 
 from . import export, ris, service
 
 router = APIRouter(tags=["tat"])
+
+#: The import's whole request body: the RIS file and a MiB for the multipart envelope and the
+#: mapping field. Refused (413) before the form is parsed, spooled or authenticated.
+IMPORT_BODY_BYTES = ris.MAX_BYTES + 1024**2
+limit_route(
+    "/api/tat/import",
+    IMPORT_BODY_BYTES,
+    f"the RIS file is over {ris.MAX_BYTES // 1024**2} MiB; split the export by date range "
+    "and import each part (repeated rows are recognised)",
+)
 Manager = Annotated[Principal, Depends(require("manager", "admin"))]  # DESIGN 4: TAT
 
 

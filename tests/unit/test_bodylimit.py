@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from radpipe.common import masks
-from radpipe.common.bodylimit import BodyLimit
+from radpipe.common.bodylimit import ROUTE_LIMITS, BodyLimit, RouteLimit
 from radpipe.common.settings import Settings
 
 LIMIT = 1000
@@ -32,7 +32,7 @@ def app_reading_bodies() -> tuple[Starlette, list[int]]:
 
     routes = [
         Route(path, echo, methods=["GET", "POST"])
-        for path in ("/api/x", "/dicom-web/studies", "/api/tat/import", "/api/tat/import2")
+        for path in ("/api/x", "/dicom-web/studies", "/api/upload", "/api/upload2")
     ]
     return Starlette(routes=routes, middleware=[]), seen
 
@@ -83,9 +83,34 @@ def test_streamed_routes_keep_their_own_limits(limited: tuple[TestClient, list[i
     client, seen = limited
     big = LIMIT * 5
     assert client.post("/dicom-web/studies", content=b"z" * big).json() == {"bytes": big}
-    assert client.post("/api/tat/import", content=chunks(big)).json() == {"bytes": big}
-    assert client.post("/api/tat/import2", content=b"z" * big).status_code == 413  # exact path
+    assert client.post("/dicom-web/studies", content=chunks(big)).json() == {"bytes": big}
     assert seen == [big, big]
+
+
+@pytest.fixture
+def upload_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """An upload route (exact path) with a limit of its own, 3x the JSON one."""
+    monkeypatch.setitem(ROUTE_LIMITS, "/api/upload", RouteLimit(3 * LIMIT, "split the file"))
+    return 3 * LIMIT
+
+
+def test_an_upload_route_has_its_own_limit_declared_or_counted(
+    limited: tuple[TestClient, list[int]], upload_limit: int
+) -> None:
+    client, seen = limited
+    ok = upload_limit
+    # Over the JSON limit, within the route's own: passed through, declared or chunked.
+    assert client.post("/api/upload", content=b"u" * ok).json() == {"bytes": ok}
+    assert client.post("/api/upload", content=chunks(ok)).json() == {"bytes": ok}
+    declared = client.post("/api/upload", content=b"u" * (ok + 1))
+    assert declared.status_code == 413 and declared.headers["connection"] == "close"
+    assert declared.json() == {"error": "PayloadTooLarge", "detail": "split the file"}
+    # Chunked past the limit: the route hears a disconnect mid-body, the client the 413.
+    counted = client.post("/api/upload", content=chunks(ok + 1))
+    assert counted.status_code == 413 and counted.json()["detail"] == "split the file"
+    assert seen == [ok, ok]  # neither refused body reached the route whole
+    # The registration is for that exact path; others keep the JSON limit.
+    assert client.post("/api/upload2", content=b"u" * ok).status_code == 413
 
 
 def worst_mask_edit(indent: int | None = None, compact: bool = False) -> bytes:
