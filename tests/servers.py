@@ -46,10 +46,34 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def free_port_pair() -> int:
-    """A free port whose gRPC companion (port + 10000, SeaweedFS's rule) is free too."""
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out as an outgoing connection's local port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def restartable_port() -> int:
+    """A free port below the ephemeral range, for a server a test kills and starts again on
+    the same port: in the ephemeral range an outgoing connection may take the port as its
+    local one meanwhile, and the restart fails with "address already in use"."""
+    top = _ephemeral_low() - 1
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(10000, max(top, 10001))
+        if _is_free(port):
+            return port
+    raise RuntimeError("no free port below the ephemeral range on 127.0.0.1")
+
+
+def free_port_pair() -> int:
+    """A free port whose gRPC companion (port + 10000, SeaweedFS's rule) is free too, both
+    below the ephemeral range (see `restartable_port`; a fault test restarts SeaweedFS on
+    them: CI once lost the S3 gRPC port to an outgoing connection between kill and restart)."""
+    top = _ephemeral_low() - 10001
+    low, high = (10000, top) if top > 12000 else (20000, 45000)  # odd kernels: as before
+    for _ in range(200):
+        port = random.randint(low, high)
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair on 127.0.0.1")

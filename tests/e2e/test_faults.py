@@ -57,6 +57,7 @@ from ..servers import (
     free_port_pair,
     redis_binary,
     require_tool,
+    restartable_port,
     small_disk,
     stop,
     wait_for_port,
@@ -98,7 +99,7 @@ class Restartable:
 def broker(folder: Path) -> Iterator[tuple[Restartable, str]]:
     """Redis as ``radpipe up`` runs its broker: append-only, synced on every write."""
     folder.mkdir(parents=True)
-    port = free_port()
+    port = restartable_port()  # restarted on the same port: keep it out of the ephemeral range
     command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
     command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
     server = Restartable(command, folder / "redis.log", lambda: wait_for_port(port))
