@@ -142,7 +142,6 @@ CANDIDATE_MINING_THRESHOLD = 0.3
 # 0.586), so by the rule above (that sensitivity first, then FP/scan, then CPM) the classifier
 # only filters and the ranking stays the segmentation network's mean probability.
 CANDIDATE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-CANDIDATE_THRESHOLD = 0.05  # the rule's pick, filled in by the training run
 VERSION = "0.4.0"
 CHANGELOG = {
     "0.4.0": "second stage: a candidate classifier (32^3 cubes around each candidate, trained "

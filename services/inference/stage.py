@@ -135,12 +135,8 @@ def _run(ctx: Context, study: dict[str, Any], *, resume: bool) -> None:
         "format": analysis.model.get("format", "radpipe"),  # or "monai-zoo"
         "kind": analysis.kind,  # segmentation | detection | classification
     }
-    candidates = getattr(bundle, "candidates", None)  # a second stage (inference/candidates.py)
-    if candidates is not None:
-        result["model"]["candidate_classifier"] = {
-            "sha256": candidates.sha256,
-            "threshold": candidates.threshold,
-        }
+    if isinstance(bundle, Bundle) and bundle.candidates is not None:  # a second stage
+        result["model"]["candidate_classifier"] = bundle.to_dict()["candidate_classifier"]
     result["series_uid"] = series["series_uid"]
     result["risk_threshold"] = ctx.settings.risk_threshold
     result["outputs"] = []

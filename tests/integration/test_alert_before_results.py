@@ -51,6 +51,9 @@ def test_notify_is_handed_the_study_before_any_result_object_is_stored(
     assert analysis["outputs_pending"] is False
     assert sorted(o["kind"] for o in analysis["outputs"]) == ["key-image", "png", "seg", "sr"]
     assert analysis["timings"]["write"] > 0
+    # Provenance names both stages of the demo bundle: the candidate classifier's weights too.
+    second = analysis["model"]["candidate_classifier"]
+    assert len(second["sha256"]) == 64 and second["threshold"] == 0.05
 
 
 def test_a_worker_lost_after_the_alert_hand_off_is_finished_by_the_redelivery(
