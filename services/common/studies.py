@@ -55,6 +55,15 @@ TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
 }
 
 
+#: Set when a study becomes ``analyzed``: the moment the notify sweeper decides its alert
+#: itself if the ``notify`` task has not (``radpipe.notify.service.resume_due``). A task
+#: stranded in the broker (prefetched by a worker when the broker restarted: it comes back
+#: only after the visibility timeout) must not hold a high-risk alert for minutes. Cleared by
+#: the alert decision and by any later transition; indexed, so the sweeper reads only these.
+NOTIFY_DUE = "notify_due_at"
+NOTIFY_BACKSTOP = timedelta(seconds=10)
+
+
 def sources_of(target: StudyState) -> list[str]:
     return [str(state) for state, targets in TRANSITIONS.items() if target in targets]
 
@@ -167,6 +176,7 @@ class StudyRepository:
         """The indexes behind every query of the product (the same on MongoDB and embedded)."""
         self.studies.create_index("state")
         self.studies.create_index("updated_at")
+        self.studies.create_index(NOTIFY_DUE)  # the notify sweeper's backstop
         self.studies.create_index(WORKLIST_ORDER)
         self.studies.create_index([("state", 1), *WORKLIST_ORDER])
         # The portal's worklist filters, each in the worklist order (portal/service.py).
@@ -380,15 +390,36 @@ class StudyRepository:
             "version": current.get("version", 1),
             "detail": detail or {},
         }
+        changes: dict[str, Any] = {
+            "$set": {"state": str(target), "updated_at": at, **_with_risk(fields or {})},
+            "$push": {"events": event},
+        }
+        if target == StudyState.ANALYZED:
+            changes["$set"][NOTIFY_DUE] = at + NOTIFY_BACKSTOP
+        else:
+            changes["$unset"] = {NOTIFY_DUE: ""}
         updated: Document | None = self.studies.find_one_and_update(
             {"_id": study_id, "state": {"$in": sources_of(target)}},
-            {
-                "$set": {"state": str(target), "updated_at": at, **_with_risk(fields or {})},
-                "$push": {"events": event},
-            },
+            changes,
             return_document=ReturnDocument.AFTER,
         )
         return updated
+
+    def notify_due(self, at: datetime, limit: int) -> list[Document]:
+        """Studies whose alert decision is overdue (``NOTIFY_DUE``), oldest first."""
+        return list(self.studies.find({NOTIFY_DUE: {"$lte": at}}).sort(NOTIFY_DUE, 1).limit(limit))
+
+    def claim_notify_due(self, study_id: str, due: datetime, at: datetime) -> bool:
+        """Move a due study's ``NOTIFY_DUE`` on by ``NOTIFY_BACKSTOP`` if it is still ``due``:
+        True for the one sweeper (of several notify workers) that moved it."""
+        claimed = self.studies.update_one(
+            {"_id": study_id, NOTIFY_DUE: due}, {"$set": {NOTIFY_DUE: at + NOTIFY_BACKSTOP}}
+        )
+        return bool(claimed.modified_count)
+
+    def clear_notify_due(self, study_id: str) -> None:
+        """The study's alert decision is made (or no longer needed)."""
+        self.studies.update_one({"_id": study_id}, {"$unset": {NOTIFY_DUE: ""}})
 
     def fail(self, study_id: str, stage: str, reason: str, attempts: int = 1) -> Document | None:
         """Dead-letter: the study ends ``failed`` with the stage and reason the portal shows."""

@@ -222,9 +222,15 @@ def page_due(ctx: Context, alert_id: str, at: datetime | None = None) -> bool:
 def sweep(ctx: Context, at: datetime | None = None, limit: int = 100) -> int:
     """Handle every due alert (the periodic task); returns how many were handled."""
     from .pipeline import check_pipeline
+    from .service import resume_due
 
     handled = 0
     moment = at or now()
+    try:
+        resume_due(ctx, moment)
+    except Exception:
+        # The backstop must not hold up the pages of this sweep (tried again at the next).
+        log.error("sweeper.backstop-failed", exc_info=True)
     check_pipeline(ctx, moment)
     while handled < limit:
         alert = claim(ctx, moment)

@@ -23,7 +23,7 @@ from radpipe.common.alerts import ALERT_CONFIG, OPEN_QUERY, AlertState, alerts_o
 from radpipe.common.context import Context
 from radpipe.common.errors import Conflict, NotFound
 from radpipe.common.logging import get_logger
-from radpipe.common.studies import StudyState, now
+from radpipe.common.studies import NOTIFY_DUE, StudyState, now
 
 from . import paging
 from .rules import AlertConfig, decide, load_config, silenced_by
@@ -57,6 +57,8 @@ def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> Non
     at = at or now()
     study = ctx.studies.get(study_id)
     if study["state"] != StudyState.ANALYZED:
+        if NOTIFY_DUE in study:  # re-opened since: the new version is analysed again
+            ctx.studies.clear_notify_due(study_id)
         return  # signed, failed, re-opened, or already alerted (a redelivered task)
     config = config_of(ctx)
     decision = decide(config, ctx.settings.risk_threshold, study)
@@ -73,6 +75,7 @@ def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> Non
             )
         for alert in _open_alerts_of(ctx, study_id):
             paging.retract(ctx, alert, f"re-analysis v{study['version']} under the threshold", at)
+        ctx.studies.clear_notify_due(study_id)
         return
     # The steps are recorded after the ``alerted`` transition, so the timeline reads
     # analyzed -> alerted -> alert.opened -> alert.sent ...
@@ -90,6 +93,26 @@ def notify_study(ctx: Context, study_id: str, at: datetime | None = None) -> Non
     if alert["created_version"] == study["version"]:
         paging.page_due(ctx, alert["_id"], at)
     log.info("alert.opened", study_id=study_id, alert_id=alert["_id"], urgency=alert["urgency"])
+
+
+def resume_due(ctx: Context, at: datetime, limit: int = 20) -> int:
+    """The sweeper's backstop: decide the alert of each study ``analyzed`` for longer than
+    ``NOTIFY_BACKSTOP`` with no decision yet, here, without the broker; returns how many.
+
+    The ``notify`` task is normally done within a second. One prefetched by a worker when the
+    broker restarted waits in the broker's unacked set for the visibility timeout (15 min by
+    default): a high-risk alert must not wait with it. Deciding twice changes nothing (see
+    :func:`notify_study`), so the late task, when it comes, finds the study ``alerted``.
+    """
+    resumed = 0
+    for study in ctx.studies.notify_due(at, limit):
+        if not ctx.studies.claim_notify_due(study["_id"], study[NOTIFY_DUE], at):
+            continue  # another notify worker's sweeper has it
+        if study["state"] == StudyState.ANALYZED:
+            log.warning("notify.backstop", study_id=study["_id"], version=study.get("version"))
+            resumed += 1
+        notify_study(ctx, study["_id"], at)
+    return resumed
 
 
 def _open_alerts_of(ctx: Context, study_id: str) -> list[dict[str, Any]]:

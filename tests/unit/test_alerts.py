@@ -380,6 +380,53 @@ def test_failed_study_pages_the_admins(ctx: Context) -> None:
     assert open_alerts(ctx) == []  # the clinical banner shows clinical alerts only
 
 
+def test_the_sweeper_decides_an_alert_whose_notify_task_never_came(ctx: Context) -> None:
+    """A notify task stranded in the broker (or lost with its worker before it was sent) leaves
+    the study analyzed: the sweeper decides it after NOTIFY_BACKSTOP, once, and the late task
+    changes nothing."""
+    from radpipe.common.studies import NOTIFY_BACKSTOP, NOTIFY_DUE
+
+    with webhook_receiver() as receiver:
+        ctx.settings.alert_webhook_url = AnyHttpUrl(receiver.url)
+        analysed(ctx, "lost", 0.9)
+        analysed(ctx, "calm", 0.1)
+        analysed(ctx, "read", 0.9)
+        ctx.studies.transition("read", StudyState.SIGNED)  # signed before any decision
+        start = now()
+        assert NOTIFY_DUE not in ctx.studies.get("read")
+        paging.sweep(ctx, start + NOTIFY_BACKSTOP / 2)
+        assert list_alerts(ctx) == [] and "alert.not-required" not in events(ctx, "calm")
+        backstop = start + NOTIFY_BACKSTOP + timedelta(seconds=1)
+        paging.sweep(ctx, backstop)
+        assert ctx.studies.get("lost")["state"] == StudyState.ALERTED
+        assert events(ctx, "calm")[-1] == "alert.not-required"
+        for later in (2, 5):  # long after it: decided once
+            paging.sweep(ctx, start + NOTIFY_BACKSTOP * later)
+        notify_study(ctx, "lost")  # the stranded task, redelivered at last
+        notify_study(ctx, "calm")
+    [alert] = list_alerts(ctx)
+    assert alert["_id"] == "lost-v1" and alert["page"] == 1
+    assert abs(alert["created_at"] - backstop) < timedelta(milliseconds=1)  # the store keeps ms
+    assert [p["study_id"] for p in receiver.posts] == ["lost"]  # paged once
+    assert ctx.studies.get("lost")["state"] == StudyState.ALERTED
+    assert events(ctx, "lost").count("alert.opened") == 1
+    assert events(ctx, "calm").count("alert.not-required") == 1
+    assert ctx.studies.get("calm")["state"] == StudyState.ANALYZED
+    for study in ("lost", "calm", "read"):
+        assert NOTIFY_DUE not in ctx.studies.get(study), study
+
+
+def test_the_backstop_reads_only_overdue_studies_through_its_index(ctx: Context) -> None:
+    from radpipe.common.studies import NOTIFY_DUE
+
+    studies = ctx.studies.studies
+    if not hasattr(studies, "explain"):
+        pytest.skip("query plans are checked on the embedded engine")
+    due = studies.find({NOTIFY_DUE: {"$lte": now()}}).sort(NOTIFY_DUE, 1).limit(20)
+    plan = " | ".join(studies.explain(due))
+    assert "TEMP B-TREE" not in plan and "USING" in plan, plan
+
+
 def test_slack_and_teams_message_formats() -> None:
     message = Message(
         "alert",
