@@ -79,6 +79,15 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair on 127.0.0.1")
 
 
+def radpipe_env(**settings: str) -> dict[str, str]:
+    """The environment for a Radpipe child process: this one's, without any ``RADPIPE_*``
+    setting of the developer's shell (a stray broker URL or data folder would leak into the
+    test), plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+    env.update(settings)
+    return env
+
+
 def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..servers import S3Server, free_port, require_tool, stop, wait_for_port
+from ..servers import S3Server, free_port, radpipe_env, require_tool, stop, wait_for_port
 from ..webhook import Receiver, webhook_receiver
 
 SECRET = "bb4f6030d95e1d62801d69500926fc91350970035cf1f2d98d6e12ed2aac8a61"  # 256 bits
@@ -70,21 +69,22 @@ def stack(tmp_path: Path, redis_url: str, s3: S3Server) -> Iterator[Stack]:
     logs = tmp_path / "logs"
     logs.mkdir()
     with webhook_receiver() as receiver:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")},
-            "RADPIPE_DATA_DIR": str(tmp_path / "data"),
-            "RADPIPE_SECRET_KEY": SECRET,
-            "RADPIPE_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}",
-            "RADPIPE_S3_ENDPOINT": s3.endpoint,
-            "RADPIPE_S3_ACCESS_KEY": s3.access_key,
-            "RADPIPE_S3_SECRET_KEY": s3.secret_key,
-            "RADPIPE_BUCKET_PREFIX": "e2e" + secrets.token_hex(4),
-            "RADPIPE_PUBLIC_URL": f"http://127.0.0.1:{portal_port}",
-            "RADPIPE_STUDY_STABLE_SECONDS": "2",
-            "RADPIPE_ALERT_WEBHOOK_URL": receiver.url,
-            "RADPIPE_INFERENCE_THREADS": "2",
-            "RADPIPE_TASK_MAX_RETRIES": "2",
-        }
+        env = radpipe_env(
+            **{
+                "RADPIPE_DATA_DIR": str(tmp_path / "data"),
+                "RADPIPE_SECRET_KEY": SECRET,
+                "RADPIPE_BROKER_URL": redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}",
+                "RADPIPE_S3_ENDPOINT": s3.endpoint,
+                "RADPIPE_S3_ACCESS_KEY": s3.access_key,
+                "RADPIPE_S3_SECRET_KEY": s3.secret_key,
+                "RADPIPE_BUCKET_PREFIX": "e2e" + secrets.token_hex(4),
+                "RADPIPE_PUBLIC_URL": f"http://127.0.0.1:{portal_port}",
+                "RADPIPE_STUDY_STABLE_SECONDS": "2",
+                "RADPIPE_ALERT_WEBHOOK_URL": receiver.url,
+                "RADPIPE_INFERENCE_THREADS": "2",
+                "RADPIPE_TASK_MAX_RETRIES": "2",
+            }
+        )
         stack = Stack(
             env,
             f"http://127.0.0.1:{ingest_port}",

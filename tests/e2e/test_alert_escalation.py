@@ -19,7 +19,7 @@ from dicomweb_client.api import DICOMwebClient
 from radpipe.demo import make_phantom, phantom_to_datasets
 
 from ..integration.test_alert_workers import restartable_redis, wait_for
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 from ..smtp import smtp_server
 from ..webhook import webhook_receiver
 from .test_up_demo import worker_pid
@@ -36,8 +36,7 @@ def test_up_pages_until_acknowledged_across_sigkill_and_broker_restart(tmp_path:
         webhook_receiver(secret=WEBHOOK_SECRET.encode()) as receiver,
         smtp_server(tmp_path / "smtp") as mailbox,
     ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-        env.update(
+        env = radpipe_env(
             RADPIPE_DATA_DIR=str(tmp_path / "data"),
             RADPIPE_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
             RADPIPE_STUDY_STABLE_SECONDS="2",

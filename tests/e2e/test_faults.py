@@ -55,6 +55,7 @@ from ..servers import (
     _wait_s3,
     free_port,
     free_port_pair,
+    radpipe_env,
     redis_binary,
     require_tool,
     restartable_port,
@@ -243,8 +244,7 @@ def pipeline(
     logs = tmp_path / "logs"
     logs.mkdir()
     prefix = "f" + secrets.token_hex(4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker_url,
@@ -478,8 +478,7 @@ def test_radpipe_up_below_the_disk_low_water_mark_refuses_then_completes_the_stu
         webhook_receiver() as webhook,
     ):
         data = disk / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-        env.update(
+        env = radpipe_env(
             RADPIPE_DATA_DIR=str(data),
             RADPIPE_STUDY_STABLE_SECONDS="2",
             RADPIPE_ALERT_WEBHOOK_URL=webhook.url,

@@ -6,7 +6,6 @@ log and every ``/metrics`` answer is scanned for every planted value (docs/secur
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from radpipe.common.context import build_context
 from radpipe.common.settings import Settings
 
 from ..phi import ODD_PLANTED, generate_corpus, generate_odd_files, scan_bytes
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 
 SECRET = secrets.token_hex(32)
 BOUNDARY = "radpipe-phi-logs"
@@ -58,8 +57,7 @@ def test_no_planted_value_reaches_a_log_line_or_a_metric(tmp_path: Path, redis_u
     ingest_port, portal_port = free_port(), free_port()
     broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
     redis.Redis.from_url(broker).flushdb()  # other tests leave tasks behind
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker,

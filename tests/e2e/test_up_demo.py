@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from ..dicom import ct_series
-from ..servers import free_port, require_tool, stop, wait_for_port
+from ..servers import free_port, radpipe_env, require_tool, stop, wait_for_port
 
 #: Text of Celery's worker banner and of its superuser warning.
 CELERY_NOISE = (
@@ -72,8 +72,7 @@ def worker_pid(up_pid: int, stage: str, timeout: float = 30) -> int:
 
 def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="2")
+    env = radpipe_env(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="2")
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port)],
@@ -144,8 +143,7 @@ def test_up_with_dimse_port_takes_storescu_with_its_default_called_ae(tmp_path: 
     if not Path(storescu).exists():
         require_tool(storescu, "apt-get install dcmtk")
     port, dimse_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="600")
+    env = radpipe_env(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="600")
     log = (tmp_path / "up.log").open("wb")
     command = ["up", "--port", str(port), "--dimse-port", str(dimse_port), "--http-workers", "1"]
     up = subprocess.Popen(

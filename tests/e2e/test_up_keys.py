@@ -4,14 +4,13 @@ completes (`radpipe demo` shows its alert) and the other workers keep the key.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 from .test_up_demo import worker_pid
 
 
@@ -22,8 +21,7 @@ def environ(pid: int) -> dict[str, str]:
 
 def test_the_inference_worker_of_radpipe_up_holds_no_key(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_STUDY_STABLE_SECONDS="2",
         # What a user may have exported for a remote S3: never handed to the inference worker.

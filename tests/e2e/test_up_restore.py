@@ -4,7 +4,6 @@ documents, the vault and the objects all came back, and the store is at this rel
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from radpipe.deid.stability import check_stable
 
 from ..conftest import RecordingDispatcher
 from ..dicom import ct_series
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 from ..unit.test_stages import after_quiet_time, ingest
 
 
@@ -48,7 +47,7 @@ def test_radpipe_up_on_a_restored_data_dir_serves_the_same_study(tmp_path: Path)
     token = AuthService(ctx.documents).create_token("reader", "radiologist")
     ctx.documents.close()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+    env = radpipe_env()
     backup, restored = tmp_path / "backup", tmp_path / "restored"
     out = _cli(env, "backup", str(backup), "--data-dir", str(source))
     assert f"schema version {SCHEMA_VERSION}" in out

@@ -5,7 +5,6 @@ added with `radpipe models add`, routed by their sidecar rules, run by the infer
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from radpipe.demo import make_phantom, phantom_to_datasets
 
-from ..servers import free_port, require_tool, stop, wait_for_port
+from ..servers import free_port, radpipe_env, require_tool, stop, wait_for_port
 from ..zoo_bundles import classification_bundle, detection_bundle, segmentation_bundle
 
 #: Each bundle analyses one body part (the demo bundle keeps the chest).
@@ -55,8 +54,7 @@ def test_zoo_bundles_through_radpipe_up(tmp_path: Path) -> None:
     sidecar(sources["tiny_det"], BODY_PARTS["tiny_det"], max_findings=2, risk="max_score")
     sidecar(sources["tiny_cls"], BODY_PARTS["tiny_cls"])
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_MODELS_DIR=str(tmp_path / "models"),
         RADPIPE_STUDY_STABLE_SECONDS="2",

@@ -23,7 +23,7 @@ from radpipe.common.settings import Settings
 from radpipe.notify.service import acknowledge, list_alerts
 
 from ..conftest import TEST_SECRET
-from ..servers import redis_binary, restartable_port, stop, wait_for_port
+from ..servers import radpipe_env, redis_binary, restartable_port, stop, wait_for_port
 from ..unit.test_alerts import analysed
 from ..webhook import webhook_receiver
 
@@ -71,8 +71,7 @@ def test_sigkilled_worker_and_restarted_broker_lose_no_alert_and_page_none_twice
         restartable_redis(tmp_path / "redis", port) as redis,
         webhook_receiver(secret=WEBHOOK_SECRET.encode()) as receiver,
     ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-        env.update(
+        env = radpipe_env(
             RADPIPE_DATA_DIR=str(tmp_path / "data"),
             RADPIPE_SECRET_KEY=TEST_SECRET,
             RADPIPE_BROKER_URL=f"redis://127.0.0.1:{port}/0",

@@ -5,7 +5,6 @@ which skips late acknowledgement, redelivery and the retry messages themselves).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from radpipe.common.settings import Settings
 
 from ..conftest import RecordingDispatcher
 from ..dicom import ct_series
-from ..servers import free_port, stop
+from ..servers import free_port, radpipe_env, stop
 from ..unit.test_bus import published_by_exchange_and_key
 from .test_poison import ingest
 
@@ -139,8 +138,7 @@ def stage_worker(tmp_path: Path, redis_url: str) -> Iterator[StageWorker]:
     ctx = build_context(settings, tasks=RecordingDispatcher())
     calls, log = tmp_path / "calls", tmp_path / "worker.log"
     calls.touch()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(settings.data_dir),
         RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker,

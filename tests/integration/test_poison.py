@@ -28,7 +28,7 @@ from radpipe.ingest.service import store_parts
 
 from ..conftest import RecordingDispatcher
 from ..dicom import ct_series
-from ..servers import stop
+from ..servers import radpipe_env, stop
 
 #: A fresh high-entropy secret (the settings refuse placeholders and weak keys).
 SECRET = secrets.token_hex(32)
@@ -93,8 +93,7 @@ def test_a_task_that_kills_its_worker_is_dead_lettered_after_n_deliveries(
     healthy = ingest(ctx, ct_series(seed=32)[:2])
     starts = tmp_path / "starts"
     starts.touch()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(settings.data_dir),
         RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker,

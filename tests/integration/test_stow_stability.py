@@ -8,7 +8,6 @@ would outlast the quiet time; ingest moves ``last_instance_at`` while it is stil
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from radpipe.common.settings import Settings
 
 from ..conftest import TEST_SECRET
 from ..dicom import ct_series, read
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 
 QUIET = 1.0
 
@@ -49,8 +48,7 @@ def ingest(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, str, Settings,
     logs = tmp_path / "logs"
     logs.mkdir()
     broker = redis_url.rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_SECRET_KEY=TEST_SECRET,
         RADPIPE_BROKER_URL=broker,

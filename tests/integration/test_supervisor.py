@@ -22,7 +22,7 @@ import httpx
 from radpipe.stack import CRASH_LOOP, SUPERVISOR_STATE, Supervisor, worker_problems
 
 from ..e2e.test_up_demo import children
-from ..servers import free_port, stop, wait_for_port
+from ..servers import free_port, radpipe_env, stop, wait_for_port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
@@ -49,8 +49,7 @@ def worker_of(up: int, stage: str) -> int | None:
 
 def test_radpipe_up_names_restarts_with_backoff_and_reports_a_crash_loop(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(tmp_path / "data"),
         RADPIPE_SUPERVISOR_BACKOFF_MAX_SECONDS="4",
         RADPIPE_SUPERVISOR_HEALTHY_SECONDS="15",

@@ -10,7 +10,6 @@ without their sender). It runs in its own interpreter from a ``git archive`` of 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from radpipe.common.vault import KEY_ID
 
 from ..conftest import TEST_SECRET, RecordingDispatcher
 from ..dicom import PHI
+from ..servers import radpipe_env
 
 ROOT = Path(__file__).resolve().parents[2]
 #: 0.1's last commit (the parent of "A radpipe package: setuptools maps radpipe -> services/").
@@ -93,7 +93,7 @@ def test_this_release_starts_on_the_previous_releases_data_dir(
     tmp_path: Path, previous_release: Path
 ) -> None:
     data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
+    env = radpipe_env()
     env["PYTHONPATH"] = str(previous_release)
     written = subprocess.run(
         [sys.executable, "-c", WRITE_WITH_PREVIOUS_RELEASE, str(data), TEST_SECRET],

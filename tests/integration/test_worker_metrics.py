@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from radpipe.common.settings import Settings
 
 from ..conftest import RecordingDispatcher
 from ..dicom import ct_series
-from ..servers import stop
+from ..servers import radpipe_env, stop
 from .test_poison import SECRET, ingest, ready, wait_for
 
 
@@ -60,8 +59,7 @@ def test_a_notify_worker_serves_its_stage_durations_and_the_queue_lengths(
     ctx = build_context(settings, tasks=RecordingDispatcher())
     study = ingest(ctx, ct_series(seed=41)[:2])
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RADPIPE_")}
-    env.update(
+    env = radpipe_env(
         RADPIPE_DATA_DIR=str(settings.data_dir),
         RADPIPE_SECRET_KEY=SECRET,
         RADPIPE_BROKER_URL=broker,
