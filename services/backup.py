@@ -156,7 +156,8 @@ def backup(settings: Settings, destination: Path, actor: str = "cli") -> Summary
             relative = f"objects/{logical}/{key}"
             path = destination / _safe(relative)
             _private_file(path)
-            path.write_bytes(store.get(bucket, key))
+            with path.open("wb") as handle:  # streamed: an object may be gigabytes
+                store.copy_to(bucket, key, handle)
             record(relative)
             objects += 1
 

@@ -25,6 +25,8 @@ from .settings import Settings
 RAW, DEID, RESULTS = "raw", "deid", "results"
 #: Prefix of the folder store's files being written (never an object key's last part).
 TEMP_PREFIX = ".tmp-"
+#: Bytes per read and write when an object is streamed.
+CHUNK = 1024 * 1024
 
 
 def bucket_names(settings: Settings) -> dict[str, str]:
@@ -78,7 +80,7 @@ class FolderObjectStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
-                shutil.copyfileobj(file, handle, 1024 * 1024)
+                shutil.copyfileobj(file, handle, CHUNK)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -108,6 +110,15 @@ class FolderObjectStore:
             return self._path(bucket, key).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"object {bucket}/{key} does not exist") from None
+
+    def copy_to(self, bucket: str, key: str, file: BinaryIO) -> int:
+        try:
+            source = self._path(bucket, key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"object {bucket}/{key} does not exist") from None
+        with source:
+            shutil.copyfileobj(source, file, CHUNK)
+            return source.tell()
 
     def exists(self, bucket: str, key: str) -> bool:
         path = self._path(bucket, key)
@@ -197,6 +208,23 @@ class S3ObjectStore:
         finally:
             response.close()
             response.release_conn()
+
+    def copy_to(self, bucket: str, key: str, file: BinaryIO) -> int:
+        try:
+            response = self.client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"object {bucket}/{key} does not exist") from None
+            raise
+        size = 0
+        try:
+            for chunk in response.stream(CHUNK):
+                file.write(chunk)
+                size += len(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        return size
 
     def exists(self, bucket: str, key: str) -> bool:
         try:

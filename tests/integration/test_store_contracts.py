@@ -68,10 +68,40 @@ def test_put_file_streams_exactly_length_bytes(objects: tuple[ObjectStore, str])
     assert store.get(bucket, "big/one.dcm") == payload
 
 
+class _Writes:
+    """A binary file that keeps what was written and the size of each write."""
+
+    def __init__(self) -> None:
+        self.data, self.sizes = bytearray(), []
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        self.sizes.append(len(chunk))
+        return len(chunk)
+
+
+def test_copy_to_streams_the_object_in_chunks(objects: tuple[ObjectStore, str]) -> None:
+    import io
+
+    from radpipe.common.objectstore import CHUNK
+
+    store, bucket = objects
+    payload = secrets.token_bytes(3 * CHUNK + 12345)  # a large multi-frame, in small
+    store.put_file(bucket, "mf/one.dcm", io.BytesIO(payload), len(payload))
+    out = _Writes()
+    assert store.copy_to(bucket, "mf/one.dcm", out) == len(payload)  # type: ignore[arg-type]
+    assert bytes(out.data) == payload
+    assert len(out.sizes) >= 4 and max(out.sizes) <= CHUNK  # never held whole
+
+
 def test_missing_object_raises_not_found(objects: tuple[ObjectStore, str]) -> None:
     store, bucket = objects
     with pytest.raises(NotFound, match="does not exist"):
         store.get(bucket, "missing.dcm")
+    out = _Writes()
+    with pytest.raises(NotFound, match="does not exist"):
+        store.copy_to(bucket, "missing.dcm", out)  # type: ignore[arg-type]
+    assert out.sizes == []
 
 
 def test_s3_refuses_wrong_credentials(s3: S3Server) -> None:
