@@ -87,3 +87,35 @@ def test_a_ris_import_rebuilds_the_facts_of_the_studies_it_joins(ctx: Context) -
     assert fact is not None and fact["priority"] == "STAT"
     assert fact["ris"] == accession_pseudonym(key, "ACC-1")
     assert list(ctx.documents.collection(facts.STALE).find({})) == []
+
+
+def test_the_notify_worker_keeps_the_facts_current_before_anyone_asks(ctx: Context) -> None:
+    """The notify worker's thread builds the facts as it starts and refreshes them on its
+    interval: a manager's first GET /api/tat does not pay for every study."""
+    import threading
+    import time
+
+    from radpipe.notify.sweeper import refresh_tat_facts
+
+    repo = _study(ctx, "s1")
+    stop = threading.Event()
+    worker = threading.Thread(target=refresh_tat_facts, args=(stop, 0.05, lambda: ctx))
+    worker.start()
+    stored = ctx.documents.collection(facts.FACTS)
+    try:
+        deadline = time.monotonic() + 20
+        while stored.find_one({"_id": "s1"}) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stored.find_one({"_id": "s1"}) is not None  # built at start
+        repo.transition("s1", StudyState.STABLE)
+        while time.monotonic() < deadline:
+            fact = stored.find_one({"_id": "s1"})
+            if fact is not None and "stable" in fact["stages"]:
+                break
+            time.sleep(0.02)
+        fact = stored.find_one({"_id": "s1"})
+        assert fact is not None and set(fact["stages"]) == {"received", "stable"}  # refreshed
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()  # stops when told
