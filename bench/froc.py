@@ -12,7 +12,8 @@ as LUNA16), sensitivity at the bundle's threshold, false positives per scan, per
 >= 6 mm and >= 8 mm, sensitivity for nodules >= 8 mm (at the threshold and at <= 0.1 FP per
 scan), diameter error; then the ratio current / anchor.
 
-    .venv/bin/python bench/froc.py [--scans 72] [--seed 31000] [--anchor DIR] [--threads 1]
+    .venv/bin/python bench/froc.py [--scans 72] [--seed 31000] [--bundle DIR] [--anchor DIR]
+        [--anchor-rev REV] [--threads 1]
 
 72 studies by default (about 9 minutes on 2 idle cores when both bundles share weights): two
 draws of 24 put the same bundle at 0.846 and 0.960 on the goal figure, and 72 at 0.737.
@@ -132,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scans", type=int, default=72)
     parser.add_argument("--seed", type=int, default=31000)
     parser.add_argument("--anchor", type=Path, default=None)
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="the bundle to measure (default: the shipped one), e.g. a candidate before it ships",
+    )
     parser.add_argument("--anchor-rev", default=ANCHOR_REV)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    current = load_bundle(default_bundle_path(), "cpu")
+    current = load_bundle(args.bundle or default_bundle_path(), "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         anchor_dir = args.anchor or _anchor_from_git(args.anchor_rev, Path(tmp))
         anchor = load_bundle(anchor_dir, "cpu")
