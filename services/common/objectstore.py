@@ -11,8 +11,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from minio import Minio
@@ -196,7 +197,9 @@ class S3ObjectStore:
             file.seek(start)
             self.client.put_object(bucket, key, file, length, content_type=content_type)
 
-    def get(self, bucket: str, key: str) -> bytes:
+    @contextmanager
+    def _response(self, bucket: str, key: str) -> Iterator[Any]:
+        """The object's HTTP response, closed and its connection returned after use."""
         try:
             response = self.client.get_object(bucket, key)
         except S3Error as exc:
@@ -204,26 +207,22 @@ class S3ObjectStore:
                 raise NotFound(f"object {bucket}/{key} does not exist") from None
             raise
         try:
-            return response.read()
+            yield response
         finally:
             response.close()
             response.release_conn()
 
+    def get(self, bucket: str, key: str) -> bytes:
+        with self._response(bucket, key) as response:
+            data: bytes = response.read()
+            return data
+
     def copy_to(self, bucket: str, key: str, file: BinaryIO) -> int:
-        try:
-            response = self.client.get_object(bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket"):
-                raise NotFound(f"object {bucket}/{key} does not exist") from None
-            raise
         size = 0
-        try:
+        with self._response(bucket, key) as response:
             for chunk in response.stream(CHUNK):
                 file.write(chunk)
                 size += len(chunk)
-        finally:
-            response.close()
-            response.release_conn()
         return size
 
     def exists(self, bucket: str, key: str) -> bool:
