@@ -142,14 +142,20 @@ CANDIDATE_MINING_THRESHOLD = 0.3
 # 0.586), so by the rule above (that sensitivity first, then FP/scan, then CPM) the classifier
 # only filters and the ranking stays the segmentation network's mean probability.
 CANDIDATE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-VERSION = "0.4.0"
+# The slice thicknesses the model was trained (1-3 mm) or measured held out (0.6-1.0 mm) on
+# (`radpipe.inference.scope`): a study outside opens its alert silenced. Held out, 3-5 mm
+# slices carry most of the false positives (docs/benchmarks.md).
+VALIDATED_INPUT = {"slice_thickness_mm": [0.6, 3.0]}
+VERSION = "0.4.1"
 CHANGELOG = {
+    "0.4.1": "declares its validated input (configs/inference.json validated_input: slice "
+    "thickness 0.6-3.0 mm); a study outside it opens its alert silenced; weights of 0.4.0",
     "0.4.0": "second stage: a candidate classifier (32^3 cubes around each candidate, trained "
     "on the segmentation network's own candidates on the training volumes and augmented "
     "copies) scores and drops candidates; segmentation weights of 0.3.0 unchanged",
     "0.3.0": "retrained from scratch on a wider family (radpipe.phantoms.TRAIN: part-solid and "
-    "ground-glass, juxtapleural and juxtavascular nodules, heart, ribs, airways) with hard "
-    "negatives (vessels, airway walls, pleura, mediastinum) and scanner augmentation; "
+    "ground-glass, juxtapleural and juxtavascular nodules, heart, ribs; no airways) with hard "
+    "negatives (vessels, pleura, mediastinum) and scanner augmentation; "
     "post-processing: aerated-lung share, largest size, contact and elongation limits",
     "0.2.0": "shape and context filters (contact with dense tissue, elongation) in "
     "post-processing; weights of 0.1.0 unchanged",
@@ -202,6 +208,15 @@ MODEL_CARD = """\
   phantoms only. They say nothing about patients.
 - Calcified, cavitary, spiculated or sub-4.5 mm nodules, or nodules in lungs with disease
   (emphysema, fibrosis, consolidation): none is in its training data.
+
+## Validated input
+
+Slice thickness 0.6-3.0 mm (`validated_input` in `configs/inference.json`): the range it was
+trained on (1-3 mm) or measured on held out (0.6-1.0 mm). On 3-5 mm slices, held out, it
+raises most of its false positives (2.45 per scan against 0.34 on thin slices over 72
+studies). Radpipe still analyses and shows a study outside the range, marks it on the study
+page and opens its alert silenced (nobody paged) unless the alert configuration sets
+`page_outside_validated_input = true`.
 
 ## Training data
 
@@ -681,6 +696,7 @@ def _write_bundle(
         **{k: v for k, v in dataclasses.asdict(FILTER).items() if v is not None},
         "network_def": NETWORK,
         "network": "$@network_def.to(@device)",
+        "validated_input": VALIDATED_INPUT,
     }
     if candidates is not None:
         inference["candidate_classifier"] = {

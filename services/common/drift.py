@@ -130,11 +130,19 @@ def input_stats(
     """What one analysed volume is described by: its in-plane pixel spacing (mean of rows and
     columns), its slice thickness (the DICOM attribute, else the slice spacing) and its HU
     histogram."""
+    return {
+        **geometry(spacing_zyx, slice_thickness),
+        "hu": [round(p, 6) for p in hu_histogram(array, hu_edges)],
+    }
+
+
+def geometry(spacing_zyx: Sequence[float], slice_thickness: float | None) -> dict[str, float]:
+    """A series' pixel spacing (mean of rows and columns) and slice thickness (the DICOM
+    attribute, else the slice spacing), in mm."""
     thickness = slice_thickness if slice_thickness and slice_thickness > 0 else spacing_zyx[0]
     return {
         "pixel_spacing_mm": round((float(spacing_zyx[1]) + float(spacing_zyx[2])) / 2, 4),
         "slice_thickness_mm": round(float(thickness), 4),
-        "hu": [round(p, 6) for p in hu_histogram(array, hu_edges)],
     }
 
 

@@ -96,6 +96,9 @@ class StudyPublic(BaseModel):
     timings: dict[str, float] = {}
     # Findings are recorded (and alerted on) before the SEG, SR and key images are stored.
     results_pending: bool = False
+    #: The series against the model's validated input (`radpipe.inference.scope`): within,
+    #: measured, validated, reasons; None when the model declares none.
+    input_scope: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
     alert: dict[str, Any] | None = None
     events: list[StudyEvent] = []
@@ -122,6 +125,7 @@ class StudyPublic(BaseModel):
             model=analysis.get("model"),
             timings=analysis.get("timings", {}),
             results_pending=bool(analysis.get("outputs_pending", False)),
+            input_scope=analysis.get("input_scope"),
             failure=doc.get("failure"),
             alert=doc.get("alert"),
             events=[StudyEvent(**event) for event in doc.get("events", [])],

@@ -7,7 +7,7 @@ is downloaded: a bundle is a folder on disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from radpipe.common.digest import file_sha256
 
 from .candidates import CandidateClassifier, load_candidate_classifier
+from .scope import parse_validated_input
 
 __all__ = ["REQUIRED_FILES", "Bundle", "default_bundle_path", "load_bundle", "select_device"]
 
@@ -49,30 +50,40 @@ class Bundle:
     # Second stage: a classifier of candidate cubes (`candidates.py`); None: the segmentation
     # network's components are the findings.
     candidates: CandidateClassifier | None = None
+    # The acquisitions its validation covers (`scope.py`); empty: none declared.
+    validated_input: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Provenance for a result document (everything but the network)."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sha256": self.sha256,
-            "path": str(self.path),
-            "spacing": list(self.spacing),
-            "roi_size": list(self.roi_size),
-            "intensity_range": list(self.intensity_range),
-            "threshold": self.threshold,
-            "min_volume_mm3": self.min_volume_mm3,
-            "max_mean_hu": self.max_mean_hu,
-            "device": str(self.device),
-        } | (
-            {}
-            if self.candidates is None
-            else {
-                "candidate_classifier": {
-                    "sha256": self.candidates.sha256,
-                    "threshold": self.candidates.threshold,
-                }
+        return (
+            {
+                "name": self.name,
+                "version": self.version,
+                "sha256": self.sha256,
+                "path": str(self.path),
+                "spacing": list(self.spacing),
+                "roi_size": list(self.roi_size),
+                "intensity_range": list(self.intensity_range),
+                "threshold": self.threshold,
+                "min_volume_mm3": self.min_volume_mm3,
+                "max_mean_hu": self.max_mean_hu,
+                "device": str(self.device),
             }
+            | (
+                {}
+                if not self.validated_input
+                else {"validated_input": {k: list(v) for k, v in self.validated_input.items()}}
+            )
+            | (
+                {}
+                if self.candidates is None
+                else {
+                    "candidate_classifier": {
+                        "sha256": self.candidates.sha256,
+                        "threshold": self.candidates.threshold,
+                    }
+                }
+            )
         )
 
 
@@ -163,4 +174,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
         overlap=float(parser.get("overlap", 0.25)),
         sw_batch_size=int(parser.get("sw_batch_size", 1)),
         candidates=load_candidate_classifier(parser, root, dev),
+        validated_input=parse_validated_input(
+            parser.get("validated_input"), f"bundle {root}: configs/inference.json"
+        ),
     )

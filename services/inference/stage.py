@@ -34,6 +34,7 @@ from .bundle import Bundle, select_device
 from .outputs import build_results
 from .registry import Entry, discover, route
 from .result_context import UnsupportedSources
+from .scope import check_input, geometry
 from .service import VolumeError, analyze
 from .zoo import BundleError, ZooBundle, load_model
 
@@ -138,6 +139,15 @@ def _run(ctx: Context, study: dict[str, Any], *, resume: bool) -> None:
     if isinstance(bundle, Bundle) and bundle.candidates is not None:  # a second stage
         result["model"]["candidate_classifier"] = bundle.to_dict()["candidate_classifier"]
     result["series_uid"] = series["series_uid"]
+    volume = getattr(analysis, "volume", None)
+    if volume is not None:  # the bundle's validated input (`scope.py`), when it declares one
+        thickness = datasets[0].get("SliceThickness") if datasets else None
+        measured = geometry(volume.spacing, float(thickness) if thickness else None)
+        scope = check_input(getattr(bundle, "validated_input", {}), measured)
+        if scope is not None:
+            result["input_scope"] = scope
+            if not scope["within"]:
+                log.info("inference.outside-validated-input", study_id=study_id, **measured)
     result["risk_threshold"] = ctx.settings.risk_threshold
     result["outputs"] = []
     result["outputs_pending"] = True

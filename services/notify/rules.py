@@ -98,6 +98,10 @@ class AlertConfig(BaseModel):
     people: list[Person] = []
     #: The escalation chain; empty: every page goes to the configured channels.
     escalation: list[EscalationStep] = []
+    #: Page for a study outside its model's validated input (`radpipe.inference.scope`,
+    #: e.g. 5 mm slices for a model validated on 1-3 mm); by default its alert is opened
+    #: silenced: shown on the worklist and the study page, nobody paged.
+    page_outside_validated_input: bool = False
 
     def deadline_seconds(self, urgency: int, override: float | None) -> float:
         return override if override is not None else self.deadlines.get(urgency, DEADLINES[2])

@@ -30,6 +30,10 @@ from .rules import AlertConfig, decide, load_config, silenced_by
 
 log = get_logger("radpipe.notify")
 DISCLAIMER = paging.DISCLAIMER
+#: The silence of an alert whose study lies outside its model's validated input
+#: (`radpipe.inference.scope`): opened and shown, nobody paged, unless the alert configuration
+#: sets `page_outside_validated_input`.
+OUTSIDE_VALIDATED_INPUT = "outside-validated-input"
 #: Steps to record on the alert and the study timeline: (event, detail).
 Steps = list[tuple[str, dict[str, Any]]]
 
@@ -161,6 +165,9 @@ def _open(
     analysis = study.get("analysis") or {}
     seconds = config.deadline_seconds(decision.urgency, ctx.settings.ack_timeout_seconds)
     silence = silenced_by(config, study, _source_of(ctx, study["_id"]), at)
+    scope = analysis.get("input_scope") or {}
+    outside = scope.get("within") is False and not config.page_outside_validated_input
+    silenced = silence.name if silence else OUTSIDE_VALIDATED_INPUT if outside else None
     targets = paging.targets_for(ctx, config, 1, at)
     alert_id = f"{study['_id']}-v{study['version']}"
     alerts = alerts_of(ctx.documents)
@@ -182,11 +189,11 @@ def _open(
                 "deadline_seconds": seconds,
                 "state": str(AlertState.OPEN),
                 "open": True,
-                "silenced": silence.name if silence else None,
+                "silenced": silenced,
                 "created_at": at,
                 "last_seen_at": at,
                 "channel": targets[0].channel if targets else "portal",
-                **paging.first_page(at, seconds, paged=silence is None),
+                **paging.first_page(at, seconds, paged=silenced is None),
                 "delivered_at": None,
                 "acknowledged_at": None,
                 "acknowledged_by": None,
@@ -203,6 +210,8 @@ def _open(
     steps: Steps = [("alert.opened", detail)]
     if silence is not None:
         steps.append(("alert.silenced", {"silence": silence.name}))
+    elif outside:
+        steps.append(("alert.silenced", {"silence": silenced, "reasons": scope.get("reasons")}))
     return alert, steps
 
 

@@ -60,6 +60,7 @@ def public_study(
             "classification": None,
             "model": None,
             "timings": {},
+            "input_scope": None,
             "alert": None,
             "superseded": [],
             "events": events,

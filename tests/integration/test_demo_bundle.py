@@ -28,7 +28,9 @@ def test_bundle_is_complete_and_identified(bundle: Bundle) -> None:
     weights = default_bundle_path() / "models" / "model.pt"
     assert bundle.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert weights.stat().st_size < 5 * 1024 * 1024
-    assert (bundle.name, bundle.version) == ("lung_nodule_demo", "0.4.0")
+    assert (bundle.name, bundle.version) == ("lung_nodule_demo", "0.4.1")
+    assert bundle.validated_input == {"slice_thickness_mm": (0.6, 3.0)}
+    assert bundle.to_dict()["validated_input"] == {"slice_thickness_mm": [0.6, 3.0]}
     assert not bundle.network.training
     # The second stage: the candidate classifier the config declares, its weights identified.
     classifier = default_bundle_path() / "models" / "candidates.pt"
