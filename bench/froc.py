@@ -49,6 +49,7 @@ from radpipe.inference.bundle import (  # noqa: E402
 from radpipe.inference.findings import segment_findings  # noqa: E402
 from radpipe.inference.froc import FP_RATES, Case, Scores, scores  # noqa: E402
 from radpipe.inference.model import pre_process, predict  # noqa: E402
+from radpipe.inference.scope import check_input, geometry  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, HELD_OUT_AXES, make_study  # noqa: E402
 
@@ -151,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         anchor = load_bundle(anchor_dir, "cpu")
         shared = _same_model(current, anchor)
         cases: dict[str, list[Case]] = {"anchor": [], "current": []}
+        within: list[bool] = []  # each study inside the current bundle's validated input
         started = time.perf_counter()
         for i in range(args.scans):
             seed = args.seed + i
             study = make_study(seed, HELD_OUT, **held_out_study_args(seed))  # type: ignore[arg-type]
             volume = Volume(study.volume.astype(np.float32), study.spacing, [])
+            scope = check_input(current.validated_input, geometry(study.spacing, None))
+            within.append(scope is None or scope["within"])
             prob = image = None
             for name, bundle in (("anchor", anchor), ("current", current)):
                 if prob is None or not shared:
@@ -198,6 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         fa, na = a.by_kind.get(key, (0, 0))
         fc, nc = c.by_kind[key]
         print(f"  {key:14s} {fa}/{na} -> {fc}/{nc}")
+    if current.validated_input and 0 < sum(within) < len(within):
+        # What pages: a study outside the validated input opens its alert silenced. The
+        # issue's goal is on every held-out study (above); this is what on-call staff see.
+        print(f"\ncurrent {current.version} by its validated input {current.validated_input}:")
+        split = [
+            _row(f"{label} ({sum(1 for w in within if w == inside)} studies)", scores(group))
+            for label, inside in (("within (pages)", True), ("outside (silenced)", False))
+            if (group := [k for k, w in zip(cases["current"], within, strict=True) if w == inside])
+        ]
+        widths = [max(len(r[i]) for r in [HEADER, *split]) for i in range(len(HEADER))]
+        for r in [HEADER, *split]:
+            print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |")
     goal = c.sensitivity_8mm_at_0_1_fp >= 0.9
     print(
         f"\ngoal (sensitivity >= 0.9 for nodules >= 8 mm at <= 0.1 FP/scan): "
