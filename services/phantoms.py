@@ -68,8 +68,10 @@ class Family:
     p_clean: float = 0.3  # studies without any nodule
 
 
-#: What a model may be trained on: ellipse-like centred bodies, smooth kernels, no contrast,
-#: no airways, 1-3 mm slices, noise up to 25 HU.
+#: What a model may be trained on: ellipse-like centred bodies, smooth kernels, 1-3 mm slices,
+#: noise up to 25 HU. Airways and intravenous contrast are in it (since lung_nodule_demo
+#: 0.5.0): every chest CT has airways and most protocol sets use contrast, so holding them out
+#: measured a model that had never seen a bronchus, not one facing another scanner or patient.
 TRAIN = Family(
     name="train",
     pixel_mm=(0.6, 1.0),
@@ -78,8 +80,8 @@ TRAIN = Family(
     lung_exponent=(2.0, 2.6),
     off_centre_mm=15.0,
     p_truncated=0.0,
-    p_airways=0.0,
-    p_contrast=0.0,
+    p_airways=0.7,
+    p_contrast=0.5,
     noise_hu=(5.0, 25.0),
     kernels=("smooth",),
 )
@@ -99,12 +101,12 @@ HELD_OUT = Family(
     kernels=("sharp",),
 )
 
-#: The axes on which `HELD_OUT` leaves `TRAIN`'s ranges (nodule kinds and sites are shared).
+#: The axes on which `HELD_OUT` leaves `TRAIN`'s ranges (nodule kinds and sites, airways and
+#: contrast are shared: `HELD_OUT` draws airways always, contrast in 60 %).
 HELD_OUT_AXES = (
     "slice thickness 0.6-1.0 or 3.0-5.0 mm (train 1-3 mm)",
     "boxy bodies and lungs, superellipse exponent 2.8-4 (train 2-2.6)",
     "patients off-centre up to 50 mm (train 15 mm), 40% truncated fields of view (train none)",
-    "airways always (train none); intravenous contrast in 60% (train none)",
     "sharp kernel (train smooth), noise 25-40 HU (train 5-25 HU)",
 )
 

@@ -30,7 +30,16 @@ SPACING = (4.0, 1.0, 1.0)
 CLEAN_SEEDS = (1501, 1502, 1503)
 NODULES = [  # (seed, diameter mm, kind, site): every one >= 8 mm, every kind and site
     (1511, 12.0, "solid", "free"),
-    (1512, 10.0, "solid", "juxtavascular"),
+    pytest.param(
+        1512,
+        10.0,
+        "solid",
+        "juxtavascular",
+        # Registered before the run that shipped 0.5.0 (docs/benchmarks.md): it finds 69 of 76
+        # held-out nodules >= 8 mm (0.4.x: 65) but not this one (4 mm sharp-kernel slices,
+        # beside a vessel). Strict: a bundle that finds it again makes this XPASS.
+        marks=pytest.mark.xfail(strict=True, reason="lung_nodule_demo 0.5.0 misses it"),
+    ),
     (1513, 16.0, "part-solid", "free"),
     (1514, 9.0, "solid", "free"),
     (1515, 14.0, "ground-glass", "free"),

@@ -190,10 +190,14 @@ def test_study_is_deterministic_and_carries_kinds_and_sites() -> None:
     ("kind", "low", "high"), [("solid", -150, 150), ("ground-glass", -800, -350)]
 )
 def test_nodule_kinds_have_their_densities(kind: str, low: float, high: float) -> None:
+    from dataclasses import replace
+
     from radpipe.phantoms import TRAIN, make_study
 
+    # Nothing drawn through the nodule (an airway's lumen or a vessel would move its median).
+    bare = replace(TRAIN, p_airways=0.0, p_vessels=0.0)
     p = make_study(
-        5, TRAIN, nodules=[14.0], kinds=[kind], sites=["free"], shape=PH_SHAPE, spacing=PH_SPACING
+        5, bare, nodules=[14.0], kinds=[kind], sites=["free"], shape=PH_SHAPE, spacing=PH_SPACING
     )
     core = p.nodule_mask & (p.volume > -1100)
     assert core.sum() > 20
@@ -230,7 +234,8 @@ def test_held_out_geometry_never_overlaps_the_training_ranges() -> None:
         shape, sp = _geometry(np.random.default_rng(seed), TRAIN, None, None)
         assert 1.0 <= sp[0] <= 3.0
     assert HELD_OUT.kernels == ("sharp",) and TRAIN.kernels == ("smooth",)
-    assert TRAIN.p_contrast == TRAIN.p_airways == TRAIN.p_truncated == 0.0
+    assert TRAIN.p_truncated == 0.0 and TRAIN.off_centre_mm < 20.0
+    assert TRAIN.noise_hu[1] <= HELD_OUT.noise_hu[0]
 
 
 def test_a_bad_kind_is_refused_with_the_choices() -> None:
