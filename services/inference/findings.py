@@ -102,6 +102,10 @@ class ShapeFilter:
     lung (below `AIR_HU`) over less than this share: they lie in fat, muscle, mediastinum or
     bone, not in the lung. `max_diameter_mm`: drop components larger than this (a lesion over
     30 mm is a mass, not a nodule; larger components are organs or merged structures).
+    `min_diameter_slice_thickness_ratio`: drop components whose equivalent diameter is below
+    this multiple of the study's slice thickness (`Volume.thickness_mm`): on thick slices
+    partial volume makes a vessel cut obliquely or an airway wall as round and bright as a
+    nodule of about the slice thickness, and such a nodule cannot be measured there either.
     None: no limit.
     """
 
@@ -110,6 +114,7 @@ class ShapeFilter:
     wall_ratio: float | None = None
     min_air_fraction: float | None = None
     max_diameter_mm: float | None = None
+    min_diameter_slice_thickness_ratio: float | None = None
 
 
 @lru_cache(maxsize=32)
@@ -125,6 +130,7 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "wall_ratio",
         "min_air_fraction",
         "max_diameter_mm",
+        "min_diameter_slice_thickness_ratio",
     )
     values = {k: data.get(k) for k in keys}
     return ShapeFilter(**{k: None if v is None else float(v) for k, v in values.items()})
@@ -234,6 +240,11 @@ def segment_findings(
     if limits.max_diameter_mm is not None:
         largest = math.pi / 6.0 * limits.max_diameter_mm**3
         kept = [i for i in kept if counts[i] * voxel_mm3 <= largest]
+    if limits.min_diameter_slice_thickness_ratio is not None:
+        smallest = (
+            math.pi / 6.0 * (limits.min_diameter_slice_thickness_ratio * volume.thickness_mm) ** 3
+        )
+        kept = [i for i in kept if counts[i] * voxel_mm3 >= smallest]
     if limits.max_contact_fraction is not None:
         wall = math.inf if limits.wall_ratio is None else limits.wall_ratio
         kept = [

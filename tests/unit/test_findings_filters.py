@@ -75,16 +75,45 @@ def test_a_component_larger_than_a_nodule_can_be_is_dropped() -> None:
     assert [x for x, _, _ in kept] == [20]
 
 
+def test_a_finding_smaller_than_the_slices_can_resolve_is_dropped() -> None:
+    shape = (40, 40, 64)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    prob = np.zeros(shape, dtype=np.float32)
+    for centre, radius in (((20, 20, 16), 2.0), ((20, 20, 44), 4.0)):  # 6 mm and 12 mm
+        ball = _ball(shape, centre, radius)
+        hu[ball], prob[ball] = 40.0, 0.9
+    limits = _bundle(ShapeFilter(min_diameter_slice_thickness_ratio=1.5))
+
+    def found(volume: Volume) -> list[int]:
+        return sorted(
+            round(f.center_voxel_zyx[2]) for f in segment_findings(prob, volume, limits)[0]
+        )
+
+    # 1.5 mm slices: 2.25 mm and up is reported; both stay.
+    assert found(Volume(hu, SPACING, [])) == [16, 44]
+    # The same grid declared as 5 mm slices (overlapping reconstruction): under 7.5 mm goes.
+    assert found(Volume(hu, SPACING, [], slice_thickness=5.0)) == [44]
+    # 9 mm slices: the 12 mm ball is under 13.5 mm and goes too.
+    assert found(Volume(hu, SPACING, [], slice_thickness=9.0)) == []
+    # No limit declared: slice thickness changes nothing.
+    plain = _bundle(ShapeFilter())
+    assert len(segment_findings(prob, Volume(hu, SPACING, [], slice_thickness=9.0), plain)[0]) == 2
+
+
 def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
     from radpipe.inference.findings import shape_filter
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "inference.json").write_text(
-        '{"min_air_fraction": 0.25, "max_diameter_mm": 45, "max_elongation": 2.5}'
+        '{"min_air_fraction": 0.25, "max_diameter_mm": 45, "max_elongation": 2.5, '
+        '"min_diameter_slice_thickness_ratio": 1.5}'
     )
     bundle = _bundle(ShapeFilter())
     del bundle.shape_filter  # type: ignore[attr-defined]
     bundle.path = tmp_path
     assert shape_filter(bundle) == ShapeFilter(
-        max_elongation=2.5, min_air_fraction=0.25, max_diameter_mm=45.0
+        max_elongation=2.5,
+        min_air_fraction=0.25,
+        max_diameter_mm=45.0,
+        min_diameter_slice_thickness_ratio=1.5,
     )

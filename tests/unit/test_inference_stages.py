@@ -17,6 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.inference.bundle import Bundle, load_bundle, select_device
@@ -120,6 +122,34 @@ def test_multi_frame_instance_gives_the_same_volume(series: Series) -> None:
     uid = enhanced.SOPInstanceUID
     n = len(series[1])
     assert multi.sop_instance_uids == [f"{uid}#{n - k}" for k in range(n)]
+
+
+def test_slice_thickness_is_read_from_the_images_and_the_pixel_measures(series: Series) -> None:
+    datasets = _copy(series[1])
+    for ds in datasets:
+        ds.SliceThickness = "5.0"  # an overlapping reconstruction: 5 mm slices every 2.5 mm
+    single = series_to_volume(datasets)
+    assert single.spacing[0] == pytest.approx(2.5)
+    assert single.slice_thickness == pytest.approx(5.0) and single.thickness_mm == 5.0
+    multi = series_to_volume([_enhanced(datasets)])
+    assert multi.slice_thickness == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-1", "abc"])
+def test_a_missing_or_unusable_slice_thickness_falls_back_to_the_spacing(
+    series: Series, value: str | None
+) -> None:
+    datasets = _copy(series[1])
+    for ds in datasets:
+        if value is None:
+            del ds.SliceThickness
+        else:  # as read from a file: the value is converted on first access
+            ds[0x00180050] = RawDataElement(
+                Tag(0x00180050), "DS", len(value), value.encode(), 0, True, True
+            )
+    volume = series_to_volume(datasets)
+    assert volume.slice_thickness is None
+    assert volume.thickness_mm == pytest.approx(2.5)
 
 
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])
