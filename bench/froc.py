@@ -54,7 +54,7 @@ from radpipe.inference.scope import check_input, geometry  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, HELD_OUT_AXES, make_study  # noqa: E402
 
-ANCHOR_REV = "2901152"  # lung_nodule_demo 0.4.1, the bundle before 0.5.0
+ANCHOR_REV = "cb53dc7"  # lung_nodule_demo 0.5.0, the bundle before 0.5.2
 BUNDLE_FILES = (*REQUIRED_FILES, "models/candidates.pt")
 
 
