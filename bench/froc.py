@@ -20,9 +20,9 @@ draws of 24 put the same bundle at 0.846 and 0.960 on the goal figure, and 72 at
 
 The anchor defaults to the bundle as committed in `--anchor-rev` (0.5.0, the bundle before
 0.5.2), read with `git show` into a temporary folder; `--anchor-rev 2901152` compares with
-0.4.1, `--anchor-rev e3a7d58` with
-0.3.0 (the segmentation weights of 0.4.x without the candidate classifier, so both share each
-probability map), `--anchor-rev a320787` with 0.2.0, `--anchor-rev 11bba83` with 0.1.0.
+0.4.1, `--anchor-rev e3a7d58` with 0.3.0 (the segmentation weights of 0.4.x without the
+candidate classifier, so both share each probability map), `--anchor-rev a320787` with 0.2.0,
+`--anchor-rev 11bba83` with 0.1.0.
 Without shared weights a study runs both models: about 18 minutes for 72 on 2 idle cores.
 """
 
