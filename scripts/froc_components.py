@@ -42,7 +42,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from froc import _anchor_from_git, held_out_study_args  # noqa: E402
 
 from radpipe.inference.bundle import default_bundle_path, load_bundle  # noqa: E402
-from radpipe.inference.findings import Finding, segment_findings, shape_filter  # noqa: E402
+from radpipe.inference.findings import (  # noqa: E402
+    Finding,
+    ShapeFilter,
+    segment_findings,
+    shape_filter,
+)
 from radpipe.inference.froc import Case, Scores, scores  # noqa: E402
 from radpipe.inference.model import pre_process, predict  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
@@ -70,14 +75,18 @@ class Limits:
     ratio: float | None
 
     def keep(self, c: dict[str, Any], thickness: float) -> bool:
+        """The bundle's own rules (`ShapeFilter`, the classifier's threshold) on one dumped
+        component."""
         if self.classifier is not None and (c["candidate_score"] or 0.0) < self.classifier:
             return False
-        if self.ratio is not None and c["diameter_mm"] < self.ratio * thickness:
-            return False
-        if self.max_contact_fraction is not None and c["contact"] > self.max_contact_fraction:
-            wall = float("inf") if self.wall_ratio is None else self.wall_ratio
-            return bool(c["contact_far"] >= wall * c["contact"])
-        return True
+        rules = ShapeFilter(
+            max_contact_fraction=self.max_contact_fraction,
+            wall_ratio=self.wall_ratio,
+            min_diameter_slice_thickness_ratio=self.ratio,
+        )
+        return c["diameter_mm"] >= rules.smallest_diameter_mm(thickness) and rules.keeps_contact(
+            c["contact"], c["contact_far"]
+        )
 
 
 def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:

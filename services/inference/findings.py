@@ -116,6 +116,18 @@ class ShapeFilter:
     max_diameter_mm: float | None = None
     min_diameter_slice_thickness_ratio: float | None = None
 
+    def keeps_contact(self, contact: float, far: float) -> bool:
+        """The contact limit, with its wall exception, on a component's shell shares."""
+        if self.max_contact_fraction is None:
+            return True
+        wall = math.inf if self.wall_ratio is None else self.wall_ratio
+        return contact <= self.max_contact_fraction or far >= wall * contact
+
+    def smallest_diameter_mm(self, thickness_mm: float) -> float:
+        """The smallest reported diameter on slices this thick (0: no such limit)."""
+        ratio = self.min_diameter_slice_thickness_ratio
+        return 0.0 if ratio is None else ratio * thickness_mm
+
 
 @lru_cache(maxsize=32)
 def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
@@ -241,17 +253,9 @@ def segment_findings(
         largest = math.pi / 6.0 * limits.max_diameter_mm**3
         kept = [i for i in kept if counts[i] * voxel_mm3 <= largest]
     if limits.min_diameter_slice_thickness_ratio is not None:
-        smallest = (
-            math.pi / 6.0 * (limits.min_diameter_slice_thickness_ratio * volume.thickness_mm) ** 3
-        )
+        smallest = math.pi / 6.0 * limits.smallest_diameter_mm(volume.thickness_mm) ** 3
         kept = [i for i in kept if counts[i] * voxel_mm3 >= smallest]
-    if limits.max_contact_fraction is not None:
-        wall = math.inf if limits.wall_ratio is None else limits.wall_ratio
-        kept = [
-            i
-            for i in kept
-            if contact[i] <= limits.max_contact_fraction or far[i] >= wall * contact[i]
-        ]
+    kept = [i for i in kept if limits.keeps_contact(float(contact[i]), float(far[i]))]
     if limits.max_elongation is not None:
         kept = [i for i in kept if elongation[i] <= limits.max_elongation]
     second: dict[int, float] = {}
