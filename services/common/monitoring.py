@@ -369,7 +369,6 @@ def record_analysis(
     version: int,
     model: Mapping[str, Any],
     volume: Any,
-    datasets: Sequence[Any],
     bundle_path: Path | None,
 ) -> None:
     """The inference stage's hook: describe the analysed volume and record it."""
@@ -382,8 +381,7 @@ def record_analysis(
         log.warning("monitoring.bad-reference", bundle=str(bundle_path), reason=str(exc)[:300])
         reference = None
     hu_edges = ((reference or {}).get("features", {}).get("hu") or {}).get("edges", drift.HU_EDGES)
-    thickness = datasets[0].get("SliceThickness") if datasets else None
-    stats = drift.input_stats(
-        volume.array, volume.spacing, float(thickness) if thickness else None, hu_edges
-    )
+    # Slice Thickness as `series_to_volume` read it (images or Pixel Measures; None: spacing).
+    thickness = getattr(volume, "slice_thickness", None)
+    stats = drift.input_stats(volume.array, volume.spacing, thickness, hu_edges)
     record_inference(documents, study_id, version, model, stats, reference)

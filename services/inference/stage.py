@@ -141,8 +141,7 @@ def _run(ctx: Context, study: dict[str, Any], *, resume: bool) -> None:
     result["series_uid"] = series["series_uid"]
     volume = getattr(analysis, "volume", None)
     if volume is not None:  # the bundle's validated input (`scope.py`), when it declares one
-        thickness = datasets[0].get("SliceThickness") if datasets else None
-        measured = geometry(volume.spacing, float(thickness) if thickness else None)
+        measured = geometry(volume.spacing, getattr(volume, "slice_thickness", None))
         scope = check_input(getattr(bundle, "validated_input", {}), measured)
         if scope is not None:
             result["input_scope"] = scope
@@ -154,9 +153,7 @@ def _run(ctx: Context, study: dict[str, Any], *, resume: bool) -> None:
     if not resume:
         # Input statistics for model monitoring (docs/monitoring.md), once per study version.
         volume, path = getattr(analysis, "volume", None), bundle.path
-        record_analysis(
-            ctx.documents, study_id, study["version"], result["model"], volume, datasets, path
-        )
+        record_analysis(ctx.documents, study_id, study["version"], result["model"], volume, path)
         ctx.studies.transition(
             study_id,
             StudyState.ANALYZED,

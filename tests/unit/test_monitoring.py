@@ -117,9 +117,23 @@ def test_a_bad_reference_leaves_the_result_and_records_without_it(
         array = np.zeros((2, 8, 8), dtype=np.float32)
         spacing = (2.0, 0.8, 0.8)
 
-    monitoring.record_analysis(ctx.documents, "s1", 1, MODEL, Vol(), [], tmp_path)
+    monitoring.record_analysis(ctx.documents, "s1", 1, MODEL, Vol(), tmp_path)
     stats = monitoring.stats_of(ctx.documents, KEY)
     assert stats is not None and stats["studies"] == 1 and "reference" not in stats
+
+
+def test_the_recorded_slice_thickness_is_the_one_the_volume_read(
+    ctx: Context, tmp_path: Path
+) -> None:
+    class Vol:  # 5 mm slices every 2.5 mm (Slice Thickness as `series_to_volume` read it)
+        array = np.zeros((2, 8, 8), dtype=np.float32)
+        spacing = (2.5, 0.8, 0.8)
+        slice_thickness = 5.0
+
+    monitoring.record_analysis(ctx.documents, "s2", 1, MODEL, Vol(), tmp_path)
+    record = ctx.documents.collection(monitoring.MODEL_INPUTS).find_one({})
+    assert record is not None
+    assert record["slice_thickness_mm"] == 5.0 and record["pixel_spacing_mm"] == 0.8
 
 
 # -- counters in the store -----------------------------------------------------------------
