@@ -5,8 +5,9 @@ studies that a registered run has already spent (docs/benchmarks.md records each
 never a decision, and its seeds are never the ones a registered run will use.
 
 `dump` runs the bundle's first stage once per study (the studies of `bench/froc.py`) and keeps
-every component that its size, density, air, diameter and elongation filters keep, with the
-contact filter and the slice-thickness limit off and the candidate classifier scoring but not
+every component that its size, density, diameter and elongation filters keep, with the
+contact filter, the aerated-lung limit and the slice-thickness limit off and the candidate
+classifier scoring but not
 dropping, together with the measures those use. `look` applies limits to a dump offline and
 scores the result with `radpipe.inference.froc.scores`, as `bench/froc.py` does (the bundle's
 own limits reproduce its figures on those studies).
@@ -14,7 +15,8 @@ own limits reproduce its figures on those studies).
     .venv/bin/python scripts/froc_components.py dump --seed 36000 [--scans 72] \\
         [--bundle DIR | --rev REV] --out FILE
     .venv/bin/python scripts/froc_components.py look FILE [--ratio 1.0 1.25 1.5] \\
-        [--classifier 0.05] [--no-contact]
+        [--classifier 0.05] [--no-contact] [--air-exempt-contact 0.1] \\
+        [--contact-exempt-score 0.8]
 
 About 10 s a study on one core (72 studies: ~12 minutes); `look` takes a second.
 """
@@ -54,7 +56,7 @@ from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, make_study  # noqa: E402
 
 #: Limits `dump` turns off so that `look` can try others.
-RELAXED = ("max_contact_fraction", "min_diameter_slice_thickness_ratio")
+RELAXED = ("max_contact_fraction", "min_diameter_slice_thickness_ratio", "min_air_fraction")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class Limits:
     max_contact_fraction: float | None
     wall_ratio: float | None
     ratio: float | None
+    min_air_fraction: float | None = None
+    air_exempt_contact: float | None = None
+    contact_exempt_score: float | None = None
 
     def keep(self, c: dict[str, Any], thickness: float) -> bool:
         """The bundle's own rules (`ShapeFilter`, the classifier's threshold) on one dumped
@@ -82,10 +87,15 @@ class Limits:
         rules = ShapeFilter(
             max_contact_fraction=self.max_contact_fraction,
             wall_ratio=self.wall_ratio,
+            min_air_fraction=self.min_air_fraction,
             min_diameter_slice_thickness_ratio=self.ratio,
+            air_exempt_contact=self.air_exempt_contact,
+            contact_exempt_score=self.contact_exempt_score,
         )
-        return c["diameter_mm"] >= rules.smallest_diameter_mm(thickness) and rules.keeps_contact(
-            c["contact"], c["contact_far"]
+        return (
+            c["diameter_mm"] >= rules.smallest_diameter_mm(thickness)
+            and rules.keeps_air(c["air"], c["contact"])
+            and rules.keeps_contact(c["contact"], c["contact_far"], c["candidate_score"])
         )
 
 
@@ -135,6 +145,9 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
                     "max_contact_fraction": declared.max_contact_fraction,
                     "wall_ratio": declared.wall_ratio,
                     "ratio": declared.min_diameter_slice_thickness_ratio,
+                    "min_air_fraction": declared.min_air_fraction,
+                    "air_exempt_contact": declared.air_exempt_contact,
+                    "contact_exempt_score": declared.contact_exempt_score,
                 },
                 "studies": studies,
             }
@@ -171,13 +184,19 @@ def evaluate(data: dict[str, Any], limits: Limits) -> Scores:
 
 
 def look(
-    data: dict[str, Any], ratios: Iterable[float | None], classifier: float | None, contact: bool
+    data: dict[str, Any],
+    ratios: Iterable[float | None],
+    classifier: float | None,
+    contact: bool,
+    exemptions: dict[str, float] | None = None,
 ) -> list[str]:
-    declared = data["declared"]
+    declared = {**data["declared"], **(exemptions or {})}
     lines = [
         f"{data['bundle']['name']} {data['bundle']['version']}, {len(data['studies'])} studies "
         f"(seeds {data['studies'][0]['seed']}..{data['studies'][-1]['seed']}); classifier "
-        f"{classifier}, contact filter {'on' if contact else 'off'}",
+        f"{classifier}, contact filter {'on' if contact else 'off'}, exemptions: air below "
+        f"contact {declared.get('air_exempt_contact')}, contact from score "
+        f"{declared.get('contact_exempt_score')}",
         "| slice-thickness ratio | FP/scan | S >= 8 mm | S >= 8 mm at <= 0.1 FP/scan | CPM |",
         "|---|---|---|---|---|",
     ]
@@ -189,6 +208,9 @@ def look(
                 max_contact_fraction=declared["max_contact_fraction"] if contact else None,
                 wall_ratio=declared["wall_ratio"],
                 ratio=ratio,
+                min_air_fraction=declared.get("min_air_fraction"),
+                air_exempt_contact=declared.get("air_exempt_contact"),
+                contact_exempt_score=declared.get("contact_exempt_score"),
             ),
         )
         lines.append(
@@ -213,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--ratio", type=float, nargs="*", default=None)
     lk.add_argument("--classifier", type=float, default=None)
     lk.add_argument("--no-contact", action="store_true")
+    lk.add_argument("--air-exempt-contact", type=float, default=None)
+    lk.add_argument("--contact-exempt-score", type=float, default=None)
     args = parser.parse_args(argv)
     if args.command == "dump":
         torch.set_num_threads(args.threads)
@@ -226,7 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     declared = data["declared"]
     ratios = [None, *args.ratio] if args.ratio else [declared["ratio"]]
     classifier = declared["classifier"] if args.classifier is None else args.classifier
-    print("\n".join(look(data, ratios, classifier, not args.no_contact)))
+    exemptions = {
+        k: v
+        for k, v in (
+            ("air_exempt_contact", args.air_exempt_contact),
+            ("contact_exempt_score", args.contact_exempt_score),
+        )
+        if v is not None
+    }
+    print("\n".join(look(data, ratios, classifier, not args.no_contact, exemptions)))
     return 0
 
 

@@ -256,7 +256,9 @@ def make_study(
     Parameters
     ----------
     nodules: diameters in mm; None draws 0-4 (none with probability `family.p_clean`).
-        A nodule that finds no place is dropped (small fields of view), never shrunk.
+        A nodule that finds no place is dropped (small fields of view), never shrunk; in a
+        truncated field of view one whose centre falls outside the reconstruction circle is
+        not in the image, so not in the truth either (the image is the same).
     kinds / sites: per nodule (`NODULE_KINDS` / `NODULE_SITES`); None draws from the family.
     shape, spacing: force the geometry (tests use small volumes); None draws it.
 
@@ -387,9 +389,10 @@ def make_study(
         vol += lumen * (-1000.0 - vol)
 
     placed = _nodules(rng, family, nodules, kinds, sites, lung, segments, sp)
-    truth = np.zeros(shape, dtype=bool)
+    masks = []
     for n in placed:
-        _render_nodule(rng, vol, truth, n, sp)
+        masks.append(np.zeros(shape, dtype=bool))
+        _render_nodule(rng, vol, masks[-1], n, sp)
 
     # Scanner: kernel and noise (white noise shaped by the kernel, scaled to the drawn sigma).
     sigma = rng.uniform(*family.noise_hu)
@@ -405,6 +408,21 @@ def make_study(
     fov_circle = (y2 - fov_y / 2) ** 2 + (x2 - fov_x / 2) ** 2 > (min(fov_x, fov_y) / 2) ** 2
     if truncated:
         vol[:, fov_circle] = HU_MIN  # outside the reconstruction circle
+        # What is outside the circle is not in the image: no reader can find a nodule there,
+        # so one whose centre lies outside is not truth (the image itself is unchanged).
+        seen = [
+            (n, m)
+            for n, m in zip(placed, masks, strict=True)
+            if (n.center_mm[1] - fov_y / 2) ** 2 + (n.center_mm[2] - fov_x / 2) ** 2
+            <= (min(fov_x, fov_y) / 2) ** 2
+        ]
+        placed, masks = [n for n, _ in seen], [m for _, m in seen]
+        lung[:, fov_circle] = False
+    truth = np.zeros(shape, dtype=bool)
+    for m in masks:
+        truth |= m
+    if truncated:
+        truth[:, fov_circle] = False
     np.clip(vol, HU_MIN, HU_MAX, out=vol)
     return Phantom(np.rint(vol).astype(np.int16), spacing, truth, placed, lung)
 

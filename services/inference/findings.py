@@ -106,7 +106,13 @@ class ShapeFilter:
     this multiple of the study's slice thickness (`Volume.thickness_mm`): on thick slices
     partial volume makes a vessel cut obliquely or an airway wall as round and bright as a
     nodule of about the slice thickness, and such a nodule cannot be measured there either.
-    None: no limit.
+    `air_exempt_contact`: `min_air_fraction` does not apply to a component whose shell is
+    denser than `CONTACT_HU` over at most this share: it is ringed by lung, only not by
+    aerated lung (the solid core of a part-solid nodule lies in its own ground glass).
+    `contact_exempt_score`: `max_contact_fraction` does not apply to a candidate the bundle's
+    candidate classifier scores at least this (a nodule touching a vessel or the wall over
+    much of its surface that the classifier is sure of; no classifier: no exemption).
+    None: no limit (or no exemption).
     """
 
     max_contact_fraction: float | None = None
@@ -115,13 +121,25 @@ class ShapeFilter:
     min_air_fraction: float | None = None
     max_diameter_mm: float | None = None
     min_diameter_slice_thickness_ratio: float | None = None
+    air_exempt_contact: float | None = None
+    contact_exempt_score: float | None = None
 
-    def keeps_contact(self, contact: float, far: float) -> bool:
-        """The contact limit, with its wall exception, on a component's shell shares."""
+    def keeps_contact(self, contact: float, far: float, score: float | None = None) -> bool:
+        """The contact limit, with its wall exception, on a component's shell shares, and
+        with its exemption for a candidate classifier `score` (None: not scored)."""
         if self.max_contact_fraction is None:
+            return True
+        exempt = self.contact_exempt_score
+        if exempt is not None and score is not None and score >= exempt:
             return True
         wall = math.inf if self.wall_ratio is None else self.wall_ratio
         return contact <= self.max_contact_fraction or far >= wall * contact
+
+    def keeps_air(self, air: float, contact: float) -> bool:
+        """The aerated-lung limit, with its exemption for components hardly touching tissue."""
+        if self.min_air_fraction is None or air >= self.min_air_fraction:
+            return True
+        return self.air_exempt_contact is not None and contact <= self.air_exempt_contact
 
     def smallest_diameter_mm(self, thickness_mm: float) -> float:
         """The smallest reported diameter on slices this thick (0: no such limit)."""
@@ -143,6 +161,8 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "min_air_fraction",
         "max_diameter_mm",
         "min_diameter_slice_thickness_ratio",
+        "air_exempt_contact",
+        "contact_exempt_score",
     )
     values = {k: data.get(k) for k in keys}
     return ShapeFilter(**{k: None if v is None else float(v) for k, v in values.items()})
@@ -247,15 +267,16 @@ def segment_findings(
     ]
     contact, far, elongation, air = _shape(labels, coords, lab, counts, volume, grid_spacing)
     limits = shape_filter(bundle)
-    if limits.min_air_fraction is not None:
-        kept = [i for i in kept if air[i] >= limits.min_air_fraction]
+    kept = [i for i in kept if limits.keeps_air(float(air[i]), float(contact[i]))]
     if limits.max_diameter_mm is not None:
         largest = math.pi / 6.0 * limits.max_diameter_mm**3
         kept = [i for i in kept if counts[i] * voxel_mm3 <= largest]
     if limits.min_diameter_slice_thickness_ratio is not None:
         smallest = math.pi / 6.0 * limits.smallest_diameter_mm(volume.thickness_mm) ** 3
         kept = [i for i in kept if counts[i] * voxel_mm3 >= smallest]
-    kept = [i for i in kept if limits.keeps_contact(float(contact[i]), float(far[i]))]
+    touching = {i for i in kept if not limits.keeps_contact(float(contact[i]), float(far[i]))}
+    if bundle.candidates is None or limits.contact_exempt_score is None:
+        kept = [i for i in kept if i not in touching]
     if limits.max_elongation is not None:
         kept = [i for i in kept if elongation[i] <= limits.max_elongation]
     second: dict[int, float] = {}
@@ -265,7 +286,15 @@ def segment_findings(
         centres = [np.array([centroids[a][i] for a in range(3)]) for i in kept]
         values = score(bundle.candidates, cube_source, centres, bundle.device)
         second = {i: float(v) for i, v in zip(kept, values, strict=True)}
-        kept = [i for i in kept if second[i] >= bundle.candidates.threshold]
+        kept = [
+            i
+            for i in kept
+            if second[i] >= bundle.candidates.threshold
+            and (
+                i not in touching
+                or limits.keeps_contact(float(contact[i]), float(far[i]), second[i])
+            )
+        ]
     kept.sort(key=lambda i: -counts[i])
     remap = np.zeros(n + 1, dtype=np.int32)
     findings = []

@@ -81,6 +81,37 @@ def test_the_classifier_drops_candidates_it_scores_low_and_records_its_score() -
     assert len(both) == 2 and min(f.candidate_score or 1.0 for f in both) < 0.01
 
 
+def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_contact_limit() -> None:
+    """Two 12 mm balls each half sunk in a soft-tissue wall (contact over the limit): a solid
+    one the classifier scores ~1 and a ground-glass one it scores ~0. With the exemption the
+    solid one is kept; the ground-glass one never is; without a classifier, nobody is."""
+    shape = (48, 48, 96)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    prob = np.zeros(shape, dtype=np.float32)
+    hu[:, 30:, :] = 40.0  # a wall along y
+    z, y, x = np.ogrid[:48, :48, :96]
+    for cx, density in ((24, 40.0), (72, -700.0)):
+        ball = (z - 24) ** 2 + (y - 28) ** 2 + (x - cx) ** 2 <= 16.0
+        hu[ball] = density
+        prob[ball] = 0.9
+    volume = Volume(hu, SPACING, [])
+    limits = ShapeFilter(max_contact_fraction=0.2)
+    exempt = replace(limits, contact_exempt_score=0.8)
+    classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
+
+    def found(rules: ShapeFilter, second: CandidateClassifier | None) -> list[int]:
+        bundle = replace(filter_bundle(rules), name="cascade", candidates=second)
+        bundle.shape_filter = rules  # type: ignore[attr-defined]  # not a field: replace drops it
+        return sorted(
+            round(f.center_voxel_zyx[2]) for f in segment_findings(prob, volume, bundle)[0]
+        )
+
+    assert found(ShapeFilter(), None) == [24, 72]
+    assert found(limits, classifier) == []
+    assert found(exempt, classifier) == [24]
+    assert found(exempt, None) == []
+
+
 def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
     root = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), root)

@@ -100,13 +100,40 @@ def test_a_finding_smaller_than_the_slices_can_resolve_is_dropped() -> None:
     assert len(segment_findings(prob, Volume(hu, SPACING, [], slice_thickness=9.0), plain)[0]) == 2
 
 
+def test_a_solid_core_in_its_own_ground_glass_is_exempt_from_the_air_share() -> None:
+    """A part-solid nodule segmented as its solid core: the core's shell is the nodule's own
+    ground glass (-550 HU), neither aerated lung nor tissue. The aerated-lung limit drops it
+    unless it hardly touches tissue; a ball in fat (all tissue around) stays dropped."""
+    shape = (40, 40, 96)
+    hu = np.full(shape, -850.0, dtype=np.float32)
+    hu[:, :, 64:] = -100.0
+    prob = np.zeros(shape, dtype=np.float32)
+    hu[_ball(shape, (20, 20, 24), 7.0)] = -550.0  # 21 mm of ground glass
+    for centre in ((20, 20, 24), (20, 20, 80)):
+        core = _ball(shape, centre, 3.0)
+        hu[core], prob[core] = 40.0, 0.9
+
+    def found(limits: ShapeFilter) -> list[tuple[int, float, float]]:
+        findings, _ = segment_findings(prob, Volume(hu, SPACING, []), _bundle(limits))
+        return sorted((round(f.center_voxel_zyx[2]), f.air, f.contact) for f in findings)
+
+    shells = {x: (air, contact) for x, air, contact in found(ShapeFilter())}
+    assert shells[24] == (0.0, 0.0) and shells[80] == (0.0, 1.0)
+    assert found(ShapeFilter(min_air_fraction=0.3)) == []
+    kept = found(ShapeFilter(min_air_fraction=0.3, air_exempt_contact=0.1))
+    assert [x for x, _, _ in kept] == [24]
+    # The exemption alone is no limit.
+    assert len(found(ShapeFilter(air_exempt_contact=0.1))) == 2
+
+
 def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
     from radpipe.inference.findings import shape_filter
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "inference.json").write_text(
         '{"min_air_fraction": 0.25, "max_diameter_mm": 45, "max_elongation": 2.5, '
-        '"min_diameter_slice_thickness_ratio": 1.5}'
+        '"min_diameter_slice_thickness_ratio": 1.5, "air_exempt_contact": 0.1, '
+        '"contact_exempt_score": 0.8}'
     )
     bundle = _bundle(ShapeFilter())
     del bundle.shape_filter  # type: ignore[attr-defined]
@@ -116,4 +143,6 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
         min_air_fraction=0.25,
         max_diameter_mm=45.0,
         min_diameter_slice_thickness_ratio=1.5,
+        air_exempt_contact=0.1,
+        contact_exempt_score=0.8,
     )

@@ -223,6 +223,36 @@ def test_juxtapleural_nodules_straddle_the_lung_edge_and_free_ones_do_not() -> N
     assert (free & p.lung_mask).sum() / free.sum() > 0.97
 
 
+def test_a_nodule_outside_a_truncated_field_of_view_is_not_truth() -> None:
+    from dataclasses import replace
+
+    from radpipe.phantoms import HELD_OUT, HU_MIN, make_study
+
+    # Every body is wider than the field of view: the reconstruction circle cuts lung away.
+    truncated = replace(HELD_OUT, p_truncated=1.0)
+    for seed in (0, 2):
+        p = make_study(
+            seed,
+            truncated,
+            nodules=[10.0, 8.0, 6.0],
+            kinds=["solid"] * 3,
+            sites=["free", "juxtapleural", "juxtapleural"],
+            shape=PH_SHAPE,
+            spacing=PH_SPACING,
+        )
+        fov = PH_SHAPE[1] * PH_SPACING[1]
+        y = (np.arange(PH_SHAPE[1]) * PH_SPACING[1])[:, None]
+        x = (np.arange(PH_SHAPE[2]) * PH_SPACING[2])[None, :]
+        outside = (y - fov / 2) ** 2 + (x - fov / 2) ** 2 > (fov / 2) ** 2
+        assert (p.volume[:, outside] == HU_MIN).all()
+        assert not p.nodule_mask[:, outside].any() and not p.lung_mask[:, outside].any()
+        for n in p.nodules:
+            off_axis = (n.center_mm[1] - fov / 2) ** 2 + (n.center_mm[2] - fov / 2) ** 2
+            assert off_axis <= (fov / 2) ** 2
+            assert p.volume[tuple(np.round(np.array(n.center_mm) / PH_SPACING).astype(int))] > -200
+        assert p.nodule_mask.any()
+
+
 def test_held_out_geometry_never_overlaps_the_training_ranges() -> None:
     from radpipe.phantoms import HELD_OUT, TRAIN, _geometry
 
