@@ -389,10 +389,7 @@ def make_study(
         vol += lumen * (-1000.0 - vol)
 
     placed = _nodules(rng, family, nodules, kinds, sites, lung, segments, sp)
-    masks = []
-    for n in placed:
-        masks.append(np.zeros(shape, dtype=bool))
-        _render_nodule(rng, vol, masks[-1], n, sp)
+    masks = [_render_nodule(rng, vol, n, sp) for n in placed]  # (box, truth in it) each
 
     # Scanner: kernel and noise (white noise shaped by the kernel, scaled to the drawn sigma).
     sigma = rng.uniform(*family.noise_hu)
@@ -420,7 +417,8 @@ def make_study(
         lung[:, fov_circle] = False
     truth = np.zeros(shape, dtype=bool)
     for m in masks:
-        truth |= m
+        if m is not None:
+            truth[m[0]] |= m[1]
     if truncated:
         truth[:, fov_circle] = False
     np.clip(vol, HU_MIN, HU_MAX, out=vol)
@@ -510,13 +508,14 @@ def _place(
 
 
 def _render_nodule(
-    rng: np.random.Generator, vol: np.ndarray, truth: np.ndarray, n: Nodule, sp: np.ndarray
-) -> None:
-    """A mildly ellipsoidal, lobulated ball; part-solid ones get a solid core."""
+    rng: np.random.Generator, vol: np.ndarray, n: Nodule, sp: np.ndarray
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """A mildly ellipsoidal, lobulated ball; part-solid ones get a solid core. Returns the box
+    it was drawn in and its truth mask there (None: outside the volume)."""
     c, r = np.asarray(n.center_mm, dtype=np.float32), n.diameter_mm / 2
     box = _box(c - r * 1.2 - 2 * sp.max(), c + r * 1.2 + 2 * sp.max(), sp, vol.shape)
     if box is None:
-        return
+        return None
     zz, yy, xx = _box_axes(box, sp)
     scale = rng.uniform(0.88, 1.12, 3)
     scale /= np.prod(scale) ** (1 / 3)  # same volume as the sphere of diameter d
@@ -531,7 +530,7 @@ def _render_nodule(
         core = r * rng.uniform(0.35, 0.6)
         wc = _soft(dist, core, float(sp.mean()))
         vol[box] += wc * (rng.uniform(0.0, 60.0) - vol[box])
-    truth[box] |= dist <= r * lobes
+    return box, dist <= r * lobes
 
 
 def held_out_sample(count: int, seed: int = 7, **kwargs: object) -> list[Phantom]:
