@@ -402,7 +402,8 @@ def make_study(
         noise = noise - np.float32(0.5) * _blur2d(noise, 1)
     noise *= np.float32(sigma / max(float(noise[:, ::7, ::7].std()), 1e-6))
     vol += noise
-    fov_circle = (y2 - fov_y / 2) ** 2 + (x2 - fov_x / 2) ** 2 > (min(fov_x, fov_y) / 2) ** 2
+    fov_r = min(fov_x, fov_y) / 2  # the reconstruction circle
+    fov_circle = (y2 - fov_y / 2) ** 2 + (x2 - fov_x / 2) ** 2 > fov_r**2
     if truncated:
         vol[:, fov_circle] = HU_MIN  # outside the reconstruction circle
         # What is outside the circle is not in the image: no reader can find a nodule there,
@@ -410,8 +411,7 @@ def make_study(
         seen = [
             (n, m)
             for n, m in zip(placed, masks, strict=True)
-            if (n.center_mm[1] - fov_y / 2) ** 2 + (n.center_mm[2] - fov_x / 2) ** 2
-            <= (min(fov_x, fov_y) / 2) ** 2
+            if (n.center_mm[1] - fov_y / 2) ** 2 + (n.center_mm[2] - fov_x / 2) ** 2 <= fov_r**2
         ]
         placed, masks = [n for n, _ in seen], [m for _, m in seen]
         lung[:, fov_circle] = False

@@ -60,7 +60,8 @@ class Finding:
     # Share of the one-voxel shell that is aerated lung (below `AIR_HU`): a nodule, even one on
     # the pleura, is partly ringed by lung; a blob in fat, muscle or mediastinum is not.
     air: float = 1.0
-    # The candidate classifier's score (None: the bundle has none). It only filters:
+    # The candidate classifier's score (None: the bundle has none). It filters, and may exempt
+    # from the contact limit (`ShapeFilter.contact_exempt_score`), but never ranks:
     # `probability`, which ranks findings, stays the segmentation network's mean probability.
     candidate_score: float | None = None
 
