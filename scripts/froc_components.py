@@ -16,7 +16,7 @@ own limits reproduce its figures on those studies).
         [--bundle DIR | --rev REV] --out FILE
     .venv/bin/python scripts/froc_components.py look FILE [--ratio 1.0 1.25 1.5] \\
         [--classifier 0.05] [--no-contact] [--air-exempt-contact 0.1] \\
-        [--contact-exempt-score 0.8]
+        [--contact-exempt-score 0.8] [--rank declared|probability|both]
 
 About 10 s a study on one core (72 studies: ~12 minutes); `look` takes a second.
 """
@@ -78,6 +78,13 @@ class Limits:
     min_air_fraction: float | None = None
     air_exempt_contact: float | None = None
     contact_exempt_score: float | None = None
+    rank_with_candidate_score: bool = False
+
+    def score(self, c: dict[str, Any]) -> float | None:
+        """The dumped component's ranking score under these rules (`Finding.score`)."""
+        if not self.rank_with_candidate_score or c["candidate_score"] is None:
+            return None
+        return float(c["probability"]) * float(c["candidate_score"])
 
     def keep(self, c: dict[str, Any], thickness: float) -> bool:
         """The bundle's own rules (`ShapeFilter`, the classifier's threshold) on one dumped
@@ -148,6 +155,7 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
                     "min_air_fraction": declared.min_air_fraction,
                     "air_exempt_contact": declared.air_exempt_contact,
                     "contact_exempt_score": declared.contact_exempt_score,
+                    "rank_with_candidate_score": declared.rank_with_candidate_score,
                 },
                 "studies": studies,
             }
@@ -170,6 +178,7 @@ def evaluate(data: dict[str, Any], limits: Limits) -> Scores:
                     **c,
                     "center_voxel_zyx": tuple(c["center_voxel_zyx"]),
                     "center_patient_xyz": tuple(c["center_patient_xyz"]),
+                    "score": limits.score(c),
                 }
             )
             for c in s["components"]
@@ -188,7 +197,7 @@ def look(
     ratios: Iterable[float | None],
     classifier: float | None,
     contact: bool,
-    exemptions: dict[str, float] | None = None,
+    exemptions: dict[str, float | bool] | None = None,
 ) -> list[str]:
     declared = {**data["declared"], **(exemptions or {})}
     lines = [
@@ -196,7 +205,8 @@ def look(
         f"(seeds {data['studies'][0]['seed']}..{data['studies'][-1]['seed']}); classifier "
         f"{classifier}, contact filter {'on' if contact else 'off'}, exemptions: air below "
         f"contact {declared.get('air_exempt_contact')}, contact from score "
-        f"{declared.get('contact_exempt_score')}",
+        f"{declared.get('contact_exempt_score')}; ranked by "
+        f"{'both stages' if declared.get('rank_with_candidate_score') else 'the first stage'}",
         "| slice-thickness ratio | FP/scan | S >= 8 mm | S >= 8 mm at <= 0.1 FP/scan | CPM |",
         "|---|---|---|---|---|",
     ]
@@ -211,6 +221,7 @@ def look(
                 min_air_fraction=declared.get("min_air_fraction"),
                 air_exempt_contact=declared.get("air_exempt_contact"),
                 contact_exempt_score=declared.get("contact_exempt_score"),
+                rank_with_candidate_score=bool(declared.get("rank_with_candidate_score")),
             ),
         )
         lines.append(
@@ -237,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--no-contact", action="store_true")
     lk.add_argument("--air-exempt-contact", type=float, default=None)
     lk.add_argument("--contact-exempt-score", type=float, default=None)
+    lk.add_argument(
+        "--rank",
+        choices=("declared", "probability", "both"),
+        default="declared",
+        help="rank by the first stage's probability, by its product with the classifier's "
+        "score, or as the bundle declares",
+    )
     args = parser.parse_args(argv)
     if args.command == "dump":
         torch.set_num_threads(args.threads)
@@ -250,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     declared = data["declared"]
     ratios = [None, *args.ratio] if args.ratio else [declared["ratio"]]
     classifier = declared["classifier"] if args.classifier is None else args.classifier
-    exemptions = {
+    exemptions: dict[str, float | bool] = {
         k: v
         for k, v in (
             ("air_exempt_contact", args.air_exempt_contact),
@@ -258,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if v is not None
     }
+    if args.rank != "declared":
+        exemptions["rank_with_candidate_score"] = args.rank == "both"
     print("\n".join(look(data, ratios, classifier, not args.no_contact, exemptions)))
     return 0
 

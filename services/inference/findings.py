@@ -60,10 +60,19 @@ class Finding:
     # Share of the one-voxel shell that is aerated lung (below `AIR_HU`): a nodule, even one on
     # the pleura, is partly ringed by lung; a blob in fat, muscle or mediastinum is not.
     air: float = 1.0
-    # The candidate classifier's score (None: the bundle has none). It filters, and may exempt
-    # from the contact limit (`ShapeFilter.contact_exempt_score`), but never ranks:
-    # `probability`, which ranks findings, stays the segmentation network's mean probability.
+    # The candidate classifier's score (None: the bundle has none). It filters, may exempt
+    # from the contact limit (`ShapeFilter.contact_exempt_score`), and ranks where the bundle
+    # declares `rank_with_candidate_score` (`rank_score`); `probability` stays the
+    # segmentation network's mean probability either way.
     candidate_score: float | None = None
+    # Where the bundle ranks by both stages: `probability` x `candidate_score` (None: it
+    # ranks by `probability`).
+    score: float | None = None
+
+    @property
+    def rank_score(self) -> float:
+        """What orders findings from most to least likely a nodule (FROC operating points)."""
+        return self.probability if self.score is None else self.score
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -78,6 +87,8 @@ class Finding:
         }
         if self.candidate_score is not None:
             out["candidate_score"] = round(self.candidate_score, 4)
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
         return out
 
 
@@ -113,7 +124,11 @@ class ShapeFilter:
     `contact_exempt_score`: `max_contact_fraction` does not apply to a candidate the bundle's
     candidate classifier scores at least this (a nodule touching a vessel or the wall over
     much of its surface that the classifier is sure of; no classifier: no exemption).
-    None: no limit (or no exemption).
+    None: no limit (or no exemption). `rank_with_candidate_score` is not a limit: findings are
+    ranked by the product of the segmentation network's mean probability and the candidate
+    classifier's score (`Finding.score`) instead of the former alone (no classifier: no
+    change); the first stage's probability is near 1 for a true nodule and for a round piece
+    of a vessel alike, the classifier tells them apart.
     """
 
     max_contact_fraction: float | None = None
@@ -124,6 +139,7 @@ class ShapeFilter:
     min_diameter_slice_thickness_ratio: float | None = None
     air_exempt_contact: float | None = None
     contact_exempt_score: float | None = None
+    rank_with_candidate_score: bool = False
 
     def keeps_contact(self, contact: float, far: float, score: float | None = None) -> bool:
         """The contact limit, with its wall exception, on a component's shell shares, and
@@ -166,7 +182,14 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "contact_exempt_score",
     )
     values = {k: data.get(k) for k in keys}
-    return ShapeFilter(**{k: None if v is None else float(v) for k, v in values.items()})
+    rank = data.get("rank_with_candidate_score")
+    rank = False if rank is None else rank
+    if not isinstance(rank, bool):
+        raise ValueError(f"{config}: rank_with_candidate_score must be true or false, got {rank!r}")
+    return ShapeFilter(
+        **{k: None if v is None else float(v) for k, v in values.items()},
+        rank_with_candidate_score=rank,
+    )
 
 
 def shape_filter(bundle: Bundle) -> ShapeFilter:
@@ -325,6 +348,11 @@ def segment_findings(
                 elongation=float(elongation[i]),
                 air=float(air[i]),
                 candidate_score=second.get(i),
+                score=(
+                    float(prob_sum[i] / counts[i]) * second[i]
+                    if limits.rank_with_candidate_score and i in second
+                    else None
+                ),
             )
         )
     return findings, remap[labels]

@@ -2,7 +2,9 @@
 
 A finding is a hit when its centre lies within the radius of a true nodule (at least
 `MIN_HIT_MM`); a second finding on an already-found nodule is ignored (neither hit nor false
-positive), as in the LUNA16 evaluation. Sensitivity at a false-positive rate is the best
+positive), as in the LUNA16 evaluation. Findings are ranked by `Finding.rank_score` (the
+segmentation network's probability, or its product with the candidate classifier's score
+where the bundle declares that). Sensitivity at a false-positive rate is the best
 sensitivity over score thresholds whose false positives per scan do not exceed it; CPM is the
 mean over `FP_RATES`. Used by `bench/froc.py` and the generalization test.
 """
@@ -61,7 +63,7 @@ class Case:
     hits: dict[int, int] = field(default_factory=dict)  # finding index -> nodule index
 
     def __post_init__(self) -> None:
-        order = sorted(range(len(self.findings)), key=lambda k: -self.findings[k].probability)
+        order = sorted(range(len(self.findings)), key=lambda k: -self.findings[k].rank_score)
         for k in order:
             centre = np.array(self.findings[k].center_voxel_zyx) * np.array(self.spacing)
             for j, n in enumerate(self.nodules):
@@ -128,9 +130,9 @@ def _sensitivity_at(
         for k, f in enumerate(case.findings):
             j = case.hits.get(k)
             if j is None:
-                events.append((f.probability, False, None))
+                events.append((f.rank_score, False, None))
             elif j in wanted:
-                events.append((f.probability, True, (c, j)))
+                events.append((f.rank_score, True, (c, j)))
     events.sort(key=lambda e: -e[0])
     curve = [(0.0, 0.0)]
     found: set[tuple[int, int]] = set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
 from radpipe.inference.candidates import CandidateClassifier, crop
 from radpipe.inference.findings import ShapeFilter, segment_findings
+from radpipe.inference.froc import Case, scores
 from radpipe.inference.volume import Volume
 
 from .test_findings_filters import SPACING
@@ -79,6 +80,46 @@ def test_the_classifier_drops_candidates_it_scores_low_and_records_its_score() -
     classifier.threshold = 0.0  # nothing dropped, both scored
     both, _ = segment_findings(prob, volume, _bundle(classifier))
     assert len(both) == 2 and min(f.candidate_score or 1.0 for f in both) < 0.01
+
+
+def test_a_bundle_may_rank_findings_by_both_stages() -> None:
+    """Both balls are 0.9 to the first stage. Ranked by it they tie; ranked by both stages
+    (`rank_with_candidate_score`) the solid ball the classifier is sure of comes first, and
+    the FROC ranking follows: its operating point at zero false positives finds it alone."""
+    hu, prob = _scene()
+    prob[:, :, 60:] *= 0.99 / 0.9  # the first stage now prefers the ground-glass ball
+    volume = Volume(hu, SPACING, [])
+    classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
+    rules = ShapeFilter(rank_with_candidate_score=True)
+    bundle = replace(filter_bundle(rules), name="cascade", candidates=classifier)
+    bundle.shape_filter = rules  # type: ignore[attr-defined]  # not a field: replace drops it
+
+    plain = {
+        round(f.center_voxel_zyx[2]): f
+        for f in segment_findings(prob, volume, _bundle(classifier))[0]
+    }
+    assert all(f.score is None and f.rank_score == f.probability for f in plain.values())
+    assert plain[72].rank_score > plain[24].rank_score  # the first stage alone
+
+    ranked = {round(f.center_voxel_zyx[2]): f for f in segment_findings(prob, volume, bundle)[0]}
+    for f in ranked.values():
+        assert f.score == pytest.approx(f.probability * (f.candidate_score or 0.0))
+        assert f.to_dict()["score"] == round(f.score or 0.0, 4)
+    assert ranked[24].probability == pytest.approx(0.9)  # the first stage's, kept
+    assert ranked[24].rank_score > 0.85 > 0.01 > ranked[72].rank_score
+
+    truth = [_Truth((24 * SPACING[0], 24 * SPACING[1], 24 * SPACING[2]), 6.0 * SPACING[2])]
+    assert scores([Case(truth, list(plain.values()), SPACING)]).froc[0.125] == 0.0
+    assert scores([Case(truth, list(ranked.values()), SPACING)]).froc[0.125] == 1.0
+    assert segment_findings(prob, volume, replace(bundle, candidates=None))[0][0].score is None
+
+
+@dataclass(frozen=True)
+class _Truth:
+    center_mm: tuple[float, float, float]
+    diameter_mm: float
+    kind: str = "solid"
+    site: str = "free"
 
 
 def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_contact_limit() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from radpipe.inference.bundle import Bundle
@@ -133,7 +134,7 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
     (tmp_path / "configs" / "inference.json").write_text(
         '{"min_air_fraction": 0.25, "max_diameter_mm": 45, "max_elongation": 2.5, '
         '"min_diameter_slice_thickness_ratio": 1.5, "air_exempt_contact": 0.1, '
-        '"contact_exempt_score": 0.8}'
+        '"contact_exempt_score": 0.8, "rank_with_candidate_score": true}'
     )
     bundle = _bundle(ShapeFilter())
     del bundle.shape_filter  # type: ignore[attr-defined]
@@ -145,4 +146,20 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
         min_diameter_slice_thickness_ratio=1.5,
         air_exempt_contact=0.1,
         contact_exempt_score=0.8,
+        rank_with_candidate_score=True,
     )
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", "0"])
+def test_a_ranking_switch_that_is_not_true_or_false_is_refused(tmp_path: Path, value: str) -> None:
+    from radpipe.inference.findings import shape_filter
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.json").write_text(
+        '{"rank_with_candidate_score": ' + value + "}"
+    )
+    bundle = _bundle(ShapeFilter())
+    del bundle.shape_filter  # type: ignore[attr-defined]
+    bundle.path = tmp_path
+    with pytest.raises(ValueError, match="rank_with_candidate_score must be true or false"):
+        shape_filter(bundle)
