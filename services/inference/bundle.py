@@ -120,7 +120,8 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
 
     Raises
     ------
-    ValueError: a required file is missing, or the config lacks a required key.
+    ValueError: a required file is missing, the config lacks a required key, or a
+    post-processing key (`findings.ShapeFilter`) has a value of the wrong type.
     """
     root = Path(path)
     for rel in REQUIRED_FILES:
@@ -158,7 +159,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
     roi = [int(v) for v in parser["roi_size"]]
     low, high = (float(v) for v in parser["intensity_range"])
     max_hu = parser.get("max_mean_hu")
-    return Bundle(
+    bundle = Bundle(
         name=str(meta.get("name", root.name)),
         version=str(meta.get("version", "0")),
         sha256=file_sha256(weights),
@@ -178,3 +179,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
             parser.get("validated_input"), f"bundle {root}: configs/inference.json"
         ),
     )
+    from .findings import shape_filter  # findings imports this module
+
+    shape_filter(bundle)  # a malformed post-processing key is refused here, not at a study
+    return bundle

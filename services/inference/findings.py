@@ -181,15 +181,22 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "air_exempt_contact",
         "contact_exempt_score",
     )
-    values = {k: data.get(k) for k in keys}
+    limits: dict[str, float] = {}
+    for k in keys:
+        v = data.get(k)
+        if v is None:
+            continue
+        try:
+            if isinstance(v, bool):
+                raise TypeError(k)
+            limits[k] = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{config}: {k} must be a number, got {v!r}") from None
     rank = data.get("rank_with_candidate_score")
     rank = False if rank is None else rank
     if not isinstance(rank, bool):
         raise ValueError(f"{config}: rank_with_candidate_score must be true or false, got {rank!r}")
-    return ShapeFilter(
-        **{k: None if v is None else float(v) for k, v in values.items()},
-        rank_with_candidate_score=rank,
-    )
+    return ShapeFilter(**limits, rank_with_candidate_score=rank)
 
 
 def shape_filter(bundle: Bundle) -> ShapeFilter:
@@ -331,6 +338,7 @@ def segment_findings(
         )
         center_zyx: Vec3 = (center[0], center[1], center[2])
         slice_index = int(np.clip(round(center_zyx[0]), 0, len(volume.sop_instance_uids) - 1))
+        mean_probability = float(prob_sum[i] / counts[i])
         findings.append(
             Finding(
                 label=new_label,
@@ -338,7 +346,7 @@ def segment_findings(
                 volume_mm3=vol_mm3,
                 center_voxel_zyx=center_zyx,
                 center_patient_xyz=volume.index_to_patient(center_zyx),
-                probability=float(prob_sum[i] / counts[i]),
+                probability=mean_probability,
                 center_sop_instance_uid=(
                     volume.sop_instance_uids[slice_index] if volume.sop_instance_uids else ""
                 ),
@@ -349,7 +357,7 @@ def segment_findings(
                 air=float(air[i]),
                 candidate_score=second.get(i),
                 score=(
-                    float(prob_sum[i] / counts[i]) * second[i]
+                    mean_probability * second[i]
                     if limits.rank_with_candidate_score and i in second
                     else None
                 ),

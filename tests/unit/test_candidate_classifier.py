@@ -83,9 +83,10 @@ def test_the_classifier_drops_candidates_it_scores_low_and_records_its_score() -
 
 
 def test_a_bundle_may_rank_findings_by_both_stages() -> None:
-    """Both balls are 0.9 to the first stage. Ranked by it they tie; ranked by both stages
-    (`rank_with_candidate_score`) the solid ball the classifier is sure of comes first, and
-    the FROC ranking follows: its operating point at zero false positives finds it alone."""
+    """The first stage gives the ground-glass ball 0.99 and the solid one 0.9, so by it alone
+    the ground-glass ball comes first; ranked by both stages (`rank_with_candidate_score`)
+    the solid ball the classifier is sure of does, and the FROC follows: with the solid ball
+    as the true nodule, its operating point at no false positive finds it only then."""
     hu, prob = _scene()
     prob[:, :, 60:] *= 0.99 / 0.9  # the first stage now prefers the ground-glass ball
     volume = Volume(hu, SPACING, [])
@@ -162,6 +163,22 @@ def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
         config["candidate_classifier"] = section
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     return root
+
+
+def test_a_bundle_with_a_malformed_post_processing_key_is_refused_when_loaded(
+    tmp_path: Path,
+) -> None:
+    """Refused by `load_bundle` (so by `radpipe models add | verify` and at worker start), not
+    at the first study; the error names the key."""
+    root = _bundle_copy(tmp_path, None)
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["rank_with_candidate_score"] = "yes"
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="rank_with_candidate_score must be true or false"):
+        load_bundle(root, "cpu")
+    config["rank_with_candidate_score"] = True
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    assert load_bundle(root, "cpu").candidates is None  # accepted; no classifier, no ranking
 
 
 NETWORK = {

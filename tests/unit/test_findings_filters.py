@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,16 +151,26 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("value", ['"yes"', "1", "0"])
-def test_a_ranking_switch_that_is_not_true_or_false_is_refused(tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('"rank_with_candidate_score": "yes"', "rank_with_candidate_score must be true or false"),
+        ('"rank_with_candidate_score": 1', "rank_with_candidate_score must be true or false"),
+        ('"rank_with_candidate_score": 0', "rank_with_candidate_score must be true or false"),
+        ('"max_contact_fraction": "a lot"', "max_contact_fraction must be a number, got 'a lot'"),
+        ('"contact_exempt_score": true', "contact_exempt_score must be a number, got True"),
+        ('"wall_ratio": [0.6]', "wall_ratio must be a number"),
+    ],
+)
+def test_a_post_processing_key_of_the_wrong_type_is_refused_by_name(
+    tmp_path: Path, entry: str, message: str
+) -> None:
     from radpipe.inference.findings import shape_filter
 
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "inference.json").write_text(
-        '{"rank_with_candidate_score": ' + value + "}"
-    )
+    (tmp_path / "configs" / "inference.json").write_text("{" + entry + "}")
     bundle = _bundle(ShapeFilter())
     del bundle.shape_filter  # type: ignore[attr-defined]
     bundle.path = tmp_path
-    with pytest.raises(ValueError, match="rank_with_candidate_score must be true or false"):
+    with pytest.raises(ValueError, match=re.escape(message)):
         shape_filter(bundle)
