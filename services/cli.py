@@ -488,6 +488,14 @@ def models_add(path: Path, replace: bool) -> None:
         )
     if not any((path / w).is_file() for w in ("models/model.pt", "models/model.ts")):
         raise click.ClickException(f"{path} has no weights: models/model.pt or models/model.ts")
+    from radpipe.inference.findings import post_processing
+    from radpipe.inference.zoo import is_native
+
+    if is_native(path):
+        try:
+            post_processing(path)  # a malformed limit is refused now, not at the first study
+        except ValueError as exc:
+            raise click.ClickException(f"{exc}; correct it and add the bundle again") from None
     try:
         Sidecar.read(path)
         name = str(json.loads((path / "configs" / "metadata.json").read_text()).get("name") or "")

@@ -199,17 +199,28 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
     return ShapeFilter(**limits, rank_with_candidate_score=rank)
 
 
-def shape_filter(bundle: Bundle) -> ShapeFilter:
-    """The bundle's `ShapeFilter` (its keys in `configs/inference.json`; none declared: none)."""
-    declared = getattr(bundle, "shape_filter", None)
-    if isinstance(declared, ShapeFilter):
-        return declared
-    config = Path(bundle.path) / "configs" / "inference.json"
+def post_processing(root: Path) -> ShapeFilter:
+    """The `ShapeFilter` a Radpipe-format bundle at `root` declares in
+    `configs/inference.json` (none readable: no limits).
+
+    Raises
+    ------
+    ValueError: a key has a value of the wrong type (the message names it).
+    """
+    config = Path(root) / "configs" / "inference.json"
     try:
         mtime = config.stat().st_mtime_ns
     except OSError:
         return ShapeFilter()
     return _filter_from(config, mtime)
+
+
+def shape_filter(bundle: Bundle) -> ShapeFilter:
+    """The bundle's `ShapeFilter` (its keys in `configs/inference.json`; none declared: none)."""
+    declared = getattr(bundle, "shape_filter", None)
+    if isinstance(declared, ShapeFilter):
+        return declared
+    return post_processing(Path(bundle.path))
 
 
 def _max3(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from radpipe.cli import main
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
 from radpipe.inference.candidates import CandidateClassifier, crop
 from radpipe.inference.findings import ShapeFilter, segment_findings
@@ -168,14 +170,20 @@ def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
 def test_a_bundle_with_a_malformed_post_processing_key_is_refused_when_loaded(
     tmp_path: Path,
 ) -> None:
-    """Refused by `load_bundle` (so by `radpipe models add | verify` and at worker start), not
-    at the first study; the error names the key."""
+    """Refused by `load_bundle` (when the inference worker loads it) and by `radpipe models
+    add` (nothing installed), not in the first study's post-processing; the error names the
+    key."""
     root = _bundle_copy(tmp_path, None)
     config = json.loads((root / "configs" / "inference.json").read_text())
     config["rank_with_candidate_score"] = "yes"
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rank_with_candidate_score must be true or false"):
         load_bundle(root, "cpu")
+    env = {"RADPIPE_MODELS_DIR": str(tmp_path / "models"), "RADPIPE_DATA_DIR": str(tmp_path)}
+    added = CliRunner(env=env).invoke(main, ["models", "add", str(root)])
+    assert added.exit_code == 1
+    assert "rank_with_candidate_score must be true or false, got 'yes'" in added.output
+    assert not (tmp_path / "models" / "lung_nodule_demo").exists()  # nothing installed
     config["rank_with_candidate_score"] = True
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     assert load_bundle(root, "cpu").candidates is None  # accepted; no classifier, no ranking
