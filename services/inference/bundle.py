@@ -179,7 +179,7 @@ def load_bundle(path: str | Path, device: torch.device | str | None = None) -> B
             parser.get("validated_input"), f"bundle {root}: configs/inference.json"
         ),
     )
-    from .findings import shape_filter  # findings imports this module
+    from .findings import post_processing  # findings imports this module
 
-    shape_filter(bundle)  # a malformed post-processing key is refused here, not at a study
+    post_processing(root)  # a malformed post-processing key is refused here, not at a study
     return bundle
