@@ -57,7 +57,8 @@ PATCH = 48  # 72 mm: a 30 mm nodule with context; 3x cheaper than 64^3 on CPU
 ROI = (96, 96, 96)
 BATCH = 6
 TRAIN_PHANTOMS = 12  # from radpipe.demo, the first generator
-TRAIN_STUDIES = 44  # from radpipe.phantoms.TRAIN: all nodule kinds and sites, wider anatomy
+TRAIN_STUDIES = 132  # from radpipe.phantoms.TRAIN: all nodule kinds and sites, wider anatomy
+# (0.4.0-0.5.3: 44; three times as many since 0.9.0, labels kept as uint8 to fit in memory)
 VAL_PHANTOMS = 6
 VAL_STUDIES = 10  # fresh TRAIN-family seeds: post-processing limits are chosen on these
 THRESHOLD = 0.5  # chosen on the TRAIN-family validation studies with FILTER (see its note)
@@ -292,7 +293,7 @@ scan, their mean (CPM, as LUNA16), FP per clean scan at >= 6 and >= 8 mm:
 @dataclass
 class Sample:
     image: np.ndarray  # (z, y, x) float32 in [0, 1], padded by PATCH // 2
-    label: np.ndarray  # (z, y, x) float32 {0, 1}, padded
+    label: np.ndarray  # (z, y, x) uint8 {0, 1}, padded
     nodules: list[np.ndarray]  # per nodule, (n, 3) voxels inside it
     kinds: list[str]  # per nodule: solid, part-solid, ground-glass
     dense_idx: np.ndarray  # (n, 3) dense voxels inside the lungs (vessels): hard negatives
@@ -362,7 +363,7 @@ def _sample(ph: Phantom, bundle: Bundle) -> Sample:
     pad = PATCH // 2
     return Sample(
         image=np.pad(image, pad),
-        label=np.pad(label.astype(np.float32), pad),
+        label=np.pad(label.astype(np.uint8), pad),
         nodules=[
             np.argwhere(ph.nodule_mask_on_grid(image.shape, [n])) + pad  # type: ignore[arg-type]
             for n in ph.nodules
@@ -454,7 +455,7 @@ def _batch(samples: list[Sample], rng: np.random.Generator) -> tuple[torch.Tenso
             img, lab = img.transpose(0, 2, 1), lab.transpose(0, 2, 1)
         img = _augment(img, rng)
         images.append(np.ascontiguousarray(img, dtype=np.float32))
-        labels.append(np.ascontiguousarray(lab))
+        labels.append(np.ascontiguousarray(lab, dtype=np.float32))
     return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(labels)[:, None])
 
 
