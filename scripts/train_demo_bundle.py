@@ -88,6 +88,7 @@ FILTER = ShapeFilter(
     # and the contact limit spares a candidate the classifier scores >= 0.8.
     air_exempt_contact=0.1,
     contact_exempt_score=0.8,
+    rank_with_candidate_score=True,
 )
 POST_PROCESSING = """\
 Post-processing (`configs/inference.json`, `radpipe.inference.findings`): components of
