@@ -83,19 +83,10 @@ def _study(seed: int, **kwargs: object) -> object:
     return make_study(seed, HELD_OUT, shape=SHAPE, spacing=SPACING, **kwargs)  # type: ignore[arg-type]
 
 
-# No >= 8 mm false positive on any of these thick-slice (4 mm), sharp-kernel clean studies is
-# not met: bronchi and vessel pieces (0.3.0: [2, 0, 1] here; 0.4.0 with its candidate
-# classifier: [1, 0, 1]; 0.9.0, which meets issue 15's goal held out, still 0.06-0.11 per
-# clean scan over 72 fresh studies, nearly all on 3-5 mm slices; docs/benchmarks.md).
-# Strict: a bundle that meets the bound makes this XPASS and the test fail until the mark is
-# removed.
-@pytest.mark.xfail(
-    strict=True,
-    reason="lung_nodule_demo 0.9.0: >= 8 mm false positives on thick-slice sharp-kernel studies",
-)
-def test_clean_held_out_studies_raise_no_finding_of_8_mm(
-    bundle: Bundle, unfiltered: Bundle
-) -> None:
+@pytest.fixture(scope="module")
+def clean_cases(bundle: Bundle, unfiltered: Bundle) -> tuple[list[Case], list[Case]]:
+    """The clean thick-slice (4 mm), sharp-kernel studies, post-processed by the bundle and
+    by the same weights without filters or classifier (one probability map each)."""
     assert shape_filter(bundle).max_contact_fraction is not None
     filtered: list[Case] = []
     plain: list[Case] = []
@@ -107,12 +98,32 @@ def test_clean_held_out_studies_raise_no_finding_of_8_mm(
         for out, which in ((filtered, bundle), (plain, unfiltered)):
             found = segment_findings(prob, volume, which, image)[0]
             out.append(Case([], found, volume.spacing))
-    # The bound of issue 15: <= 0.1 false positives per clean scan at >= 8 mm (0 of 3 here),
-    # and no more than one smaller one in the whole sample.
+    return filtered, plain
+
+
+def test_clean_held_out_studies_raise_no_finding_of_8_mm(
+    clean_cases: tuple[list[Case], list[Case]],
+) -> None:
+    """Issue 15's bound on clean studies: no finding of 8 mm or more, so nobody is paged
+    (0.3.0: [2, 0, 1] here; 0.4.0: [1, 0, 1]; a strict xfail from 0.3.0 to 0.5.3; 0.9.0: none)."""
+    filtered, plain = clean_cases
     assert [len(c.false_positives(8.0)) for c in filtered] == [0] * len(CLEAN_SEEDS)
-    assert sum(len(c.false_positives(0.0)) for c in filtered) <= 1
     # The sample does discriminate: without the filters these clean studies would page.
     assert sum(len(c.false_positives(8.0)) for c in plain) >= 1
+
+
+# Smaller false positives on these studies (vessel and airway pieces of about the slice
+# thickness) are not yet down to one in the sample: 0.9.0 raises 6 under 8 mm on the three
+# (none pages: risk.py pages from 8 mm). Strict: a bundle that gets there makes this XPASS.
+@pytest.mark.xfail(
+    strict=True,
+    reason="lung_nodule_demo 0.9.0: 6 findings under 8 mm on these clean thick-slice studies",
+)
+def test_clean_held_out_studies_raise_at_most_one_small_finding(
+    clean_cases: tuple[list[Case], list[Case]],
+) -> None:
+    filtered, _ = clean_cases
+    assert sum(len(c.false_positives(0.0)) for c in filtered) <= 1
 
 
 @pytest.mark.parametrize(("seed", "diameter", "kind", "site"), NODULES)
