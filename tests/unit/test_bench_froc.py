@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ import pytest
 
 from radpipe.inference.findings import Finding
 from radpipe.inference.froc import Case
+
+from .test_candidate_classifier import _Truth
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACING = (4.0, 1.0, 1.0)
@@ -26,14 +27,6 @@ def bench() -> Any:
     sys.modules["bench_froc"] = module
     spec.loader.exec_module(module)
     return module
-
-
-@dataclass(frozen=True)
-class _Truth:
-    center_mm: tuple[float, float, float]
-    diameter_mm: float
-    kind: str = "solid"
-    site: str = "free"
 
 
 def _finding_at(n: _Truth) -> Finding:
