@@ -128,7 +128,9 @@ class ShapeFilter:
     ranked by the product of the segmentation network's mean probability and the candidate
     classifier's score (`Finding.score`) instead of the former alone (no classifier: no
     change); the first stage's probability is near 1 for a true nodule and for a round piece
-    of a vessel alike, the classifier tells them apart.
+    of a vessel alike, the classifier tells them apart. `min_score`: drop findings ranked
+    below this (`Finding.rank_score`: the product with `rank_with_candidate_score`, else the
+    mean probability): the operating point of what is reported, and so of what pages.
     """
 
     max_contact_fraction: float | None = None
@@ -140,6 +142,7 @@ class ShapeFilter:
     air_exempt_contact: float | None = None
     contact_exempt_score: float | None = None
     rank_with_candidate_score: bool = False
+    min_score: float | None = None
 
     def keeps_contact(self, contact: float, far: float, score: float | None = None) -> bool:
         """The contact limit, with its wall exception, on a component's shell shares, and
@@ -180,6 +183,7 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "min_diameter_slice_thickness_ratio",
         "air_exempt_contact",
         "contact_exempt_score",
+        "min_score",
     )
     limits: dict[str, float] = {}
     for k in keys:
@@ -336,6 +340,15 @@ def segment_findings(
                 i not in touching
                 or limits.keeps_contact(float(contact[i]), float(far[i]), second[i])
             )
+        ]
+    if limits.min_score is not None:
+        kept = [
+            i
+            for i in kept
+            if prob_sum[i]
+            / counts[i]
+            * (second.get(i, 1.0) if limits.rank_with_candidate_score else 1.0)
+            >= limits.min_score
         ]
     kept.sort(key=lambda i: -counts[i])
     remap = np.zeros(n + 1, dtype=np.int32)

@@ -117,6 +117,25 @@ def test_a_bundle_may_rank_findings_by_both_stages() -> None:
     assert segment_findings(prob, volume, replace(bundle, candidates=None))[0][0].score is None
 
 
+def test_a_bundle_may_report_only_findings_ranked_above_a_minimum() -> None:
+    """`min_score` is the operating point of what is reported (and so of what pages): ranked
+    by both stages, the ground-glass ball (0.99 x ~0.003) goes and the solid one (0.9 x ~1)
+    stays; ranked by the first stage alone both clear 0.5 and both stay."""
+    hu, prob = _scene()
+    prob[:, :, 60:] *= 0.99 / 0.9
+    volume = Volume(hu, SPACING, [])
+    classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
+    found = {}
+    for rank in (True, False):
+        rules = ShapeFilter(rank_with_candidate_score=rank, min_score=0.5)
+        bundle = replace(filter_bundle(rules), name="cascade", candidates=classifier)
+        bundle.shape_filter = rules  # type: ignore[attr-defined]  # not a field: replace drops it
+        findings, labels = segment_findings(prob, volume, bundle)
+        found[rank] = sorted(round(f.center_voxel_zyx[2]) for f in findings)
+        assert set(np.unique(labels)) == set(range(len(findings) + 1))
+    assert found == {True: [24], False: [24, 72]}
+
+
 @dataclass(frozen=True)
 class _Truth:
     center_mm: tuple[float, float, float]

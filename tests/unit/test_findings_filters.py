@@ -160,6 +160,7 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
         ('"max_contact_fraction": "a lot"', "max_contact_fraction must be a number, got 'a lot'"),
         ('"contact_exempt_score": true', "contact_exempt_score must be a number, got True"),
         ('"wall_ratio": [0.6]', "wall_ratio must be a number"),
+        ('"min_score": "high"', "min_score must be a number, got 'high'"),
     ],
 )
 def test_a_post_processing_key_of_the_wrong_type_is_refused_by_name(
