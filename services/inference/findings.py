@@ -341,15 +341,16 @@ def segment_findings(
                 or limits.keeps_contact(float(contact[i]), float(far[i]), second[i])
             )
         ]
+    mean_probability = prob_sum / np.maximum(counts, 1)
+    # Where the bundle ranks by both stages, each scored candidate's product (`Finding.score`).
+    product = (
+        {i: float(mean_probability[i]) * v for i, v in second.items()}
+        if limits.rank_with_candidate_score
+        else {}
+    )
     if limits.min_score is not None:
-        kept = [
-            i
-            for i in kept
-            if prob_sum[i]
-            / counts[i]
-            * (second.get(i, 1.0) if limits.rank_with_candidate_score else 1.0)
-            >= limits.min_score
-        ]
+        floor = limits.min_score
+        kept = [i for i in kept if product.get(i, float(mean_probability[i])) >= floor]
     kept.sort(key=lambda i: -counts[i])
     remap = np.zeros(n + 1, dtype=np.int32)
     findings = []
@@ -362,7 +363,6 @@ def segment_findings(
         )
         center_zyx: Vec3 = (center[0], center[1], center[2])
         slice_index = int(np.clip(round(center_zyx[0]), 0, len(volume.sop_instance_uids) - 1))
-        mean_probability = float(prob_sum[i] / counts[i])
         findings.append(
             Finding(
                 label=new_label,
@@ -370,7 +370,7 @@ def segment_findings(
                 volume_mm3=vol_mm3,
                 center_voxel_zyx=center_zyx,
                 center_patient_xyz=volume.index_to_patient(center_zyx),
-                probability=mean_probability,
+                probability=float(mean_probability[i]),
                 center_sop_instance_uid=(
                     volume.sop_instance_uids[slice_index] if volume.sop_instance_uids else ""
                 ),
@@ -380,11 +380,7 @@ def segment_findings(
                 elongation=float(elongation[i]),
                 air=float(air[i]),
                 candidate_score=second.get(i),
-                score=(
-                    mean_probability * second[i]
-                    if limits.rank_with_candidate_score and i in second
-                    else None
-                ),
+                score=product.get(i),
             )
         )
     return findings, remap[labels]
