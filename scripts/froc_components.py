@@ -6,17 +6,16 @@ never a decision, and its seeds are never the ones a registered run will use.
 
 `dump` runs the bundle's first stage once per study (the studies of `bench/froc.py`) and keeps
 every component that its size, density, diameter and elongation filters keep, with the
-contact filter, the aerated-lung limit and the slice-thickness limit off and the candidate
-classifier scoring but not
-dropping, together with the measures those use. `look` applies limits to a dump offline and
-scores the result with `radpipe.inference.froc.scores`, as `bench/froc.py` does (the bundle's
-own limits reproduce its figures on those studies).
+contact filter, the aerated-lung limit, the slice-thickness limit and `min_score` off and the
+candidate classifier scoring but not dropping, together with the measures those use. `look`
+applies limits to a dump offline and scores the result with `radpipe.inference.froc.scores`,
+as `bench/froc.py` does (the bundle's own limits reproduce its figures on those studies).
 
     .venv/bin/python scripts/froc_components.py dump --seed 36000 [--scans 72] \\
         [--bundle DIR | --rev REV] --out FILE
     .venv/bin/python scripts/froc_components.py look FILE [--ratio 1.0 1.25 1.5] \\
         [--classifier 0.05] [--no-contact] [--air-exempt-contact 0.1] \\
-        [--contact-exempt-score 0.8] [--rank declared|probability|both]
+        [--contact-exempt-score 0.8] [--rank declared|probability|both] [--min-score 0.2 0.4]
 
 About 10 s a study on one core (72 studies: ~12 minutes); `look` takes a second.
 """
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import shutil
 import sys
@@ -56,7 +56,12 @@ from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, make_study  # noqa: E402
 
 #: Limits `dump` turns off so that `look` can try others.
-RELAXED = ("max_contact_fraction", "min_diameter_slice_thickness_ratio", "min_air_fraction")
+RELAXED = (
+    "max_contact_fraction",
+    "min_diameter_slice_thickness_ratio",
+    "min_air_fraction",
+    "min_score",
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Limits:
     air_exempt_contact: float | None = None
     contact_exempt_score: float | None = None
     rank_with_candidate_score: bool = False
+    min_score: float | None = None
 
     def score(self, c: dict[str, Any]) -> float | None:
         """The dumped component's ranking score under these rules (`Finding.score`)."""
@@ -91,6 +97,10 @@ class Limits:
         component."""
         if self.classifier is not None and (c["candidate_score"] or 0.0) < self.classifier:
             return False
+        if self.min_score is not None:
+            ranked = self.score(c)
+            if (float(c["probability"]) if ranked is None else ranked) < self.min_score:
+                return False
         rules = ShapeFilter(
             max_contact_fraction=self.max_contact_fraction,
             wall_ratio=self.wall_ratio,
@@ -156,6 +166,7 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
                     "air_exempt_contact": declared.air_exempt_contact,
                     "contact_exempt_score": declared.contact_exempt_score,
                     "rank_with_candidate_score": declared.rank_with_candidate_score,
+                    "min_score": declared.min_score,
                 },
                 "studies": studies,
             }
@@ -198,6 +209,7 @@ def look(
     classifier: float | None,
     contact: bool,
     exemptions: dict[str, float | bool] | None = None,
+    min_scores: Iterable[float | None] = (None,),
 ) -> list[str]:
     declared = {**data["declared"], **(exemptions or {})}
     lines = [
@@ -207,10 +219,11 @@ def look(
         f"contact {declared.get('air_exempt_contact')}, contact from score "
         f"{declared.get('contact_exempt_score')}; ranked by "
         f"{'both stages' if declared.get('rank_with_candidate_score') else 'the first stage'}",
-        "| slice-thickness ratio | FP/scan | S >= 8 mm | S >= 8 mm at <= 0.1 FP/scan | CPM |",
-        "|---|---|---|---|---|",
+        "| slice-thickness ratio | min_score | FP/scan | FP/clean >= 8 mm | S >= 8 mm | "
+        "S >= 8 mm at <= 0.1 FP/scan | CPM |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for ratio in ratios:
+    for ratio, floor in itertools.product(ratios, min_scores):
         s = evaluate(
             data,
             Limits(
@@ -222,11 +235,14 @@ def look(
                 air_exempt_contact=declared.get("air_exempt_contact"),
                 contact_exempt_score=declared.get("contact_exempt_score"),
                 rank_with_candidate_score=bool(declared.get("rank_with_candidate_score")),
+                min_score=floor,
             ),
         )
         lines.append(
-            f"| {'none' if ratio is None else f'{ratio:g}'} | {s.fp_per_scan:.2f} | "
-            f"{s.sensitivity_8mm:.3f} | {s.sensitivity_8mm_at_0_1_fp:.3f} | {s.cpm:.3f} |"
+            f"| {'none' if ratio is None else f'{ratio:g}'} | "
+            f"{'none' if floor is None else f'{floor:g}'} | {s.fp_per_scan:.2f} | "
+            f"{s.fp_per_clean_scan_8mm:.2f} | {s.sensitivity_8mm:.3f} | "
+            f"{s.sensitivity_8mm_at_0_1_fp:.3f} | {s.cpm:.3f} |"
         )
     return lines
 
@@ -248,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--no-contact", action="store_true")
     lk.add_argument("--air-exempt-contact", type=float, default=None)
     lk.add_argument("--contact-exempt-score", type=float, default=None)
+    lk.add_argument(
+        "--min-score",
+        type=float,
+        nargs="*",
+        default=None,
+        help="report only findings ranked at or above each of these (the bundle's min_score)",
+    )
     lk.add_argument(
         "--rank",
         choices=("declared", "probability", "both"),
@@ -278,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.rank != "declared":
         exemptions["rank_with_candidate_score"] = args.rank == "both"
-    print("\n".join(look(data, ratios, classifier, not args.no_contact, exemptions)))
+    floors = [None, *args.min_score] if args.min_score else [declared.get("min_score")]
+    print("\n".join(look(data, ratios, classifier, not args.no_contact, exemptions, floors)))
     return 0
 
 

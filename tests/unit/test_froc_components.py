@@ -103,4 +103,15 @@ def test_look_prints_one_row_per_ratio(tool: Any) -> None:
     lines = tool.look(DUMP, [None, 1.25], 0.05, True)
     assert lines[1].startswith("| slice-thickness ratio")
     assert [line.split(" | ")[0] for line in lines[3:]] == ["| none", "| 1.25"]
-    assert lines[3].split(" | ")[1] == "1.00" and lines[4].split(" | ")[1] == "0.50"
+    assert lines[3].split(" | ")[2] == "1.00" and lines[4].split(" | ")[2] == "0.50"
+
+
+def test_min_score_drops_findings_ranked_below_it(tool: Any) -> None:
+    # Ranked by probability alone (0.89 for the nodule, 0.86 for the wall component).
+    assert _fp(tool, min_score=0.87) == 0.0
+    assert _fp(tool, min_score=0.85) == 0.5
+    # Ranked by both stages: the nodule 0.89 x 0.9 = 0.80, the wall component 0.86 x 0.5 = 0.43.
+    both = tool.evaluate(DUMP, tool.Limits(0.05, 0.4, 0.6, 1.25, None, None, None, True, 0.5))
+    assert (both.fp_per_scan, both.sensitivity_8mm) == (0.0, 1.0)
+    lines = tool.look(DUMP, [1.25], 0.05, True, None, [None, 0.87])
+    assert [line.split(" | ")[1] for line in lines[3:]] == ["none", "0.87"]
