@@ -10,9 +10,11 @@ contact filter, the aerated-lung limit, the slice-thickness limit and `min_score
 candidate classifier scoring but not dropping, together with the measures those use. `look`
 applies limits to a dump offline and scores the result with `radpipe.inference.froc.scores`,
 as `bench/froc.py` does (the bundle's own limits reproduce its figures on those studies).
+`dump --family train` draws the same studies from the training family's settings instead, to
+choose an operating point where a model may be tuned (with seeds no training run used).
 
     .venv/bin/python scripts/froc_components.py dump --seed 36000 [--scans 72] \\
-        [--bundle DIR | --rev REV] --out FILE
+        [--bundle DIR | --rev REV] [--family train] --out FILE
     .venv/bin/python scripts/froc_components.py look FILE [--ratio 1.0 1.25 1.5] \\
         [--classifier 0.05] [--no-contact] [--air-exempt-contact 0.1] \\
         [--contact-exempt-score 0.8] [--rank declared|probability|both] [--min-score 0.2 0.4]
@@ -53,7 +55,7 @@ from radpipe.inference.findings import (  # noqa: E402
 from radpipe.inference.froc import Case, Scores, scores  # noqa: E402
 from radpipe.inference.model import pre_process, predict  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
-from radpipe.phantoms import HELD_OUT, make_study  # noqa: E402
+from radpipe.phantoms import FAMILIES, HELD_OUT, Family, make_study  # noqa: E402
 
 #: Limits `dump` turns off so that `look` can try others.
 RELAXED = (
@@ -116,7 +118,7 @@ class Limits:
         )
 
 
-def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
+def dump(seed: int, scans: int, bundle_dir: Path, out: Path, family: Family = HELD_OUT) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bundle"
         shutil.copytree(bundle_dir, root)
@@ -135,7 +137,7 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
         studies = []
         started = time.perf_counter()
         for i in range(scans):
-            study = make_study(seed + i, HELD_OUT, **held_out_study_args(seed + i))  # type: ignore[arg-type]
+            study = make_study(seed + i, family, **held_out_study_args(seed + i))  # type: ignore[arg-type]
             volume = Volume(study.volume.astype(np.float32), study.spacing, [])
             image = pre_process(volume, bundle)
             findings, _ = segment_findings(predict(image, bundle), volume, bundle, image)
@@ -157,6 +159,7 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path) -> None:
         json.dumps(
             {
                 "bundle": {"name": bundle.name, "version": bundle.version},
+                "family": family.name,
                 "declared": {
                     "classifier": None if classifier is None else classifier.threshold,
                     "max_contact_fraction": declared.max_contact_fraction,
@@ -257,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--rev", default=None, help="the bundle as committed in this revision")
     d.add_argument("--threads", type=int, default=1)
     d.add_argument("--out", type=Path, required=True)
+    d.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default=HELD_OUT.name,
+        help="draw the studies from this radpipe.phantoms family (train: to choose an operating "
+        "point on the training family's settings, with seeds no training run used)",
+    )
     lk = sub.add_parser("look", help="limits applied to a dump, scored as bench/froc.py")
     lk.add_argument("file", type=Path)
     lk.add_argument("--ratio", type=float, nargs="*", default=None)
@@ -281,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "dump":
         torch.set_num_threads(args.threads)
+        family = FAMILIES[args.family]
         if args.rev:
             with tempfile.TemporaryDirectory() as tmp:
-                dump(args.seed, args.scans, _anchor_from_git(args.rev, Path(tmp)), args.out)
+                dump(args.seed, args.scans, _anchor_from_git(args.rev, Path(tmp)), args.out, family)
         else:
-            dump(args.seed, args.scans, args.bundle or default_bundle_path(), args.out)
+            dump(args.seed, args.scans, args.bundle or default_bundle_path(), args.out, family)
         return 0
     data = json.loads(args.file.read_text())
     declared = data["declared"]
