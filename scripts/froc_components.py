@@ -17,7 +17,8 @@ choose an operating point where a model may be tuned (with seeds no training run
         [--bundle DIR | --rev REV] [--family train] --out FILE
     .venv/bin/python scripts/froc_components.py look FILE [--ratio 1.0 1.25 1.5] \\
         [--classifier 0.05] [--no-contact] [--air-exempt-contact 0.1] \\
-        [--contact-exempt-score 0.8] [--rank declared|probability|both] [--min-score 0.2 0.4]
+        [--contact-exempt-score 0.8] [--air-exempt-score 0.8] [--rank declared|probability|both]
+        [--min-score 0.2 0.4]
 
 About 10 s a study on one core (72 studies: ~12 minutes); `look` takes a second.
 """
@@ -87,6 +88,7 @@ class Limits:
     contact_exempt_score: float | None = None
     rank_with_candidate_score: bool = False
     min_score: float | None = None
+    air_exempt_score: float | None = None
 
     def score(self, c: dict[str, Any]) -> float | None:
         """The dumped component's ranking score under these rules (`Finding.score`)."""
@@ -110,10 +112,11 @@ class Limits:
             min_diameter_slice_thickness_ratio=self.ratio,
             air_exempt_contact=self.air_exempt_contact,
             contact_exempt_score=self.contact_exempt_score,
+            air_exempt_score=self.air_exempt_score,
         )
         return (
             c["diameter_mm"] >= rules.smallest_diameter_mm(thickness)
-            and rules.keeps_air(c["air"], c["contact"])
+            and rules.keeps_air(c["air"], c["contact"], c["candidate_score"])
             and rules.keeps_contact(c["contact"], c["contact_far"], c["candidate_score"])
         )
 
@@ -168,6 +171,7 @@ def dump(seed: int, scans: int, bundle_dir: Path, out: Path, family: Family = HE
                     "min_air_fraction": declared.min_air_fraction,
                     "air_exempt_contact": declared.air_exempt_contact,
                     "contact_exempt_score": declared.contact_exempt_score,
+                    "air_exempt_score": declared.air_exempt_score,
                     "rank_with_candidate_score": declared.rank_with_candidate_score,
                     "min_score": declared.min_score,
                 },
@@ -220,7 +224,8 @@ def look(
         f"(seeds {data['studies'][0]['seed']}..{data['studies'][-1]['seed']}); classifier "
         f"{classifier}, contact filter {'on' if contact else 'off'}, exemptions: air below "
         f"contact {declared.get('air_exempt_contact')}, contact from score "
-        f"{declared.get('contact_exempt_score')}; ranked by "
+        f"{declared.get('contact_exempt_score')}, air from score "
+        f"{declared.get('air_exempt_score')}; ranked by "
         f"{'both stages' if declared.get('rank_with_candidate_score') else 'the first stage'}",
         "| slice-thickness ratio | min_score | FP/scan | FP/clean >= 8 mm | S >= 8 mm | "
         "S >= 8 mm at <= 0.1 FP/scan | CPM |",
@@ -237,6 +242,7 @@ def look(
                 min_air_fraction=declared.get("min_air_fraction"),
                 air_exempt_contact=declared.get("air_exempt_contact"),
                 contact_exempt_score=declared.get("contact_exempt_score"),
+                air_exempt_score=declared.get("air_exempt_score"),
                 rank_with_candidate_score=bool(declared.get("rank_with_candidate_score")),
                 min_score=floor,
             ),
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     lk.add_argument("--no-contact", action="store_true")
     lk.add_argument("--air-exempt-contact", type=float, default=None)
     lk.add_argument("--contact-exempt-score", type=float, default=None)
+    lk.add_argument("--air-exempt-score", type=float, default=None)
     lk.add_argument(
         "--min-score",
         type=float,
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in (
             ("air_exempt_contact", args.air_exempt_contact),
             ("contact_exempt_score", args.contact_exempt_score),
+            ("air_exempt_score", args.air_exempt_score),
         )
         if v is not None
     }

@@ -14,11 +14,10 @@ and says how much it looks like a nodule. A bundle declares it in `configs/infer
 
 The cube is cut from the pre-processed image (bundle grid and window), so the classifier sees
 what the segmentation network saw. Candidates scoring below `threshold` are dropped (and a
-bundle may exempt those scoring at least `contact_exempt_score` from its contact limit:
-`findings.ShapeFilter`); the score is kept on the finding (`candidate_score`), whose
-`probability` stays the segmentation network's (on the demo bundle's validation studies,
-ranking by it found more nodules of 8 mm and up at few false positives than ranking by the
-classifier or by both).
+bundle may exempt those scoring at least `contact_exempt_score` or `air_exempt_score` from
+its contact or aerated-lung limit: `findings.ShapeFilter`); the score is kept on the finding
+(`candidate_score`), whose `probability` stays the segmentation network's; a bundle may rank
+by both (`rank_with_candidate_score`).
 """
 
 from __future__ import annotations

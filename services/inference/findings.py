@@ -61,7 +61,8 @@ class Finding:
     # the pleura, is partly ringed by lung; a blob in fat, muscle or mediastinum is not.
     air: float = 1.0
     # The candidate classifier's score (None: the bundle has none). It filters, may exempt
-    # from the contact limit (`ShapeFilter.contact_exempt_score`), and ranks where the bundle
+    # from the contact and aerated-lung limits (`ShapeFilter.contact_exempt_score`,
+    # `air_exempt_score`), and ranks where the bundle
     # declares `rank_with_candidate_score` (`rank_score`); `probability` stays the
     # segmentation network's mean probability either way.
     candidate_score: float | None = None
@@ -124,6 +125,9 @@ class ShapeFilter:
     `contact_exempt_score`: `max_contact_fraction` does not apply to a candidate the bundle's
     candidate classifier scores at least this (a nodule touching a vessel or the wall over
     much of its surface that the classifier is sure of; no classifier: no exemption).
+    `air_exempt_score`: `min_air_fraction` does not apply to a candidate the classifier scores
+    at least this (a nodule on the pleura whose shell is wall and its own ground glass, little
+    of it aerated lung; no classifier: no exemption).
     None: no limit (or no exemption). `rank_with_candidate_score` is not a limit: findings are
     ranked by the product of the segmentation network's mean probability and the candidate
     classifier's score (`Finding.score`) instead of the former alone (no classifier: no
@@ -141,6 +145,7 @@ class ShapeFilter:
     min_diameter_slice_thickness_ratio: float | None = None
     air_exempt_contact: float | None = None
     contact_exempt_score: float | None = None
+    air_exempt_score: float | None = None
     rank_with_candidate_score: bool = False
     min_score: float | None = None
 
@@ -155,9 +160,13 @@ class ShapeFilter:
         wall = math.inf if self.wall_ratio is None else self.wall_ratio
         return contact <= self.max_contact_fraction or far >= wall * contact
 
-    def keeps_air(self, air: float, contact: float) -> bool:
-        """The aerated-lung limit, with its exemption for components hardly touching tissue."""
+    def keeps_air(self, air: float, contact: float, score: float | None = None) -> bool:
+        """The aerated-lung limit, with its exemptions for components hardly touching tissue
+        and for a candidate classifier `score` (None: not scored)."""
         if self.min_air_fraction is None or air >= self.min_air_fraction:
+            return True
+        exempt = self.air_exempt_score
+        if exempt is not None and score is not None and score >= exempt:
             return True
         return self.air_exempt_contact is not None and contact <= self.air_exempt_contact
 
@@ -183,6 +192,7 @@ def _filter_from(config: Path, mtime_ns: int) -> ShapeFilter:
         "min_diameter_slice_thickness_ratio",
         "air_exempt_contact",
         "contact_exempt_score",
+        "air_exempt_score",
         "min_score",
     )
     limits: dict[str, float] = {}
@@ -313,7 +323,11 @@ def segment_findings(
     ]
     contact, far, elongation, air = _shape(labels, coords, lab, counts, volume, grid_spacing)
     limits = shape_filter(bundle)
-    kept = [i for i in kept if limits.keeps_air(float(air[i]), float(contact[i]))]
+    # Components the aerated-lung or contact limit drops go on to the classifier where the
+    # bundle exempts those it is sure of (`air_exempt_score`, `contact_exempt_score`).
+    airless = {i for i in kept if not limits.keeps_air(float(air[i]), float(contact[i]))}
+    if bundle.candidates is None or limits.air_exempt_score is None:
+        kept = [i for i in kept if i not in airless]
     if limits.max_diameter_mm is not None:
         largest = math.pi / 6.0 * limits.max_diameter_mm**3
         kept = [i for i in kept if counts[i] * voxel_mm3 <= largest]
@@ -340,6 +354,7 @@ def segment_findings(
                 i not in touching
                 or limits.keeps_contact(float(contact[i]), float(far[i]), second[i])
             )
+            and (i not in airless or limits.keeps_air(float(air[i]), float(contact[i]), second[i]))
         ]
     mean_probability = prob_sum / np.maximum(counts, 1)
     # Where the bundle ranks by both stages, each scored candidate's product (`Finding.score`).

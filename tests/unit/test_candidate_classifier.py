@@ -175,6 +175,39 @@ def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_contact_limit(
     assert found(exempt, None) == []
 
 
+def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_aerated_lung_limit() -> None:
+    """Two 12 mm balls in tissue of -500 HU (a shell neither aerated lung nor denser than
+    -400 HU: under the aerated-lung limit, with no contact to exempt them by): a solid one the
+    classifier scores ~1 and a fainter one (-450 HU) it scores ~0.1. With the exemption the
+    solid one is kept; the faint one never is; without a classifier, nobody is."""
+    shape = (48, 48, 96)
+    hu = np.full(shape, -500.0, dtype=np.float32)
+    prob = np.zeros(shape, dtype=np.float32)
+    z, y, x = np.ogrid[:48, :48, :96]
+    for cx, density in ((24, 40.0), (72, -450.0)):
+        ball = (z - 24) ** 2 + (y - 24) ** 2 + (x - cx) ** 2 <= 16.0
+        hu[ball] = density
+        prob[ball] = 0.9
+    volume = Volume(hu, SPACING, [])
+    limits = ShapeFilter(min_air_fraction=0.3)
+    exempt = replace(limits, air_exempt_score=0.8)
+    classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
+
+    def found(rules: ShapeFilter, second: CandidateClassifier | None) -> list[int]:
+        bundle = replace(filter_bundle(rules), name="cascade", candidates=second)
+        bundle.shape_filter = rules  # type: ignore[attr-defined]  # not a field: replace drops it
+        return sorted(
+            round(f.center_voxel_zyx[2]) for f in segment_findings(prob, volume, bundle)[0]
+        )
+
+    assert found(ShapeFilter(), None) == [24, 72]
+    assert found(limits, classifier) == []
+    assert found(exempt, classifier) == [24]
+    assert found(exempt, None) == []
+    # A declared exemption from the contact limit is not one from this limit.
+    assert found(replace(limits, contact_exempt_score=0.8), classifier) == []
+
+
 def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
     root = tmp_path / "bundle"
     shutil.copytree(default_bundle_path(), root)

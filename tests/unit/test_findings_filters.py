@@ -135,7 +135,7 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
     (tmp_path / "configs" / "inference.json").write_text(
         '{"min_air_fraction": 0.25, "max_diameter_mm": 45, "max_elongation": 2.5, '
         '"min_diameter_slice_thickness_ratio": 1.5, "air_exempt_contact": 0.1, '
-        '"contact_exempt_score": 0.8, "rank_with_candidate_score": true}'
+        '"contact_exempt_score": 0.8, "air_exempt_score": 0.9, "rank_with_candidate_score": true}'
     )
     bundle = _bundle(ShapeFilter())
     del bundle.shape_filter  # type: ignore[attr-defined]
@@ -147,6 +147,7 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
         min_diameter_slice_thickness_ratio=1.5,
         air_exempt_contact=0.1,
         contact_exempt_score=0.8,
+        air_exempt_score=0.9,
         rank_with_candidate_score=True,
     )
 
@@ -161,6 +162,7 @@ def test_the_bundle_config_declares_the_filters(tmp_path: Path) -> None:
         ('"contact_exempt_score": true', "contact_exempt_score must be a number, got True"),
         ('"wall_ratio": [0.6]', "wall_ratio must be a number"),
         ('"min_score": "high"', "min_score must be a number, got 'high'"),
+        ('"air_exempt_score": "sure"', "air_exempt_score must be a number, got 'sure'"),
     ],
 )
 def test_a_post_processing_key_of_the_wrong_type_is_refused_by_name(

@@ -115,3 +115,19 @@ def test_min_score_drops_findings_ranked_below_it(tool: Any) -> None:
     assert (both.fp_per_scan, both.sensitivity_8mm) == (0.0, 1.0)
     lines = tool.look(DUMP, [1.25], 0.05, True, None, [None, 0.87])
     assert [line.split(" | ")[1] for line in lines[3:]] == ["none", "0.87"]
+
+
+def test_air_exempt_score_spares_a_sure_candidate_from_the_aerated_lung_limit(tool: Any) -> None:
+    # The nodule's shell made airless: the aerated-lung limit (0.3) drops it unless the
+    # classifier's 0.9 is at least the exemption's score.
+    dump = {**DUMP, "studies": [dict(DUMP["studies"][0]), DUMP["studies"][1]]}
+    study = dump["studies"][0]
+    study["components"] = [{**study["components"][0], "air": 0.1}]
+    base = {"classifier": 0.05, "max_contact_fraction": 0.4, "wall_ratio": 0.6, "ratio": 1.25}
+    found = [
+        tool.evaluate(
+            dump, tool.Limits(**base, min_air_fraction=0.3, air_exempt_score=e)
+        ).sensitivity_8mm
+        for e in (None, 0.95, 0.8)
+    ]
+    assert found == [0.0, 0.0, 1.0]
