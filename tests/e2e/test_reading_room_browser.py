@@ -335,7 +335,18 @@ def test_open_in_ohif_from_the_portal_with_the_session_seg_and_sr(
 
     canvas = page.locator("canvas").first
     assert red_pixels(shot) == 0  # the CT alone is grey
-    assert red_pixels(canvas.screenshot()) > 50, "the SEG overlay's colour is not on the canvas"
+    # OHIF opens the SEG at the first image the segment is on, an edge of the nodule that may
+    # hold a voxel or two: scroll (the mouse wheel steps one image) a few images each way and
+    # take the most red seen, the nodule's own cross-sections among them.
+    seen = [red_pixels(canvas.screenshot())]
+    box = canvas.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for step in (120,) * 4 + (-120,) * 8:
+        page.mouse.wheel(0, step)
+        page.wait_for_timeout(400)
+        seen.append(red_pixels(canvas.screenshot()))
+    assert max(seen) > 50, f"the SEG overlay's colour is not on the canvas: {seen}"
 
     # The TID 1500 report: its measurement listed.
     page.locator("text=AI nodule report").first.dblclick()
