@@ -144,22 +144,50 @@ class _Truth:
     site: str = "free"
 
 
-def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_contact_limit() -> None:
-    """Two 12 mm balls each half sunk in a soft-tissue wall (contact over the limit): a solid
-    one the classifier scores ~1 and a ground-glass one it scores ~0. With the exemption the
-    solid one is kept; the ground-glass one never is; without a classifier, nobody is."""
+def _two_balls(background: float, wall: bool, faint: float) -> tuple[Volume, np.ndarray]:
+    """Two 12 mm balls that the probability map marks alike (0.9) in tissue of `background`
+    HU, half sunk in a soft-tissue wall along y if `wall`: a solid one (40 HU) the classifier
+    below scores ~1 and a `faint` one it scores low."""
     shape = (48, 48, 96)
-    hu = np.full(shape, -850.0, dtype=np.float32)
+    hu = np.full(shape, background, dtype=np.float32)
     prob = np.zeros(shape, dtype=np.float32)
-    hu[:, 30:, :] = 40.0  # a wall along y
+    if wall:
+        hu[:, 30:, :] = 40.0
     z, y, x = np.ogrid[:48, :48, :96]
-    for cx, density in ((24, 40.0), (72, -700.0)):
-        ball = (z - 24) ** 2 + (y - 28) ** 2 + (x - cx) ** 2 <= 16.0
+    for cx, density in ((24, 40.0), (72, faint)):
+        ball = (z - 24) ** 2 + (y - (28 if wall else 24)) ** 2 + (x - cx) ** 2 <= 16.0
         hu[ball] = density
         prob[ball] = 0.9
-    volume = Volume(hu, SPACING, [])
-    limits = ShapeFilter(max_contact_fraction=0.2)
-    exempt = replace(limits, contact_exempt_score=0.8)
+    return Volume(hu, SPACING, []), prob
+
+
+@pytest.mark.parametrize(
+    ("scene", "limits", "exempt", "other"),
+    [
+        # Half sunk in a wall (contact over the limit), the faint one ground glass (~0).
+        (
+            (-850.0, True, -700.0),
+            ShapeFilter(max_contact_fraction=0.2),
+            "contact_exempt_score",
+            "air_exempt_score",
+        ),
+        # In tissue of -500 HU (a shell neither aerated lung nor denser than -400 HU: under the
+        # aerated-lung limit, no contact to exempt them by), the faint one -450 HU (~0.1).
+        (
+            (-500.0, False, -450.0),
+            ShapeFilter(min_air_fraction=0.3),
+            "air_exempt_score",
+            "contact_exempt_score",
+        ),
+    ],
+    ids=["contact limit", "aerated-lung limit"],
+)
+def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_a_context_limit(
+    scene: tuple[float, bool, float], limits: ShapeFilter, exempt: str, other: str
+) -> None:
+    """With the limit's exemption the solid ball is kept; the faint one never is; without a
+    classifier, nobody is; the other limit's exemption is not this one's."""
+    volume, prob = _two_balls(*scene)
     classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
 
     def found(rules: ShapeFilter, second: CandidateClassifier | None) -> list[int]:
@@ -171,41 +199,9 @@ def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_contact_limit(
 
     assert found(ShapeFilter(), None) == [24, 72]
     assert found(limits, classifier) == []
-    assert found(exempt, classifier) == [24]
-    assert found(exempt, None) == []
-
-
-def test_a_candidate_the_classifier_is_sure_of_is_exempt_from_the_aerated_lung_limit() -> None:
-    """Two 12 mm balls in tissue of -500 HU (a shell neither aerated lung nor denser than
-    -400 HU: under the aerated-lung limit, with no contact to exempt them by): a solid one the
-    classifier scores ~1 and a fainter one (-450 HU) it scores ~0.1. With the exemption the
-    solid one is kept; the faint one never is; without a classifier, nobody is."""
-    shape = (48, 48, 96)
-    hu = np.full(shape, -500.0, dtype=np.float32)
-    prob = np.zeros(shape, dtype=np.float32)
-    z, y, x = np.ogrid[:48, :48, :96]
-    for cx, density in ((24, 40.0), (72, -450.0)):
-        ball = (z - 24) ** 2 + (y - 24) ** 2 + (x - cx) ** 2 <= 16.0
-        hu[ball] = density
-        prob[ball] = 0.9
-    volume = Volume(hu, SPACING, [])
-    limits = ShapeFilter(min_air_fraction=0.3)
-    exempt = replace(limits, air_exempt_score=0.8)
-    classifier = CandidateClassifier(CentreBrightness(), 8, 0.0, Path("candidates.pt"))
-
-    def found(rules: ShapeFilter, second: CandidateClassifier | None) -> list[int]:
-        bundle = replace(filter_bundle(rules), name="cascade", candidates=second)
-        bundle.shape_filter = rules  # type: ignore[attr-defined]  # not a field: replace drops it
-        return sorted(
-            round(f.center_voxel_zyx[2]) for f in segment_findings(prob, volume, bundle)[0]
-        )
-
-    assert found(ShapeFilter(), None) == [24, 72]
-    assert found(limits, classifier) == []
-    assert found(exempt, classifier) == [24]
-    assert found(exempt, None) == []
-    # A declared exemption from the contact limit is not one from this limit.
-    assert found(replace(limits, contact_exempt_score=0.8), classifier) == []
+    assert found(replace(limits, **{exempt: 0.8}), classifier) == [24]
+    assert found(replace(limits, **{exempt: 0.8}), None) == []
+    assert found(replace(limits, **{other: 0.8}), classifier) == []
 
 
 def _bundle_copy(tmp_path: Path, section: dict[str, object] | None) -> Path:
