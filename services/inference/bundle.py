@@ -81,6 +81,7 @@ class Bundle:
                     "candidate_classifier": {
                         "sha256": self.candidates.sha256,
                         "threshold": self.candidates.threshold,
+                        "test_time_flips": self.candidates.test_time_flips,
                     }
                 }
             )

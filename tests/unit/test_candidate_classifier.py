@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from radpipe.cli import main
 from radpipe.inference.bundle import Bundle, default_bundle_path, load_bundle
-from radpipe.inference.candidates import CandidateClassifier, crop
+from radpipe.inference.candidates import CandidateClassifier, crop, score
 from radpipe.inference.findings import ShapeFilter, segment_findings
 from radpipe.inference.froc import Case, scores
 from radpipe.inference.volume import Volume
@@ -259,6 +259,7 @@ def test_a_bundle_declares_its_classifier_in_inference_json(tmp_path: Path) -> N
     assert not bundle.candidates.network.training
     provenance = bundle.to_dict()["candidate_classifier"]
     assert provenance["threshold"] == 0.3 and len(provenance["sha256"]) == 64
+    assert provenance["test_time_flips"] is False
 
     assert load_bundle(_bundle_copy(tmp_path / "none", None), "cpu").candidates is None
 
@@ -270,3 +271,47 @@ def test_a_classifier_section_without_its_weights_or_keys_is_refused(tmp_path: P
     del section["threshold"]
     with pytest.raises(ValueError, match=r"candidate_classifier lacks threshold"):
         load_bundle(_bundle_copy(tmp_path / "b", section), "cpu")
+
+
+class CornerBrightness(torch.nn.Module):
+    """Logit = 20 x (window value at the cube's first corner - 0.5): sees one orientation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20.0 * (x[:, :, 0, 0, 0] - 0.5)
+
+
+def test_test_time_flips_average_the_score_over_the_eight_flips_of_each_cube() -> None:
+    """A network that looks at one corner scores a cube bright only there ~1 as it is and ~1/8
+    averaged over the flips (each corner is the first once)."""
+    image = np.zeros((16, 16, 16), dtype=np.float32)
+    image[4, 4, 4] = 1.0  # the first corner of the 8^3 cube centred on (8, 8, 8)
+    centre = [np.array([8.0, 8.0, 8.0])]
+    plain = CandidateClassifier(CornerBrightness(), 8, 0.0, Path("c.pt"))
+    flipped = replace(plain, test_time_flips=True)
+    cpu = torch.device("cpu")
+    assert score(plain, image, centre, cpu)[0] > 0.99
+    on, off = 1 / (1 + math.exp(-10)), 1 / (1 + math.exp(10))
+    assert score(flipped, image, centre, cpu)[0] == pytest.approx((on + 7 * off) / 8, rel=1e-5)
+
+
+def test_a_malformed_test_time_flips_is_refused_by_name(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    net = ConfigParser({"n": NETWORK}).get_parsed_content("n")
+    section = {
+        "network_def": NETWORK,
+        "weights": "models/c.pt",
+        "patch_size": 16,
+        "threshold": 0.3,
+        "test_time_flips": "yes",
+    }
+    root = _bundle_copy(tmp_path, section)
+    torch.save(net.state_dict(), root / "models" / "c.pt")
+    with pytest.raises(ValueError, match="test_time_flips must be true or false, got 'yes'"):
+        load_bundle(root, "cpu")
+    section["test_time_flips"] = True
+    root = _bundle_copy(tmp_path / "ok", section)
+    torch.save(net.state_dict(), root / "models" / "c.pt")
+    loaded = load_bundle(root, "cpu")
+    assert loaded.candidates is not None and loaded.candidates.test_time_flips is True
+    assert loaded.to_dict()["candidate_classifier"]["test_time_flips"] is True
