@@ -232,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     if current.validated_input and 0 < sum(within) < len(within):
         # What pages: a study outside the validated input opens its alert silenced. The
         # issue's goal is on every held-out study (above); this is what on-call staff see.
+        # Both bundles on the same studies, split by the current bundle's validated input.
         print(f"\ncurrent {current.version} by its validated input {current.validated_input}:")
         split = [
-            _row(f"{label} ({sum(1 for w in within if w == inside)} studies)", scores(group))
+            _row(f"{who} {label} ({sum(1 for w in within if w == inside)} studies)", scores(group))
             for label, inside in (("within (pages)", True), ("outside (silenced)", False))
-            if (group := [k for k, w in zip(cases["current"], within, strict=True) if w == inside])
+            for who in ("anchor", "current")
+            if (group := [k for k, w in zip(cases[who], within, strict=True) if w == inside])
         ]
         widths = [max(len(r[i]) for r in [HEADER, *split]) for i in range(len(HEADER))]
         for r in [HEADER, *split]:
