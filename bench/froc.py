@@ -18,9 +18,10 @@ scan), diameter error; then the ratio current / anchor.
 72 studies by default (about 9 minutes on 2 idle cores when both bundles share weights): two
 draws of 24 put the same bundle at 0.846 and 0.960 on the goal figure, and 72 at 0.737.
 
-The anchor defaults to the bundle as committed in `--anchor-rev` (0.5.2, the bundle before
-0.5.3), read with `git show` into a temporary folder, or given as a folder with `--anchor`;
-`--anchor-rev 7b4fe9e` compares with 0.5.3 itself, `--anchor-rev cb53dc7` with 0.5.0,
+The anchor defaults to the bundle as committed in `--anchor-rev` (0.5.3, the bundle before
+0.9.6), read with `git show` into a temporary folder, or given as a folder with `--anchor`;
+`--anchor-rev ce244b2` compares with 0.9.0 (0.9.6's weights without its post-processing),
+`--anchor-rev ebc6497` with 0.5.2, `--anchor-rev cb53dc7` with 0.5.0,
 `--anchor-rev 2901152` with 0.4.1, `--anchor-rev e3a7d58` with 0.3.0 (the
 segmentation weights of 0.4.x without the candidate classifier, so both share each
 probability map), `--anchor-rev a320787` with 0.2.0, `--anchor-rev 11bba83` with 0.1.0.
@@ -57,7 +58,7 @@ from radpipe.inference.scope import check_input, geometry  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
 from radpipe.phantoms import HELD_OUT, HELD_OUT_AXES, make_study  # noqa: E402
 
-ANCHOR_REV = "ebc6497"  # lung_nodule_demo 0.5.2, the bundle before 0.5.3
+ANCHOR_REV = "7b4fe9e"  # lung_nodule_demo 0.5.3, the bundle before 0.9.6
 BUNDLE_FILES = (*REQUIRED_FILES, "models/candidates.pt")
 
 

@@ -30,20 +30,21 @@ SPACING = (4.0, 1.0, 1.0)
 CLEAN_SEEDS = (1501, 1502, 1503)
 NODULES = [  # (seed, diameter mm, kind, site): every one >= 8 mm, every kind and site
     (1511, 12.0, "solid", "free"),
-    pytest.param(
-        1512,
-        10.0,
-        "solid",
-        "juxtavascular",
-        # Registered before the run that shipped 0.5.0 (docs/benchmarks.md): it finds 69 of 76
-        # held-out nodules >= 8 mm (0.4.x: 65) but not this one (4 mm sharp-kernel slices,
-        # beside a vessel). Strict: a bundle that finds it again makes this XPASS.
-        marks=pytest.mark.xfail(
-            strict=True, reason="lung_nodule_demo 0.5.0 to 0.5.3 (its weights) miss it"
-        ),
-    ),
+    # 0.5.0 to 0.5.3 missed this one (4 mm sharp-kernel slices, beside a vessel); 0.9.x finds it.
+    (1512, 10.0, "solid", "juxtavascular"),
     (1513, 16.0, "part-solid", "free"),
-    (1514, 9.0, "solid", "free"),
+    pytest.param(
+        1514,
+        9.0,
+        "solid",
+        "free",
+        # 0.9.0's weights (0.9.0 to 0.9.6; docs/benchmarks.md) find 175 of 185 held-out
+        # nodules >= 8 mm on 144 fresh studies (0.5.3: 163), losing none that 0.5.3 finds
+        # there, but not this one: on 4 mm slices they segment it 7.4 mm with 45 % of its
+        # shell dense and the classifier scores it 0.03. Strict: a bundle that finds it again
+        # makes this XPASS.
+        marks=pytest.mark.xfail(strict=True, reason="lung_nodule_demo 0.9.0-0.9.6 miss it"),
+    ),
     (1515, 14.0, "ground-glass", "free"),
     (1516, 11.0, "solid", "juxtapleural"),
 ]
@@ -71,6 +72,8 @@ def unfiltered(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bund
         "min_diameter_slice_thickness_ratio",
         "air_exempt_contact",
         "contact_exempt_score",
+        "air_exempt_score",
+        "min_score",
     ):
         config.pop(key)
     (root / "configs" / "inference.json").write_text(json.dumps(config))
@@ -83,18 +86,10 @@ def _study(seed: int, **kwargs: object) -> object:
     return make_study(seed, HELD_OUT, shape=SHAPE, spacing=SPACING, **kwargs)  # type: ignore[arg-type]
 
 
-# Issue 15's bound is not met on these thick-slice (4 mm), sharp-kernel clean studies:
-# bronchi and vessel pieces give >= 8 mm false positives (0.3.0: [2, 0, 1] here; 0.4.0 with
-# its candidate classifier: [1, 0, 1], and 0.17 per clean scan over the 24-study bench,
-# docs/benchmarks.md). Strict: a bundle that meets the bound makes this XPASS and the test
-# fail until the mark is removed.
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 1 open: >= 8 mm false positives on thick-slice sharp-kernel studies",
-)
-def test_clean_held_out_studies_raise_no_finding_of_8_mm(
-    bundle: Bundle, unfiltered: Bundle
-) -> None:
+@pytest.fixture(scope="module")
+def clean_cases(bundle: Bundle, unfiltered: Bundle) -> tuple[list[Case], list[Case]]:
+    """The clean thick-slice (4 mm), sharp-kernel studies, post-processed by the bundle and
+    by the same weights without filters or classifier (one probability map each)."""
     assert shape_filter(bundle).max_contact_fraction is not None
     filtered: list[Case] = []
     plain: list[Case] = []
@@ -106,12 +101,28 @@ def test_clean_held_out_studies_raise_no_finding_of_8_mm(
         for out, which in ((filtered, bundle), (plain, unfiltered)):
             found = segment_findings(prob, volume, which, image)[0]
             out.append(Case([], found, volume.spacing))
-    # The bound of issue 15: <= 0.1 false positives per clean scan at >= 8 mm (0 of 3 here),
-    # and no more than one smaller one in the whole sample.
+    return filtered, plain
+
+
+def test_clean_held_out_studies_raise_no_finding_of_8_mm(
+    clean_cases: tuple[list[Case], list[Case]],
+) -> None:
+    """Issue 15's bound on clean studies: no finding of 8 mm or more, so nobody is paged
+    (0.3.0: [2, 0, 1] here; 0.4.0: [1, 0, 1]; a strict xfail from 0.3.0 to 0.5.3; 0.9.x: none)."""
+    filtered, plain = clean_cases
     assert [len(c.false_positives(8.0)) for c in filtered] == [0] * len(CLEAN_SEEDS)
-    assert sum(len(c.false_positives(0.0)) for c in filtered) <= 1
     # The sample does discriminate: without the filters these clean studies would page.
     assert sum(len(c.false_positives(8.0)) for c in plain) >= 1
+
+
+def test_clean_held_out_studies_raise_at_most_one_small_finding(
+    clean_cases: tuple[list[Case], list[Case]],
+) -> None:
+    """Smaller false positives on these studies (vessel and airway pieces of about the slice
+    thickness): at most one in the sample (a strict xfail until 0.9.6; 0.9.0 raised 6 under
+    8 mm on the three, 0.9.6 with its minimum score and flips at most one)."""
+    filtered, _ = clean_cases
+    assert sum(len(c.false_positives(0.0)) for c in filtered) <= 1
 
 
 @pytest.mark.parametrize(("seed", "diameter", "kind", "site"), NODULES)
