@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OHIF_VERSION := 3.11.1
 OHIF := .cache/ohif/package/dist/index.html
 
-.PHONY: install run demo test lint format bench train clean ohif audit lock
+.PHONY: install run demo test lint format bench train clean ohif audit lock gpu-wheels
 
 install: $(STAMP)
 
@@ -69,6 +69,14 @@ bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/tat.py
 	$(BIN)/python bench/froc.py
 	$(BIN)/python bench/gpu.py
+
+# The packages the inference path needs beyond torch, numpy and pytest, as CPython 3.12
+# wheels at requirements.lock's pins, for a CUDA machine that reaches no package index
+# (scripts/gpu_check.sh; the project's device machine: carry .cache/gpu-wheels).
+GPU_WHEELS := $(shell grep -i -E '^(monai|pydicom|nibabel)==' requirements.lock)
+gpu-wheels: install  ## wheels for scripts/gpu_check.sh on an offline CUDA machine
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .cache/gpu-wheels $(GPU_WHEELS)
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py
