@@ -3,7 +3,10 @@
 Studies come from `radpipe.phantoms.HELD_OUT`: generator settings that the training family
 (`TRAIN`, and `radpipe.demo`) never produces (`HELD_OUT_AXES`). Every study is drawn with seed
 `--seed + i`; a quarter are clean (no nodule), the rest carry 1-4 nodules of 4-30 mm, solid,
-part-solid or ground-glass, free, juxtapleural or juxtavascular. Each bundle runs the worker's
+part-solid or ground-glass, free, juxtapleural or juxtavascular. A nodule whose centre a
+truncated field of view leaves out is not truth; findings on the part that shows are ignored
+and its study does not count as clean (since 2026-12-04; before, such a study counted as
+clean and a finding there as a false positive). Each bundle runs the worker's
 stages (`pre_process`, `predict`, `segment_findings`); when both bundles share weights and
 pre-processing the probability map is computed once and post-processed by each.
 
@@ -52,7 +55,7 @@ from radpipe.inference.bundle import (  # noqa: E402
     load_bundle,
 )
 from radpipe.inference.findings import segment_findings  # noqa: E402
-from radpipe.inference.froc import FP_RATES, Case, Scores, scores  # noqa: E402
+from radpipe.inference.froc import FP_RATES, Case, Scores, cut_nodules, scores  # noqa: E402
 from radpipe.inference.model import pre_process, predict  # noqa: E402
 from radpipe.inference.scope import check_input, geometry  # noqa: E402
 from radpipe.inference.volume import Volume  # noqa: E402
@@ -97,6 +100,11 @@ def _same_model(a: Bundle, b: Bundle) -> bool:
         b.intensity_range,
         b.overlap,
     )
+
+
+def _cut(study: object) -> str:
+    cut = cut_nodules(study)  # type: ignore[arg-type]
+    return f" (+{len(cut)} cut by the field of view, ignored)" if cut else ""
 
 
 def _tally(case: Case) -> str:
@@ -190,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                     image = pre_process(volume, bundle)
                     prob = predict(image, bundle)
                 findings, _ = segment_findings(prob, volume, bundle, image)
-                cases[name].append(Case(list(study.nodules), findings, study.spacing))
+                cases[name].append(
+                    Case(list(study.nodules), findings, study.spacing, cut_nodules(study))
+                )
             print(
                 f"  study {i + 1}/{args.scans} seed {seed} {study.volume.shape} "
                 f"{', '.join(f'{v:.2f}' for v in study.spacing)} mm, "
-                f"{len(study.nodules)} nodules, findings anchor "
+                f"{len(study.nodules)} nodules{_cut(study)}, findings anchor "
                 f"{_tally(cases['anchor'][-1])} current {_tally(cases['current'][-1])}"
                 f" ({time.perf_counter() - started:.0f} s)",
                 flush=True,

@@ -75,6 +75,10 @@ class Phantom:
     nodule_mask: np.ndarray
     nodules: list[Nodule]
     lung_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
+    # Nodules in the image but not in the truth: in a truncated field of view, one whose centre
+    # lies outside the reconstruction circle while part of it shows inside (radpipe.phantoms).
+    # A finding on one is neither a hit nor a false positive (radpipe.inference.froc).
+    cut_nodules: list[Nodule] = field(default_factory=list)
 
     def nodule_mask_on_grid(
         self, shape: tuple[int, int, int], nodules: list[Nodule] | None = None

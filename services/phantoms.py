@@ -258,7 +258,8 @@ def make_study(
     nodules: diameters in mm; None draws 0-4 (none with probability `family.p_clean`).
         A nodule that finds no place is dropped (small fields of view), never shrunk; in a
         truncated field of view one whose centre falls outside the reconstruction circle is
-        not in the image, so not in the truth either (the image is the same).
+        not in the image, so not in the truth either (the image is the same); where part of
+        it shows inside the circle it is kept in `Phantom.cut_nodules`.
     kinds / sites: per nodule (`NODULE_KINDS` / `NODULE_SITES`); None draws from the family.
     shape, spacing: force the geometry (tests use small volumes); None draws it.
 
@@ -404,16 +405,24 @@ def make_study(
     vol += noise
     fov_r = min(fov_x, fov_y) / 2  # the reconstruction circle
     fov_circle = (y2 - fov_y / 2) ** 2 + (x2 - fov_x / 2) ** 2 > fov_r**2
+    cut: list[Nodule] = []
     if truncated:
         vol[:, fov_circle] = HU_MIN  # outside the reconstruction circle
-        # What is outside the circle is not in the image: no reader can find a nodule there,
-        # so one whose centre lies outside is not truth (the image itself is unchanged).
-        seen = [
-            (n, m)
-            for n, m in zip(placed, masks, strict=True)
-            if (n.center_mm[1] - fov_y / 2) ** 2 + (n.center_mm[2] - fov_x / 2) ** 2 <= fov_r**2
+        # A nodule whose centre lies outside the circle is not truth: no reader could find
+        # or measure it whole (the image itself is unchanged).
+        inside = [
+            (n.center_mm[1] - fov_y / 2) ** 2 + (n.center_mm[2] - fov_x / 2) ** 2 <= fov_r**2
+            for n in placed
         ]
-        placed, masks = [n for n, _ in seen], [m for _, m in seen]
+        # One cut by the circle still shows its inner part: a reader (and a model) sees
+        # nodule tissue there, so a study holding one is not a clean study.
+        cut = [
+            n
+            for n, m, keep in zip(placed, masks, inside, strict=True)
+            if not keep and m is not None and bool((m[1] & ~fov_circle[m[0][1:]]).any())
+        ]
+        placed = [n for n, keep in zip(placed, inside, strict=True) if keep]
+        masks = [m for m, keep in zip(masks, inside, strict=True) if keep]
         lung[:, fov_circle] = False
     truth = np.zeros(shape, dtype=bool)
     for m in masks:
@@ -422,7 +431,7 @@ def make_study(
     if truncated:
         truth[:, fov_circle] = False
     np.clip(vol, HU_MIN, HU_MAX, out=vol)
-    return Phantom(np.rint(vol).astype(np.int16), spacing, truth, placed, lung)
+    return Phantom(np.rint(vol).astype(np.int16), spacing, truth, placed, lung, cut)
 
 
 def _nodules(

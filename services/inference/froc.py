@@ -2,11 +2,14 @@
 
 A finding is a hit when its centre lies within the radius of a true nodule (at least
 `MIN_HIT_MM`); a second finding on an already-found nodule is ignored (neither hit nor false
-positive), as in the LUNA16 evaluation. Findings are ranked by `Finding.rank_score` (the
-segmentation network's probability, or its product with the candidate classifier's score
-where the bundle declares that). Sensitivity at a false-positive rate is the best
-sensitivity over score thresholds whose false positives per scan do not exceed it; CPM is the
-mean over `FP_RATES`. Used by `bench/froc.py` and the generalization test.
+positive), as in the LUNA16 evaluation, and so is one on a nodule in the image but not in
+the truth (`cut`: a phantom's nodule cut by a truncated field of view, LUNA16's "irrelevant
+finding"); a scan holding such a nodule is not a clean scan. Findings are ranked by
+`Finding.rank_score` (the segmentation network's probability, or its product with the
+candidate classifier's score where the bundle declares that). Sensitivity at a
+false-positive rate is the best sensitivity over score thresholds whose false positives per
+scan do not exceed it; CPM is the mean over `FP_RATES`. Used by `bench/froc.py` and the
+generalization test.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from .findings import Finding, segment_findings
 from .model import pre_process, predict
 from .volume import Volume
 
-__all__ = ["FP_RATES", "MIN_HIT_MM", "Case", "Scores", "evaluate", "run_case", "scores"]
+__all__ = [
+    "FP_RATES",
+    "MIN_HIT_MM",
+    "Case",
+    "Scores",
+    "cut_nodules",
+    "evaluate",
+    "run_case",
+    "scores",
+]
 
 
 class Nodule(Protocol):
@@ -55,11 +67,12 @@ MIN_HIT_MM = 2.5
 
 @dataclass
 class Case:
-    """One scan: its true nodules and the bundle's findings on it."""
+    """One scan: its true nodules, the bundle's findings on it, and nodules to ignore."""
 
     nodules: Sequence[Nodule]
     findings: list[Finding]
     spacing: tuple[float, float, float]
+    cut: Sequence[Nodule] = ()  # in the image, not in the truth: findings on them ignored
     hits: dict[int, int] = field(default_factory=dict)  # finding index -> nodule index
 
     def __post_init__(self) -> None:
@@ -67,18 +80,30 @@ class Case:
         for k in order:
             centre = np.array(self.findings[k].center_voxel_zyx) * np.array(self.spacing)
             for j, n in enumerate(self.nodules):
-                if np.linalg.norm(centre - np.array(n.center_mm)) <= max(
-                    n.diameter_mm / 2, MIN_HIT_MM
-                ):
+                if _on(centre, n):
                     # The first (most probable) finding on a nodule hits it; later ones on the
                     # same nodule are ignored (-1).
                     self.hits[k] = -1 if j in self.hits.values() else j
                     break
+            else:
+                if any(_on(centre, n) for n in self.cut):
+                    self.hits[k] = -1
+
+    @property
+    def clean(self) -> bool:
+        """No nodule in the image: none in the truth and none cut by the field of view."""
+        return not self.nodules and not self.cut
 
     def false_positives(self, min_mm: float = 0.0) -> list[Finding]:
         return [
             f for k, f in enumerate(self.findings) if k not in self.hits and f.diameter_mm >= min_mm
         ]
+
+
+def _on(centre_mm: np.ndarray, n: Nodule) -> bool:
+    return bool(
+        np.linalg.norm(centre_mm - np.array(n.center_mm)) <= max(n.diameter_mm / 2, MIN_HIT_MM)
+    )
 
 
 @dataclass
@@ -111,7 +136,12 @@ def run_case(phantom: Study, bundle: Bundle) -> Case:
     volume = Volume(phantom.volume.astype(np.float32), phantom.spacing, [])
     image = pre_process(volume, bundle)
     findings, _ = segment_findings(predict(image, bundle), volume, bundle, image)
-    return Case(list(phantom.nodules), findings, phantom.spacing)
+    return Case(list(phantom.nodules), findings, phantom.spacing, cut_nodules(phantom))
+
+
+def cut_nodules(phantom: Study) -> list[Nodule]:
+    """The phantom's nodules in the image but not in its truth (none where it declares none)."""
+    return list(getattr(phantom, "cut_nodules", ()))
 
 
 def evaluate(phantoms: Iterable[Study], bundle: Bundle) -> list[Case]:
@@ -151,7 +181,7 @@ def scores(cases: list[Case]) -> Scores:
     froc = _sensitivity_at(cases, FP_RATES)
     nodules = sum(len(c.nodules) for c in cases)
     hit = sum(len({j for j in c.hits.values() if j >= 0}) for c in cases)
-    clean = [c for c in cases if not c.nodules]
+    clean = [c for c in cases if c.clean]
     big = [(c, j) for c in cases for j, n in enumerate(c.nodules) if n.diameter_mm >= 8.0]
     big_hit = sum(1 for c, j in big if j in c.hits.values())
     errors = [

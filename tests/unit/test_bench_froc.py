@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from radpipe.inference.findings import Finding
-from radpipe.inference.froc import Case
+from radpipe.inference.froc import Case, scores
 
 from .test_candidate_classifier import _Truth
 
@@ -47,3 +47,18 @@ def test_names_each_large_nodule_only_the_anchor_finds(bench: Any) -> None:
     # Found by both, or missed by both: nothing to name.
     assert bench.lost_large([anchor], [anchor], [42005]) == []
     assert bench.lost_large([current], [current], [42005]) == []
+
+
+def test_a_finding_on_a_nodule_cut_by_the_field_of_view_is_ignored_and_the_scan_not_clean() -> None:
+    cut = _Truth((40.0, 120.0, 2.0), 16.0)  # centre outside the image, its inner part inside
+    elsewhere = _Truth((80.0, 60.0, 60.0), 9.0)
+    on_cut = Case([], [_finding_at(cut), _finding_at(elsewhere)], SPACING, cut=[cut])
+    assert on_cut.hits == {0: -1}  # ignored, as a second finding on a found nodule is
+    assert not on_cut.clean
+    assert [f.diameter_mm for f in on_cut.false_positives()] == [9.0]
+    # Without the cut nodule the same scan is clean and both findings are false positives.
+    plain = Case([], [_finding_at(cut), _finding_at(elsewhere)], SPACING)
+    assert plain.clean and len(plain.false_positives(8.0)) == 2
+    s = scores([on_cut, plain])
+    assert (s.scans, s.clean_scans, s.fp_per_clean_scan_8mm) == (2, 1, 2.0)
+    assert s.fp_per_scan == 1.5

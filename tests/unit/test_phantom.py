@@ -253,6 +253,36 @@ def test_a_nodule_outside_a_truncated_field_of_view_is_not_truth() -> None:
         assert p.nodule_mask.any()
 
 
+def test_a_nodule_the_field_of_view_cuts_shows_but_is_kept_apart_from_the_truth() -> None:
+    from dataclasses import replace
+
+    from radpipe.phantoms import HELD_OUT, make_study
+
+    p = make_study(
+        21,
+        replace(HELD_OUT, p_truncated=1.0),
+        nodules=[14.0, 12.0, 10.0],
+        kinds=["solid"] * 3,
+        sites=["juxtapleural"] * 3,
+        shape=PH_SHAPE,
+        spacing=PH_SPACING,
+    )
+    assert [n.diameter_mm for n in p.nodules] == [12.0, 10.0]
+    [cut] = p.cut_nodules
+    assert cut.diameter_mm == 14.0
+    fov = PH_SHAPE[1] * PH_SPACING[1]
+    assert (cut.center_mm[1] - fov / 2) ** 2 + (cut.center_mm[2] - fov / 2) ** 2 > (fov / 2) ** 2
+    # Its inner part is in the image (solid tissue inside the circle), not in the truth.
+    ball = p.nodule_mask_on_grid(PH_SHAPE, [cut])
+    _, y, x = np.indices(PH_SHAPE) * np.array(PH_SPACING)[:, None, None, None]
+    shown = ball & ((y - fov / 2) ** 2 + (x - fov / 2) ** 2 <= (fov / 2) ** 2)
+    assert shown.any() and float(np.median(p.volume[shown])) > -200
+    assert not p.nodule_mask[shown].any()
+    # Studies without truncation cut nothing.
+    whole = make_study(21, replace(HELD_OUT, p_truncated=0.0), shape=PH_SHAPE, spacing=PH_SPACING)
+    assert whole.cut_nodules == []
+
+
 def test_held_out_geometry_never_overlaps_the_training_ranges() -> None:
     from radpipe.phantoms import HELD_OUT, TRAIN, _geometry
 
