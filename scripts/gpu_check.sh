@@ -2,14 +2,17 @@
 # Issue 15 item 3 on a CUDA machine: the GPU test and benchmark, nothing else.
 #
 # For a machine whose python3 already holds torch, numpy and pytest (the project's device
-# machine) and that reaches no package registry: the few pure-Python packages the inference
-# path needs beyond those travel as wheels, fetched here first with `make gpu-wheels`.
+# machine, with pillow) and that reaches no package registry: the few packages the inference
+# path needs beyond those travel as CPython 3.12 wheels, fetched here first with
+# `make gpu-wheels`.
 #
 #     bash scripts/gpu_check.sh [WHEEL_DIR] [OUT_DIR]
 #
-# Runs tests/integration/test_gpu_inference.py (it fails, not skips, when no GPU is seen:
-# this script exists to prove the CUDA path) and bench/gpu.py, and writes both outputs to
-# OUT_DIR (default: test-artifacts/gpu). Copy the benchmark's row into docs/benchmarks.md.
+# Runs tests/integration/test_gpu_inference.py (the demo bundle's predict, the worker's
+# analyze and result objects, and zoo bundles, each against the CPU; it fails, not skips,
+# when no GPU is seen: this script exists to prove the CUDA path) and bench/gpu.py, and
+# writes both outputs to OUT_DIR (default: test-artifacts/gpu). Copy the benchmark's row into
+# docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=${1:-.cache/gpu-wheels}

@@ -20,8 +20,10 @@ __all__ = ["bundle_grid", "device_batch", "pre_process", "predict"]
 
 #: Bytes one window needs on a GPU under autocast, per voxel of `roi_size`: an estimate for
 #: the demo UNet (16 channels at full resolution, half precision, a few live activations,
-#: plus the float32 output and Gaussian weights), doubled for headroom. Not yet measured on a
-#: GPU: `tests/integration/test_gpu_inference.py` records the real peak where one is present.
+#: plus the float32 output and Gaussian weights), doubled for headroom. Measured on an H200
+#: (2026-12-04, bench/gpu.py): 625 MiB peak for 32 windows of 96^3, about 23 bytes per window
+#: voxel all told, so this errs about tenfold on the safe side; it picks fewer than
+#: `MAX_DEVICE_BATCH` windows only where under ~15 GiB of GPU memory is free.
 GPU_BYTES_PER_VOXEL = 256
 #: Never more windows per forward than this: beyond it the GPU is already full and the
 #: stitching on the host dominates.
