@@ -22,9 +22,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import torch
 
 ROUTING = [{"modality": ["CT"], "min_instances": 3}]
+
+
+def sample_series() -> list[pydicom.Dataset]:
+    """A chest phantom with a bright block in one corner (left, anterior, caudal), so a flipped
+    axis anywhere would misplace it: what the zoo bundles are run on."""
+    from radpipe.demo import make_phantom, phantom_to_datasets
+
+    phantom = make_phantom(3, nodules=[12.0], shape=(24, 64, 64), spacing=(2.5, 3.0, 3.0))
+    phantom.volume[2:8, 4:16, 44:60] = 600.0
+    return phantom_to_datasets(phantom)
+
 
 _COMMON: dict[str, Any] = {
     "imports": ["$import glob", "$import os"],

@@ -27,7 +27,12 @@ from radpipe.inference.service import analyze
 from radpipe.inference.volume import Volume, series_to_volume
 from radpipe.inference.zoo import ZooResult, load_model, run_zoo
 
-from ..zoo_bundles import classification_bundle, detection_bundle, segmentation_bundle
+from ..zoo_bundles import (
+    classification_bundle,
+    detection_bundle,
+    sample_series,
+    segmentation_bundle,
+)
 
 REQUIRED = os.environ.get("RADPIPE_REQUIRE_GPU", "").lower() == "true"
 
@@ -103,9 +108,7 @@ ZOO_BUNDLES = {
 @pytest.mark.parametrize("name", list(ZOO_BUNDLES))
 def test_a_zoo_bundle_on_a_gpu_gives_what_it_gives_on_the_cpu(name: str, tmp_path: Path) -> None:
     assert torch.cuda.is_available(), "RADPIPE_REQUIRE_GPU=true, but torch sees no CUDA device"
-    phantom = make_phantom(3, nodules=[12.0], shape=(24, 64, 64), spacing=(2.5, 3.0, 3.0))
-    phantom.volume[2:8, 4:16, 44:60] = 600.0
-    volume = series_to_volume(phantom_to_datasets(phantom))
+    volume = series_to_volume(sample_series())
     root = ZOO_BUNDLES[name](tmp_path / "bundle")
     on_cpu = run_zoo(volume, load_model(root, torch.device("cpu")))  # type: ignore[arg-type]
     gpu = load_model(root, torch.device("cuda"))

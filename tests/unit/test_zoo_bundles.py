@@ -28,18 +28,20 @@ from radpipe.inference.zoo import (
     write_manifest,
 )
 
-from ..zoo_bundles import ROUTING, classification_bundle, detection_bundle, segmentation_bundle
+from ..zoo_bundles import (
+    ROUTING,
+    classification_bundle,
+    detection_bundle,
+    sample_series,
+    segmentation_bundle,
+)
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def series() -> list[pydicom.Dataset]:
-    """A chest phantom with a bright block in one corner (left, anterior, caudal), so a flipped
-    axis anywhere would misplace it."""
-    phantom = make_phantom(3, nodules=[12.0], shape=(24, 64, 64), spacing=(2.5, 3.0, 3.0))
-    phantom.volume[2:8, 4:16, 44:60] = 600.0
-    return phantom_to_datasets(phantom)
+    return sample_series()
 
 
 def uid_source(purpose: str) -> str:
