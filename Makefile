@@ -70,13 +70,11 @@ bench: install  ## every benchmark, each against its anchor in the same run
 	$(BIN)/python bench/froc.py
 	$(BIN)/python bench/gpu.py
 
-# The packages the inference path needs beyond torch, numpy and pytest, as CPython 3.12
-# wheels at requirements.lock's pins, for a CUDA machine that reaches no package index
+# The packages Radpipe runs with beyond torch, numpy and pytest, as CPython 3.12 wheels at
+# requirements.lock's pins, for a CUDA machine that reaches no package index
 # (scripts/gpu_check.sh; the project's device machine: carry .cache/gpu-wheels).
-GPU_WHEELS := $(shell grep -i -E '^(monai|pydicom|nibabel|highdicom|pyjpegls)==' requirements.lock)
 gpu-wheels: install  ## wheels for scripts/gpu_check.sh on an offline CUDA machine
-	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-		--implementation cp --platform manylinux2014_x86_64 -d .cache/gpu-wheels $(GPU_WHEELS)
+	$(BIN)/python scripts/gpu_wheels.py .cache/gpu-wheels
 
 train: install  ## retrain the demo bundle (seeded, minutes on CPU)
 	$(BIN)/python scripts/train_demo_bundle.py

@@ -62,6 +62,7 @@ def up(
     from radpipe.common.auth import AuthService
     from radpipe.common.context import build_context
     from radpipe.common.logging import configure_logging, get_logger
+    from radpipe.common.queues import inference_queue
     from radpipe.stack import Supervisor, local_secret, start_broker_command
 
     base = _settings(all_in_one=True)
@@ -73,6 +74,8 @@ def up(
     env.setdefault("RADPIPE_PUBLIC_URL", f"http://{host}:{port}")
     if dimse_port is not None:
         env["RADPIPE_DIMSE_PORT"] = str(dimse_port)
+    # Decided once for every child: deid hands studies to the queue the inference worker reads.
+    env["RADPIPE_INFERENCE_QUEUE"] = inference_queue(base)
     broker = None
     if base.broker_url is None:
         broker, env["RADPIPE_BROKER_URL"], broker_argv = start_broker_command(data / "broker")
@@ -95,6 +98,8 @@ def up(
     threading.Thread(target=supervisor.run, name="supervisor", daemon=True).start()
     click.echo(f"Radpipe is up: {settings.public_url}  (data in {data})")
     click.echo(f"  DICOMweb STOW-RS: {settings.public('dicom-web/studies')}")
+    on = "GPU" if env["RADPIPE_INFERENCE_QUEUE"] == "inference-gpu" else "CPU"
+    click.echo(f"  inference on the {on} (queue {env['RADPIPE_INFERENCE_QUEUE']})")
     if passwords:
         click.echo(
             f"  portal login: radiologist / {passwords['radiologist']}  "
@@ -159,7 +164,11 @@ def serve(service: str, host: str, port: int) -> None:
 @click.argument("stage", type=click.Choice(["deid", "inference", "notify", "export"]))
 @click.option("--concurrency", type=int, default=1, show_default=True)
 @click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork")
-@click.option("--queue", help="default: the stage's queue (inference: RADPIPE_INFERENCE_QUEUE)")
+@click.option(
+    "--queue",
+    help="default: the stage's queue (inference: RADPIPE_INFERENCE_QUEUE, unset: "
+    "inference-gpu where torch sees CUDA, else inference-cpu)",
+)
 def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     """Run one Celery worker consuming a stage's queue."""
     from importlib import import_module
@@ -173,11 +182,13 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     tasks = import_module("radpipe.ingest.tasks" if stage == "export" else f"radpipe.{stage}.tasks")
     default_queue = stage
     if stage == "inference":
-        # A worker consumes the queue of its own device: GPU hosts take inference-gpu.
+        # The queue deid hands studies to (RADPIPE_INFERENCE_QUEUE, or by this host's device:
+        # inference-gpu where torch sees CUDA); a device it cannot have stops it here.
+        from radpipe.common.queues import inference_queue
         from radpipe.inference.bundle import select_device
 
-        device = select_device(settings.inference_device)
-        default_queue = "inference-gpu" if device.type == "cuda" else "inference-cpu"
+        select_device(settings.inference_device)
+        default_queue = inference_queue(settings)
     run_worker(
         tasks.celery,
         queue or default_queue,

@@ -13,6 +13,7 @@ runs one way.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -32,7 +33,7 @@ log = get_logger("radpipe.bus")
 
 QUEUES = ("deid", "inference-cpu", "inference-gpu", "notify", "export")
 
-#: stage name -> (task name, queue). ``inference`` goes to ``settings.inference_queue``.
+#: stage name -> (task name, queue). ``inference`` goes to :func:`inference_queue`.
 STAGES: dict[str, tuple[str, str]] = {
     "stable": ("radpipe.deid.check_stable", "deid"),
     "deid": ("radpipe.deid.run", "deid"),
@@ -40,6 +41,29 @@ STAGES: dict[str, tuple[str, str]] = {
     "notify": ("radpipe.notify.run", "notify"),
     "export": ("radpipe.export.run", "export"),
 }
+
+
+def inference_queue(settings: Settings) -> str:
+    """The queue deid hands studies to and an inference worker consumes unless told otherwise:
+    ``RADPIPE_INFERENCE_QUEUE``, or where it is unset the queue of the device
+    ``inference_device`` gives on this host (``auto``: ``inference-gpu`` where torch sees
+    CUDA). Every process of one host reads the same answer, so a GPU workstation's
+    ``radpipe up`` does not hand studies to a queue its own inference worker never reads."""
+    if settings.inference_queue is not None:
+        return settings.inference_queue
+    return _device_queue(settings.inference_device)
+
+
+@functools.cache
+def _device_queue(device: str) -> str:
+    if device == "cpu":
+        return "inference-cpu"
+    if device.startswith("cuda"):
+        return "inference-gpu"  # a host without one: the worker refuses to start, naming it
+    import torch  # only here: the other stages never load it otherwise
+
+    return "inference-gpu" if torch.cuda.is_available() else "inference-cpu"
+
 
 #: The only content type workers accept; no pickle, so a message cannot run code when loaded.
 ACCEPT_CONTENT = ["json"]
@@ -88,7 +112,7 @@ class CeleryDispatcher:
         """Publish the stage's task to its queue's own exchange, with the queue's routing key."""
         name, queue = STAGES[stage]
         if stage == "inference":
-            queue = self._settings.inference_queue
+            queue = inference_queue(self._settings)
         self._celery.send_task(
             name,
             args=[study_id],

@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     teams_webhook_url: SecretStr | None = None
     models_dir: Path | None = None
     inference_device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Queue the deid stage hands studies to; GPU deployments set ``inference-gpu``.
-    inference_queue: Literal["inference-cpu", "inference-gpu"] = "inference-cpu"
+    #: Queue the deid stage hands studies to and ``radpipe worker inference`` consumes by
+    #: default; unset, the queue of the device ``inference_device`` gives on this host
+    #: (:func:`radpipe.common.queues.inference_queue`). Split deployments set it everywhere.
+    inference_queue: Literal["inference-cpu", "inference-gpu"] | None = None
     inference_threads: int | None = Field(None, ge=1)
     #: Model monitoring (docs/monitoring.md): the rolling window of analysed studies whose
     #: inputs are compared with the bundle's reference, the fewest that page, and the

@@ -23,6 +23,7 @@ from radpipe.common import monitoring
 from radpipe.common.alerts import AlertState, alerts_of
 from radpipe.common.context import Context
 from radpipe.common.logging import get_logger
+from radpipe.common.queues import inference_queue
 from radpipe.common.studies import StudyState
 
 from . import paging
@@ -95,7 +96,7 @@ def check_models(ctx: Context, at: datetime) -> int:
 def check_workers(ctx: Context, at: datetime, live: set[str]) -> int:
     """Page when a stage's queue has had no live consumer for ``NO_WORKER_GRACE`` (one alert
     per queue and day while it lasts); ``live`` are the queues some worker consumes now."""
-    expected = {"deid", ctx.settings.inference_queue, "notify"}
+    expected = {"deid", inference_queue(ctx.settings), "notify"}
     if ctx.settings.export_stow_url or ctx.settings.export_dimse:
         expected.add("export")
     opened = 0

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
 
 from ..dicom import ct_series
 from ..servers import free_port, radpipe_env, require_tool, stop, wait_for_port
@@ -132,7 +133,13 @@ def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
         login = next(line for line in up_log.splitlines() if "portal login:" in line)
         assert "radiologist / " in login and "admin / " in login  # a reader and an admin
         assert "Demo^Patient" not in up_log and "DEMO0000" not in up_log  # no PHI in logs
-        assert_quiet(up_log, summary_lines=4)  # up, STOW-RS, login, try it; nothing else
+        assert_quiet(up_log, summary_lines=5)  # up, STOW-RS, device, login, try it; no more
+        device = (
+            "GPU (queue inference-gpu)"
+            if torch.cuda.is_available()
+            else "CPU (queue inference-cpu)"
+        )
+        assert f"  inference on the {device}" in up_log.splitlines()
         assert '"event": "worker.restart"' in up_log  # the supervisor's own line, as JSON
     finally:
         stop(up, grace=20)
@@ -185,7 +192,7 @@ def test_up_with_dimse_port_takes_storescu_with_its_default_called_ae(tmp_path: 
         assert [s["instance_count"] for s in studies["studies"]] == [3], studies
         time.sleep(1.0)  # the workers' ready lines
         up_log = (tmp_path / "up.log").read_text()
-        assert_quiet(up_log, summary_lines=5)  # ... and the DIMSE line
+        assert_quiet(up_log, summary_lines=6)  # ... and the DIMSE line
         assert f"DIMSE C-STORE SCP: RADPIPE@127.0.0.1:{dimse_port}" in up_log
     finally:
         stop(up, grace=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -20,6 +21,7 @@ import torch
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
+from radpipe.common.settings import Settings
 from radpipe.demo import make_phantom, phantom_to_datasets
 from radpipe.inference.bundle import Bundle, load_bundle, select_device
 from radpipe.inference.service import (
@@ -546,6 +548,50 @@ def test_inference_worker_takes_the_queue_of_its_device(monkeypatch: pytest.Monk
     assert queue == ("inference-gpu" if torch.cuda.is_available() else "inference-cpu")
     CliRunner().invoke(cli.main, ["worker", "inference", "--queue", "inference-gpu"])
     assert seen[1][seen[1].index("--queues") + 1] == "inference-gpu"
+    # Set, RADPIPE_INFERENCE_QUEUE is what deid sends to, so it is what the worker reads.
+    monkeypatch.setenv("RADPIPE_INFERENCE_QUEUE", "inference-gpu")
+    CliRunner().invoke(cli.main, ["worker", "inference"])
+    assert seen[2][seen[2].index("--queues") + 1] == "inference-gpu"
+
+
+@pytest.mark.parametrize(
+    ("cuda", "device", "queue"),
+    [
+        (True, "auto", "inference-gpu"),
+        (False, "auto", "inference-cpu"),
+        (True, "cpu", "inference-cpu"),  # a GPU host told to infer on its CPU
+    ],
+)
+def test_deid_hands_studies_to_the_queue_the_inference_worker_of_its_host_reads(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, device: str, queue: str
+) -> None:
+    """With RADPIPE_INFERENCE_QUEUE unset, a GPU workstation's deid stage once sent every
+    study to inference-cpu while its inference worker read inference-gpu: nothing was ever
+    analysed. Both now follow the host's device. (These machines have no GPU, so torch is
+    told it has one here; tests/integration/test_gpu_inference.py checks it on a real one.)"""
+    from click.testing import CliRunner
+
+    from radpipe import cli
+    from radpipe.common import queues
+
+    monkeypatch.setenv("RADPIPE_SECRET_KEY", "2cc0338b988445249047bad0d5491053d9f13f35")
+    monkeypatch.delenv("RADPIPE_INFERENCE_QUEUE", raising=False)
+    monkeypatch.setenv("RADPIPE_INFERENCE_DEVICE", device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    queues._device_queue.cache_clear()
+    monkeypatch.setattr(queues, "_device_queue", functools.cache(queues._device_queue.__wrapped__))
+    from radpipe.inference import tasks
+
+    consumed: list[list[str]] = []
+    monkeypatch.setattr(tasks.celery, "worker_main", lambda argv: consumed.append(argv))
+    result = CliRunner().invoke(cli.main, ["worker", "inference"])
+    assert result.exit_code == 0, result.output
+    settings = Settings()
+    celery = queues.make_celery(settings)
+    sent: list[dict[str, object]] = []
+    monkeypatch.setattr(celery, "send_task", lambda name, **options: sent.append(options))
+    queues.CeleryDispatcher(celery, settings).send("inference", "study-a")
+    assert sent[0]["queue"] == consumed[0][consumed[0].index("--queues") + 1] == queue
 
 
 def test_each_stage_lives_in_its_own_module_and_the_service_runs_them() -> None:
