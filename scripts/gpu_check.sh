@@ -9,7 +9,7 @@
 #
 # Runs tests/integration/test_gpu_inference.py (the demo bundle's predict, the worker's
 # analyze and result objects, and zoo bundles, each against the CPU),
-# tests/e2e/test_gpu_up.py (`radpipe up` + `radpipe demo` unconfigured: the real Celery
+# tests/e2e/test_gpu_workers.py (`radpipe up` + `radpipe demo` unconfigured: the real Celery
 # inference worker reads inference-gpu and analyses on CUDA), both failing, not skipping,
 # when no GPU is seen (this script exists to prove the CUDA path), and bench/gpu.py, and
 # writes the outputs to OUT_DIR (default: test-artifacts/gpu). Copy the benchmark's row into
@@ -37,7 +37,7 @@ PY
 status=0
 # --noconftest: the suite's conftest starts Redis and S3 servers this check does not need.
 RADPIPE_REQUIRE_GPU=true python3 -m pytest -q -s -rs -p no:cacheprovider --noconftest \
-    tests/integration/test_gpu_inference.py tests/e2e/test_gpu_up.py 2>&1 | tee "$out/test.txt" || status=1
+    tests/integration/test_gpu_inference.py tests/e2e/test_gpu_workers.py 2>&1 | tee "$out/test.txt" || status=1
 # GPU_CHECK_BENCH=false: the tests only (a rerun after a fix; device time is scarce).
 if [ "${GPU_CHECK_BENCH:-true}" != "false" ]; then
     python3 bench/gpu.py 2>&1 | tee "$out/bench.txt" || status=1

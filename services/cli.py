@@ -183,11 +183,18 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     default_queue = stage
     if stage == "inference":
         # The queue deid hands studies to (RADPIPE_INFERENCE_QUEUE, or by this host's device:
-        # inference-gpu where torch sees CUDA); a device it cannot have stops it here.
+        # inference-gpu where torch sees CUDA); a device it cannot have stops it here. Both
+        # asked without starting CUDA in this process: a prefork worker forks its children
+        # after this, and a child cannot use CUDA its parent started.
+        from radpipe.common.gpu import cuda_present
         from radpipe.common.queues import inference_queue
-        from radpipe.inference.bundle import select_device
 
-        select_device(settings.inference_device)
+        if settings.inference_device.startswith("cuda") and not cuda_present():
+            raise click.ClickException(
+                f"RADPIPE_INFERENCE_DEVICE={settings.inference_device}, but torch sees no CUDA "
+                "device: install a CUDA build of torch (the image's VARIANT=cuda), or set it "
+                "to auto or cpu"
+            )
         default_queue = inference_queue(settings)
     run_worker(
         tasks.celery,

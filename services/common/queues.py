@@ -26,6 +26,7 @@ from celery.exceptions import SecurityWarning
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready
 from kombu import Exchange, Queue
 
+from .gpu import cuda_present
 from .logging import get_logger, secure_handlers
 from .settings import Settings
 
@@ -60,9 +61,7 @@ def _device_queue(device: str) -> str:
         return "inference-cpu"
     if device.startswith("cuda"):
         return "inference-gpu"  # a host without one: the worker refuses to start, naming it
-    import torch  # only here: the other stages never load it otherwise
-
-    return "inference-gpu" if torch.cuda.is_available() else "inference-cpu"
+    return "inference-gpu" if cuda_present() else "inference-cpu"
 
 
 #: The only content type workers accept; no pickle, so a message cannot run code when loaded.

@@ -567,8 +567,10 @@ def test_deid_hands_studies_to_the_queue_the_inference_worker_of_its_host_reads(
 ) -> None:
     """With RADPIPE_INFERENCE_QUEUE unset, a GPU workstation's deid stage once sent every
     study to inference-cpu while its inference worker read inference-gpu: nothing was ever
-    analysed. Both now follow the host's device. (These machines have no GPU, so torch is
-    told it has one here; tests/integration/test_gpu_inference.py checks it on a real one.)"""
+    analysed. Both now follow the host's device, asked without starting CUDA: a prefork
+    worker's parent that called torch.cuda.is_available() left its forked children unable to
+    use the GPU. (These machines have no GPU, so torch is told it has one here;
+    tests/e2e/test_gpu_workers.py checks both on a real one.)"""
     from click.testing import CliRunner
 
     from radpipe import cli
@@ -577,7 +579,12 @@ def test_deid_hands_studies_to_the_queue_the_inference_worker_of_its_host_reads(
     monkeypatch.setenv("RADPIPE_SECRET_KEY", "2cc0338b988445249047bad0d5491053d9f13f35")
     monkeypatch.delenv("RADPIPE_INFERENCE_QUEUE", raising=False)
     monkeypatch.setenv("RADPIPE_INFERENCE_DEVICE", device)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
+
+    def poisons_fork() -> bool:
+        raise AssertionError("is_available() starts CUDA before the prefork pool forks")
+
+    monkeypatch.setattr(torch.cuda, "is_available", poisons_fork)
     queues._device_queue.cache_clear()
     monkeypatch.setattr(queues, "_device_queue", functools.cache(queues._device_queue.__wrapped__))
     from radpipe.inference import tasks
@@ -592,6 +599,25 @@ def test_deid_hands_studies_to_the_queue_the_inference_worker_of_its_host_reads(
     monkeypatch.setattr(celery, "send_task", lambda name, **options: sent.append(options))
     queues.CeleryDispatcher(celery, settings).send("inference", "study-a")
     assert sent[0]["queue"] == consumed[0][consumed[0].index("--queues") + 1] == queue
+
+
+def test_an_inference_worker_told_to_use_a_gpu_it_lacks_stops_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from radpipe import cli
+    from radpipe.inference import tasks
+
+    monkeypatch.setenv("RADPIPE_SECRET_KEY", "2cc0338b988445249047bad0d5491053d9f13f35")
+    monkeypatch.setenv("RADPIPE_INFERENCE_DEVICE", "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    started: list[list[str]] = []
+    monkeypatch.setattr(tasks.celery, "worker_main", lambda argv: started.append(argv))
+    result = CliRunner().invoke(cli.main, ["worker", "inference"])
+    assert result.exit_code == 1 and not started
+    assert "RADPIPE_INFERENCE_DEVICE=cuda, but torch sees no CUDA device" in result.output
+    assert "auto or cpu" in result.output
 
 
 def test_each_stage_lives_in_its_own_module_and_the_service_runs_them() -> None:
