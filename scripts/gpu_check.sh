@@ -10,7 +10,8 @@
 # Runs tests/integration/test_gpu_inference.py (the demo bundle's predict, the worker's
 # analyze and result objects, and zoo bundles, each against the CPU),
 # tests/e2e/test_gpu_workers.py (`radpipe up` + `radpipe demo` unconfigured: the real Celery
-# inference worker reads inference-gpu and analyses on CUDA), both failing, not skipping,
+# inference worker reads inference-gpu and analyses on CUDA; a prefork worker's child can use
+# the GPU its parent checked for), both failing, not skipping,
 # when no GPU is seen (this script exists to prove the CUDA path), and bench/gpu.py, and
 # writes the outputs to OUT_DIR (default: test-artifacts/gpu). Copy the benchmark's row into
 # docs/benchmarks.md.

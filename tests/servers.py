@@ -88,6 +88,16 @@ def radpipe_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def start_up(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`radpipe up` on ``port`` as a child, its summary and JSON log lines into ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

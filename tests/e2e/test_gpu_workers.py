@@ -38,7 +38,7 @@ from radpipe.ingest.multipart import Part
 from radpipe.ingest.service import store_parts
 from radpipe.stack import start_broker_command
 
-from ..servers import free_port, radpipe_env, stop, wait_for_port
+from ..servers import free_port, radpipe_env, start_up, stop, wait_for_port
 
 SECRET = secrets.token_hex(32)
 WORKER = [sys.executable, "-m", "radpipe.cli", "worker", "inference"]
@@ -55,13 +55,7 @@ def test_up_on_a_gpu_host_analyses_the_demo_on_cuda(tmp_path: Path) -> None:
     assert torch.cuda.is_available(), "RADPIPE_REQUIRE_GPU=true, but torch sees no CUDA device"
     port, data = free_port(), tmp_path / "data"
     env = radpipe_env(RADPIPE_DATA_DIR=str(data), RADPIPE_STUDY_STABLE_SECONDS="2")
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    up = start_up(env, port, tmp_path / "up.log")
     try:
         wait_for_port(port, 120)
         url = f"http://127.0.0.1:{port}"

@@ -19,7 +19,7 @@ import httpx
 import torch
 
 from ..dicom import ct_series
-from ..servers import free_port, radpipe_env, require_tool, stop, wait_for_port
+from ..servers import free_port, radpipe_env, require_tool, start_up, stop, wait_for_port
 
 #: Text of Celery's worker banner and of its superuser warning.
 CELERY_NOISE = (
@@ -74,13 +74,7 @@ def worker_pid(up_pid: int, stage: str, timeout: float = 30) -> int:
 def test_up_then_demo_shows_the_alert(tmp_path: Path) -> None:
     port = free_port()
     env = radpipe_env(RADPIPE_DATA_DIR=str(tmp_path / "data"), RADPIPE_STUDY_STABLE_SECONDS="2")
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "radpipe.cli", "up", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    up = start_up(env, port, tmp_path / "up.log")
     try:
         wait_for_port(port, 60)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["ready"] is True
