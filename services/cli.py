@@ -174,7 +174,7 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
     from importlib import import_module
 
     from radpipe.common.logging import configure_logging
-    from radpipe.common.queues import run_worker
+    from radpipe.common.queues import inference_queue, run_worker
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -187,7 +187,6 @@ def worker(stage: str, concurrency: int, pool: str, queue: str | None) -> None:
         # asked without starting CUDA in this process: a prefork worker forks its children
         # after this, and a child cannot use CUDA its parent started.
         from radpipe.common.gpu import cuda_present
-        from radpipe.common.queues import inference_queue
 
         if settings.inference_device.startswith("cuda") and not cuda_present():
             raise click.ClickException(

@@ -38,6 +38,7 @@ from radpipe.ingest.multipart import Part
 from radpipe.ingest.service import store_parts
 from radpipe.stack import start_broker_command
 
+from ..dicom import to_bytes
 from ..servers import free_port, radpipe_env, start_up, stop, wait_for_port
 
 SECRET = secrets.token_hex(32)
@@ -137,12 +138,3 @@ def done(study: dict[str, object]) -> bool:
     """Failed, or analysed with its result objects written."""
     analysis = study.get("analysis") or {}
     return study["state"] == "failed" or analysis.get("outputs_pending") is False  # type: ignore[union-attr]
-
-
-def to_bytes(ds: object) -> bytes:
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-
-    buffer = DicomBytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)  # type: ignore[arg-type]
-    return buffer.getvalue()
